@@ -1,0 +1,283 @@
+"""fastxent: fast, exact softmax cross-entropy for NumPy.
+
+TensorFlow's ``softmax_cross_entropy_with_logits`` and
+``sparse_softmax_cross_entropy_with_logits`` with TensorFlow's semantics, their fused
+loss-and-gradient twins, and ``log_softmax``, ``softmax`` and ``logsumexp``; with the
+``reduction``, ``label_smoothing``, ``weight`` and ``ignore_index`` options of
+``torch.nn.functional.cross_entropy``. Every invalid input raises ``ValueError``.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any, Callable, TypeVar
+
+import numpy as np
+
+from . import _core
+from ._core import get_num_threads, set_num_threads, simd_tier
+
+__all__ = [
+    "softmax_cross_entropy_with_logits",
+    "softmax_cross_entropy_with_logits_v2",
+    "softmax_cross_entropy_with_logits_and_grad",
+    "sparse_softmax_cross_entropy_with_logits",
+    "sparse_softmax_cross_entropy_with_logits_and_grad",
+    "log_softmax",
+    "softmax",
+    "logsumexp",
+    "simd_tier",
+    "set_num_threads",
+    "get_num_threads",
+]
+__version__: str = _core.__version__
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _keywords_only(func: _F) -> _F:
+    """Make every argument keyword-only, with misuse reported as ValueError.
+
+    TensorFlow's losses reject positional arguments (its ``_sentinel`` rule) with ValueError;
+    Python itself would raise TypeError, so the check happens here, before the call.
+    """
+    signature = inspect.signature(func)
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if args:
+            raise ValueError(
+                f"{func.__name__}() takes keyword arguments only "
+                f"(labels=..., logits=..., ...); got {len(args)} positional argument(s)"
+            )
+        try:
+            signature.bind(**kwargs)
+        except TypeError as e:
+            raise ValueError(f"{func.__name__}(): {e}") from None
+        return func(**kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _as_array(x: Any, name: str) -> np.ndarray:
+    """`x` as an ndarray NumPy can hand to the core without guessing: numeric, native byte
+    order, aligned. Arrays already like that pass through without a copy."""
+    if x is None:
+        raise ValueError(f"{name} is required: expected an array")
+    if isinstance(x, np.ndarray):
+        arr = x
+    else:
+        try:
+            if hasattr(x, "__dlpack__") and not (
+                hasattr(x, "__array__") or hasattr(x, "__array_interface__")
+            ):
+                arr = np.from_dlpack(x)
+            else:
+                arr = np.asarray(x)
+        except Exception as e:  # NumPy raises many types here; the user gets one.
+            raise ValueError(
+                f"{name} could not be converted to a numeric array ({type(e).__name__}: {e}); "
+                "expected an array, a nested list of numbers, or an array-like object"
+            ) from None
+        if not isinstance(arr, np.ndarray):
+            raise ValueError(f"{name} of type {type(x).__name__} did not convert to an ndarray")
+    if arr.dtype.hasobject or arr.dtype.kind in "OSUMm" or (
+        arr.dtype.kind == "V" and arr.dtype.name != "bfloat16"
+    ):
+        raise ValueError(f"{name} has dtype {arr.dtype}: expected a numeric array")
+    if not arr.dtype.isnative:
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+    if not arr.flags.aligned:
+        arr = arr.copy()
+    return arr
+
+
+def _axis(axis: Any, dim: Any = None) -> Any:
+    if dim is not None:
+        if axis != -1 and axis != dim:
+            raise ValueError(f"axis = {axis!r} and dim = {dim!r} disagree: give one of them")
+        axis = dim
+    if isinstance(axis, (bool, np.bool_)):
+        raise ValueError(f"axis = {axis!r} is invalid: expected an integer")
+    return axis
+
+
+def _weight(weight: Any) -> Any:
+    if weight is None:
+        return None
+    w = _as_array(weight, "weight")
+    if w.dtype.kind not in "fiu" and w.dtype.name != "bfloat16":
+        raise ValueError(f"weight has dtype {w.dtype}: expected a floating dtype")
+    return w.astype(np.float64, copy=False)
+
+
+def _ignore_index(value: Any) -> Any:
+    if value is not None and (
+        isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer))
+    ):
+        raise ValueError(f"ignore_index = {value!r} is invalid: expected None or an integer")
+    return value
+
+
+def _dense(labels: Any, logits: Any, axis: Any, dim: Any, options: dict[str, Any], grad: bool) -> Any:
+    return _core.dense(
+        _as_array(logits, "logits"),
+        _as_array(labels, "labels"),
+        _axis(axis, dim),
+        options["reduction"],
+        options["label_smoothing"],
+        _weight(options["weight"]),
+        grad,
+    )
+
+
+def _sparse(labels: Any, logits: Any, axis: Any, options: dict[str, Any], grad: bool) -> Any:
+    return _core.sparse(
+        _as_array(logits, "logits"),
+        _as_array(labels, "labels"),
+        _axis(axis),
+        options["reduction"],
+        options["label_smoothing"],
+        _weight(options["weight"]),
+        _ignore_index(options["ignore_index"]),
+        grad,
+    )
+
+
+@_keywords_only
+def softmax_cross_entropy_with_logits(
+    *,
+    labels: Any,
+    logits: Any,
+    axis: int = -1,
+    dim: int | None = None,
+    name: str | None = None,
+    reduction: str = "none",
+    label_smoothing: float = 0.0,
+    weight: Any = None,
+) -> np.ndarray:
+    """Softmax cross-entropy between ``logits`` and dense ``labels`` along ``axis``.
+
+    TensorFlow's ``tf.nn.softmax_cross_entropy_with_logits``: ``labels`` (class
+    probabilities, any floating dtype) broadcast against ``logits``; the loss has the broadcast
+    shape without the class axis and the logits' dtype. ``dim`` is TF 1's alias of ``axis``;
+    ``name`` is ignored. A zero label on a ``-inf`` logit contributes 0 (TF gives NaN); a row
+    with NaN or +inf, or of all ``-inf``, gives NaN.
+
+    Options (defaults give TensorFlow's result), as in ``torch.nn.functional.cross_entropy``:
+    ``reduction`` ("none", "sum", "mean": the mean divides by the number of rows),
+    ``label_smoothing`` ε (targets become ``(1 - ε) y + ε / C``), ``weight`` (per-class, shape
+    ``(C,)``). Sums are accumulated in float64.
+
+    The gradient with respect to the labels is ``-log_softmax(logits)`` (TF's v2 rule).
+    """
+    return _dense(labels, logits, axis, dim, locals(), False)
+
+
+@_keywords_only
+def softmax_cross_entropy_with_logits_v2(
+    *,
+    labels: Any,
+    logits: Any,
+    axis: int = -1,
+    dim: int | None = None,
+    name: str | None = None,
+    reduction: str = "none",
+    label_smoothing: float = 0.0,
+    weight: Any = None,
+) -> np.ndarray:
+    """Same as :func:`softmax_cross_entropy_with_logits` (TensorFlow 2's name)."""
+    return _dense(labels, logits, axis, dim, locals(), False)
+
+
+@_keywords_only
+def softmax_cross_entropy_with_logits_and_grad(
+    *,
+    labels: Any,
+    logits: Any,
+    axis: int = -1,
+    dim: int | None = None,
+    name: str | None = None,
+    reduction: str = "none",
+    label_smoothing: float = 0.0,
+    weight: Any = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`softmax_cross_entropy_with_logits` and its gradient, in one pass per row.
+
+    Returns ``(loss, grad)``: ``grad = d sum(loss) / d logits`` for the loss as returned (after
+    weights, smoothing and reduction), with the logits' shape and dtype. Per row it is
+    ``sum(t) * softmax(logits) - t`` with ``t`` the (weighted, smoothed) targets: the true
+    derivative, equal to TF's ``softmax - labels`` when the labels are distributions. The
+    gradient with respect to the labels is ``-log_softmax(logits)``.
+    """
+    return _dense(labels, logits, axis, dim, locals(), True)  # type: ignore[no-any-return]
+
+
+@_keywords_only
+def sparse_softmax_cross_entropy_with_logits(
+    *,
+    labels: Any,
+    logits: Any,
+    axis: int = -1,
+    name: str | None = None,
+    reduction: str = "none",
+    label_smoothing: float = 0.0,
+    weight: Any = None,
+    ignore_index: int | None = None,
+) -> np.ndarray:
+    """Softmax cross-entropy of ``logits`` against integer class ``labels`` along ``axis``.
+
+    TensorFlow's ``tf.nn.sparse_softmax_cross_entropy_with_logits``: ``labels`` (any integer
+    dtype) have the logits' shape without the class axis; so does the loss, in the logits'
+    dtype. Any axis works (``axis=1`` is PyTorch's ``[N, C, H, W]`` layout). A label outside
+    ``[0, C)`` is a ValueError naming its position.
+
+    Options (defaults give TensorFlow's result), as in ``torch.nn.functional.cross_entropy``:
+    ``reduction`` ("none", "sum", "mean": the mean divides by the summed weights of the
+    counted rows), ``label_smoothing``, ``weight`` (per-class, shape ``(C,)``), and
+    ``ignore_index`` (rows with that label give 0 loss and are not counted; with "mean" and
+    every row ignored the result is NaN, as in PyTorch).
+    """
+    return _sparse(labels, logits, axis, locals(), False)
+
+
+@_keywords_only
+def sparse_softmax_cross_entropy_with_logits_and_grad(
+    *,
+    labels: Any,
+    logits: Any,
+    axis: int = -1,
+    name: str | None = None,
+    reduction: str = "none",
+    label_smoothing: float = 0.0,
+    weight: Any = None,
+    ignore_index: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`sparse_softmax_cross_entropy_with_logits` and its gradient, in one pass per row.
+
+    Returns ``(loss, grad)``: ``grad = d sum(loss) / d logits`` for the loss as returned, per
+    row ``softmax - onehot(label)`` scaled by the weights, smoothing and reduction; 0 on
+    ignored rows. The label's entry is computed as minus the mass of the other classes, so it
+    stays exact for confident rows.
+    """
+    return _sparse(labels, logits, axis, locals(), True)  # type: ignore[no-any-return]
+
+
+def log_softmax(logits: Any, *, axis: int = -1) -> np.ndarray:
+    """``logits - logsumexp(logits)`` along ``axis``, in the logits' dtype. Rows with NaN or
+    +inf, and rows of all ``-inf``, give NaN."""
+    return _core.log_softmax(_as_array(logits, "logits"), _axis(axis))
+
+
+def softmax(logits: Any, *, axis: int = -1) -> np.ndarray:
+    """``exp(logits - logsumexp(logits))`` along ``axis``, in the logits' dtype. Rows with NaN
+    or +inf, and rows of all ``-inf``, give NaN."""
+    return _core.softmax(_as_array(logits, "logits"), _axis(axis))
+
+
+def logsumexp(logits: Any, *, axis: int = -1) -> np.ndarray:
+    """``log(sum(exp(logits)))`` along ``axis``, computed without overflow; the logits' shape
+    without ``axis``. A row of ``-inf`` gives ``-inf``, a row with ``+inf`` gives ``+inf``, a
+    row with NaN gives NaN."""
+    return _core.logsumexp(_as_array(logits, "logits"), _axis(axis))

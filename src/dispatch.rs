@@ -1,0 +1,82 @@
+//! CPU feature detection, once per process, and the choice of kernel tier.
+//!
+//! `FASTXENT_SIMD=scalar|avx2|avx512` caps the tier (it can lower it, never raise it past what
+//! the CPU supports), so the test suite can cover every tier on one machine.
+
+use std::sync::OnceLock;
+
+use crate::kernels::{scalar, RowKernels};
+
+/// A SIMD tier, from the portable baseline up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Tier {
+    Scalar,
+    Avx2,
+    Avx512,
+}
+
+impl Tier {
+    pub fn name(self) -> &'static str {
+        match self {
+            Tier::Scalar => "scalar",
+            Tier::Avx2 => "avx2",
+            Tier::Avx512 => "avx512",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Tier> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "scalar" | "baseline" | "portable" => Some(Tier::Scalar),
+            "avx2" => Some(Tier::Avx2),
+            "avx512" | "avx512f" => Some(Tier::Avx512),
+            _ => None,
+        }
+    }
+}
+
+/// The best tier this CPU supports.
+pub fn detected_tier() -> Tier {
+    static DETECTED: OnceLock<Tier> = OnceLock::new();
+    *DETECTED.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                return Tier::Avx512;
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                return Tier::Avx2;
+            }
+        }
+        Tier::Scalar
+    })
+}
+
+/// The tier in use: the detected one, lowered by `FASTXENT_SIMD` if set (read once).
+pub fn tier() -> Tier {
+    static CHOSEN: OnceLock<Tier> = OnceLock::new();
+    *CHOSEN.get_or_init(|| {
+        let best = detected_tier();
+        match std::env::var("FASTXENT_SIMD")
+            .ok()
+            .as_deref()
+            .and_then(Tier::parse)
+        {
+            Some(cap) => cap.min(best),
+            None => best,
+        }
+    })
+}
+
+pub(crate) fn kernels_f32() -> &'static RowKernels<f32> {
+    match tier() {
+        _ => &scalar::F32,
+    }
+}
+
+pub(crate) fn kernels_f64() -> &'static RowKernels<f64> {
+    match tier() {
+        _ => &scalar::F64,
+    }
+}

@@ -1,0 +1,82 @@
+//! The element types the API accepts: logits and dense labels (`Element`) and sparse labels
+//! (`Label`).
+
+use half::{bf16, f16};
+
+use crate::kernels::Float;
+
+/// A logits (or dense-label) element type. Half types are computed in `f32`.
+pub trait Element: Copy + Send + Sync + 'static {
+    /// The type the math runs in.
+    type Compute: Float;
+    fn widen(self) -> Self::Compute;
+    /// Rounds to nearest, ties to even.
+    fn narrow(x: Self::Compute) -> Self;
+    /// The slice itself when `Self` already is the compute type (no copy needed).
+    fn as_compute(_s: &[Self]) -> Option<&[Self::Compute]> {
+        None
+    }
+    /// The slice itself when `Self` already is the compute type (results written in place).
+    fn as_compute_mut(_s: &mut [Self]) -> Option<&mut [Self::Compute]> {
+        None
+    }
+}
+
+macro_rules! native_element {
+    ($t:ty) => {
+        impl Element for $t {
+            type Compute = $t;
+            #[inline]
+            fn widen(self) -> $t {
+                self
+            }
+            #[inline]
+            fn narrow(x: $t) -> $t {
+                x
+            }
+            fn as_compute(s: &[$t]) -> Option<&[$t]> {
+                Some(s)
+            }
+            fn as_compute_mut(s: &mut [$t]) -> Option<&mut [$t]> {
+                Some(s)
+            }
+        }
+    };
+}
+native_element!(f32);
+native_element!(f64);
+
+macro_rules! half_element {
+    ($t:ty) => {
+        impl Element for $t {
+            type Compute = f32;
+            #[inline]
+            fn widen(self) -> f32 {
+                self.to_f32()
+            }
+            #[inline]
+            fn narrow(x: f32) -> $t {
+                <$t>::from_f32(x)
+            }
+        }
+    };
+}
+half_element!(f16);
+half_element!(bf16);
+
+/// A sparse-label element type: any primitive integer, signed or unsigned, 8 to 64 bits.
+pub trait Label: Copy + Send + Sync + 'static {
+    fn to_i128(self) -> i128;
+}
+
+macro_rules! label {
+    ($($t:ty),*) => {$(
+        impl Label for $t {
+            #[inline]
+            fn to_i128(self) -> i128 {
+                self as i128
+            }
+        }
+    )*};
+}
+label!(i8, i16, i32, i64, u8, u16, u32, u64, isize, usize);

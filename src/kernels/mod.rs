@@ -1,0 +1,58 @@
+//! Row kernels over contiguous slices of the compute type (`f32` or `f64`).
+//!
+//! Each SIMD tier provides the same three primitives; the row math in `crate::rows` is written
+//! once on top of them. Every tier has the scalar tier as its reference twin.
+
+pub mod scalar;
+
+use crate::dispatch::Tier;
+
+/// The three primitives every tier implements. Contracts (all tiers):
+/// - `max_argmax(z)`: `(max, index of its first occurrence)`, or `(NaN, _)` if any element is
+///   NaN. `z` is never empty.
+/// - `sum_exp(z, shift)`: `Σ exp(z_j - shift)`; NaN in, NaN out; `exp(-inf) = 0`.
+/// - `exp_scaled(z, shift, scale, out)`: `out_j = exp(z_j - shift) * scale`; `out.len() == z.len()`.
+pub struct RowKernels<F> {
+    pub tier: Tier,
+    pub max_argmax: fn(&[F]) -> (F, usize),
+    pub sum_exp: fn(&[F], F) -> F,
+    pub exp_scaled: fn(&[F], F, F, &mut [F]),
+}
+
+/// The compute types: `f32` (for f16, bf16 and f32 data) and `f64`.
+pub trait Float:
+    num_traits::Float + num_traits::FloatConst + Default + Send + Sync + std::fmt::Debug + 'static
+{
+    fn from_f64(x: f64) -> Self;
+    fn to_f64(self) -> f64;
+    /// The kernel table of the tier in use (chosen once per call by the caller).
+    fn kernels() -> &'static RowKernels<Self>;
+}
+
+impl Float for f32 {
+    #[inline]
+    fn from_f64(x: f64) -> Self {
+        x as f32
+    }
+    #[inline]
+    fn to_f64(self) -> f64 {
+        self as f64
+    }
+    fn kernels() -> &'static RowKernels<f32> {
+        crate::dispatch::kernels_f32()
+    }
+}
+
+impl Float for f64 {
+    #[inline]
+    fn from_f64(x: f64) -> Self {
+        x
+    }
+    #[inline]
+    fn to_f64(self) -> f64 {
+        self
+    }
+    fn kernels() -> &'static RowKernels<f64> {
+        crate::dispatch::kernels_f64()
+    }
+}

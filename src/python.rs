@@ -1,0 +1,527 @@
+//! The Python module `fastxent._core`: converts and validates NumPy arrays, releases the GIL,
+//! calls the crate, and maps every error to `ValueError`. Keyword rules and array-like
+//! conversion live in `python/fastxent/__init__.py`.
+
+use half::{bf16, f16};
+use ndarray::{ArrayD, ArrayView1, ArrayViewD, Ix1};
+use numpy::{
+    Element as NpElement, PyArrayDescrMethods, PyArrayDyn, PyArrayMethods, PyUntypedArray,
+    PyUntypedArrayMethods,
+};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::PyTuple;
+
+use crate::{Element, Error, Options, Reduction};
+
+fn value_error(msg: impl Into<String>) -> PyErr {
+    PyValueError::new_err(msg.into())
+}
+
+impl From<Error> for PyErr {
+    fn from(e: Error) -> PyErr {
+        value_error(e.to_string())
+    }
+}
+
+/// The floating types logits (and dense labels) may have.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FloatKind {
+    F16,
+    Bf16,
+    F32,
+    F64,
+}
+
+/// The integer types sparse labels may have.
+#[derive(Clone, Copy)]
+enum IntKind {
+    I8,
+    I16,
+    I32,
+    I64,
+    U8,
+    U16,
+    U32,
+    U64,
+}
+
+fn dtype_name(a: &Bound<PyUntypedArray>) -> String {
+    a.dtype().to_string()
+}
+
+fn float_kind(a: &Bound<PyUntypedArray>) -> Option<FloatKind> {
+    let d = a.dtype();
+    match (d.kind(), d.itemsize()) {
+        (b'f', 2) => Some(FloatKind::F16),
+        (b'f', 4) => Some(FloatKind::F32),
+        (b'f', 8) => Some(FloatKind::F64),
+        (b'V', 2) if dtype_name(a) == "bfloat16" => Some(FloatKind::Bf16),
+        _ => None,
+    }
+}
+
+fn int_kind(a: &Bound<PyUntypedArray>) -> Option<IntKind> {
+    let d = a.dtype();
+    Some(match (d.kind(), d.itemsize()) {
+        (b'i', 1) => IntKind::I8,
+        (b'i', 2) => IntKind::I16,
+        (b'i', 4) => IntKind::I32,
+        (b'i', 8) => IntKind::I64,
+        (b'u', 1) => IntKind::U8,
+        (b'u', 2) => IntKind::U16,
+        (b'u', 4) => IntKind::U32,
+        (b'u', 8) => IntKind::U64,
+        _ => return None,
+    })
+}
+
+fn as_ndarray<'py>(obj: &Bound<'py, PyAny>, name: &str) -> PyResult<Bound<'py, PyUntypedArray>> {
+    obj.cast::<PyUntypedArray>().cloned().map_err(|_| {
+        value_error(format!(
+            "{name} must be a numpy.ndarray; got {}",
+            type_name(obj)
+        ))
+    })
+}
+
+fn type_name(obj: &Bound<PyAny>) -> String {
+    obj.get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "an unknown type".into())
+}
+
+/// A read-only view of `a` as `T`, after the checks rust-numpy leaves to its caller: dtype,
+/// byte order, alignment, strides that are whole elements, and rank.
+fn view<'py, T: NpElement>(
+    a: &Bound<'py, PyUntypedArray>,
+    name: &str,
+) -> PyResult<numpy::PyReadonlyArrayDyn<'py, T>> {
+    let size = std::mem::size_of::<T>();
+    if a.dtype().is_native_byteorder() == Some(false) {
+        return Err(value_error(format!(
+            "{name} has non-native byte order ({}): expected native",
+            dtype_name(a)
+        )));
+    }
+    if a.ndim() > 32 {
+        return Err(value_error(format!(
+            "{name} has {} dimensions: expected at most 32",
+            a.ndim()
+        )));
+    }
+    let ptr = a.as_array_ptr();
+    // SAFETY: `ptr` is a live ndarray object (we hold a reference to it).
+    let data = unsafe { (*ptr).data } as usize;
+    let aligned =
+        data % std::mem::align_of::<T>() == 0 && a.strides().iter().all(|s| s % size as isize == 0);
+    if !aligned {
+        return Err(value_error(format!(
+            "{name} is not aligned to its {size}-byte elements (data or strides): expected an aligned array"
+        )));
+    }
+    let typed = a.cast::<PyArrayDyn<T>>().map_err(|_| {
+        value_error(format!(
+            "{name} has dtype {}: expected {}",
+            dtype_name(a),
+            std::any::type_name::<T>()
+        ))
+    })?;
+    typed
+        .try_readonly()
+        .map_err(|e| value_error(format!("{name} cannot be read: {e}")))
+}
+
+fn to_py<'py, T: NpElement>(py: Python<'py>, a: ArrayD<T>) -> Bound<'py, PyAny> {
+    PyArrayDyn::from_owned_array(py, a).into_any()
+}
+
+fn extract<'py, T: FromPyObjectOwned<'py>>(
+    obj: &Bound<'py, PyAny>,
+    name: &str,
+    expected: &str,
+) -> PyResult<T> {
+    obj.extract::<T>().map_err(|_| {
+        value_error(format!(
+            "{name} = {} is invalid: expected {expected}",
+            repr(obj)
+        ))
+    })
+}
+
+fn repr(obj: &Bound<PyAny>) -> String {
+    obj.repr()
+        .map(|r| r.to_string())
+        .unwrap_or_else(|_| "<unprintable>".into())
+}
+
+use pyo3::conversion::FromPyObjectOwned;
+
+/// Everything the options keywords say, checked, with the weights viewed as `f64`.
+struct PyOptions<'py> {
+    reduction: Reduction,
+    label_smoothing: f64,
+    weight: Option<numpy::PyReadonlyArrayDyn<'py, f64>>,
+    ignore_index: Option<i64>,
+}
+
+impl<'py> PyOptions<'py> {
+    fn new(
+        reduction: &Bound<'py, PyAny>,
+        label_smoothing: &Bound<'py, PyAny>,
+        weight: &Bound<'py, PyAny>,
+        ignore_index: &Bound<'py, PyAny>,
+    ) -> PyResult<Self> {
+        let expected_reduction = "one of 'none', 'sum', 'mean'";
+        let reduction =
+            match extract::<String>(reduction, "reduction", expected_reduction)?.as_str() {
+                "none" => Reduction::None,
+                "sum" => Reduction::Sum,
+                "mean" => Reduction::Mean,
+                _ => {
+                    return Err(value_error(format!(
+                        "reduction = {} is invalid: expected {expected_reduction}",
+                        repr(reduction)
+                    )))
+                }
+            };
+        let label_smoothing =
+            extract::<f64>(label_smoothing, "label_smoothing", "a number in [0, 1]")?;
+        let weight = if weight.is_none() {
+            None
+        } else {
+            let w = as_ndarray(weight, "weight")?;
+            if w.dtype().kind() != b'f' || w.dtype().itemsize() != 8 {
+                return Err(value_error(format!(
+                    "weight has dtype {}: expected float64",
+                    dtype_name(&w)
+                )));
+            }
+            Some(view::<f64>(&w, "weight")?)
+        };
+        let ignore_index = if ignore_index.is_none() {
+            None
+        } else {
+            Some(extract::<i64>(
+                ignore_index,
+                "ignore_index",
+                "None or an integer in the int64 range",
+            )?)
+        };
+        Ok(PyOptions {
+            reduction,
+            label_smoothing,
+            weight,
+            ignore_index,
+        })
+    }
+
+    fn options(&self) -> PyResult<Options<'_>> {
+        let weight = match &self.weight {
+            None => None,
+            Some(w) => Some(w.as_array().into_dimensionality::<Ix1>().map_err(|_| {
+                value_error(format!(
+                    "weight has shape {:?}: expected a 1-d array of one weight per class",
+                    w.shape()
+                ))
+            })?),
+        };
+        Ok(Options {
+            reduction: self.reduction,
+            label_smoothing: self.label_smoothing,
+            weight: weight.map(|w: ArrayView1<f64>| w),
+            ignore_index: self.ignore_index,
+        })
+    }
+}
+
+fn axis_arg(axis: &Bound<PyAny>) -> PyResult<isize> {
+    extract::<isize>(axis, "axis", "an integer")
+}
+
+/// A loss, or a `(loss, grad)` pair, as Python objects.
+fn loss_result<'py, T: NpElement>(
+    py: Python<'py>,
+    r: (ArrayD<T>, Option<ArrayD<T>>),
+) -> PyResult<Bound<'py, PyAny>> {
+    let loss = to_py(py, r.0);
+    match r.1 {
+        None => Ok(loss),
+        Some(g) => Ok(PyTuple::new(py, [loss, to_py(py, g)])?.into_any()),
+    }
+}
+
+macro_rules! with_float {
+    ($kind:expr, $T:ident => $body:expr) => {
+        match $kind {
+            FloatKind::F16 => {
+                type $T = f16;
+                $body
+            }
+            FloatKind::Bf16 => {
+                type $T = bf16;
+                $body
+            }
+            FloatKind::F32 => {
+                type $T = f32;
+                $body
+            }
+            FloatKind::F64 => {
+                type $T = f64;
+                $body
+            }
+        }
+    };
+}
+
+macro_rules! with_int {
+    ($kind:expr, $L:ident => $body:expr) => {
+        match $kind {
+            IntKind::I8 => {
+                type $L = i8;
+                $body
+            }
+            IntKind::I16 => {
+                type $L = i16;
+                $body
+            }
+            IntKind::I32 => {
+                type $L = i32;
+                $body
+            }
+            IntKind::I64 => {
+                type $L = i64;
+                $body
+            }
+            IntKind::U8 => {
+                type $L = u8;
+                $body
+            }
+            IntKind::U16 => {
+                type $L = u16;
+                $body
+            }
+            IntKind::U32 => {
+                type $L = u32;
+                $body
+            }
+            IntKind::U64 => {
+                type $L = u64;
+                $body
+            }
+        }
+    };
+}
+
+const FLOATS: &str = "float16, bfloat16, float32 or float64";
+
+fn logits_kind(logits: &Bound<PyUntypedArray>) -> PyResult<FloatKind> {
+    float_kind(logits).ok_or_else(|| {
+        value_error(format!(
+            "logits has dtype {}: expected {FLOATS}",
+            dtype_name(logits)
+        ))
+    })
+}
+
+fn sparse_impl<'py, T: Element + NpElement, L: crate::Label + NpElement>(
+    py: Python<'py>,
+    logits: &Bound<'py, PyUntypedArray>,
+    labels: &Bound<'py, PyUntypedArray>,
+    axis: isize,
+    options: &PyOptions<'py>,
+    with_grad: bool,
+) -> PyResult<Bound<'py, PyAny>> {
+    let (z, y) = (view::<T>(logits, "logits")?, view::<L>(labels, "labels")?);
+    let options = options.options()?;
+    let (z, y): (ArrayViewD<T>, ArrayViewD<L>) = (z.as_array(), y.as_array());
+    let result = py.detach(|| {
+        if with_grad {
+            crate::sparse_softmax_cross_entropy_with_grad(z, y, axis, &options)
+                .map(|(l, g)| (l, Some(g)))
+        } else {
+            crate::sparse_softmax_cross_entropy(z, y, axis, &options).map(|l| (l, None))
+        }
+    })?;
+    loss_result(py, result)
+}
+
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn sparse<'py>(
+    py: Python<'py>,
+    logits: &Bound<'py, PyAny>,
+    labels: &Bound<'py, PyAny>,
+    axis: &Bound<'py, PyAny>,
+    reduction: &Bound<'py, PyAny>,
+    label_smoothing: &Bound<'py, PyAny>,
+    weight: &Bound<'py, PyAny>,
+    ignore_index: &Bound<'py, PyAny>,
+    with_grad: bool,
+) -> PyResult<Bound<'py, PyAny>> {
+    let (logits, labels) = (as_ndarray(logits, "logits")?, as_ndarray(labels, "labels")?);
+    let kind = logits_kind(&logits)?;
+    let label_kind = int_kind(&labels).ok_or_else(|| {
+        value_error(format!(
+            "labels has dtype {}: expected an integer dtype (int8 to int64, uint8 to uint64) of class indices",
+            dtype_name(&labels)
+        ))
+    })?;
+    let axis = axis_arg(axis)?;
+    let options = PyOptions::new(reduction, label_smoothing, weight, ignore_index)?;
+    with_float!(kind, T => with_int!(label_kind, L =>
+        sparse_impl::<T, L>(py, &logits, &labels, axis, &options, with_grad)))
+}
+
+fn dense_impl<'py, T, Y>(
+    py: Python<'py>,
+    logits: &Bound<'py, PyUntypedArray>,
+    labels: &Bound<'py, PyUntypedArray>,
+    axis: isize,
+    options: &PyOptions<'py>,
+    with_grad: bool,
+) -> PyResult<Bound<'py, PyAny>>
+where
+    T: Element + NpElement,
+    Y: Element<Compute = T::Compute> + NpElement,
+{
+    let (z, y) = (view::<T>(logits, "logits")?, view::<Y>(labels, "labels")?);
+    let options = options.options()?;
+    let (z, y): (ArrayViewD<T>, ArrayViewD<Y>) = (z.as_array(), y.as_array());
+    let result = py.detach(|| {
+        if with_grad {
+            crate::softmax_cross_entropy_with_grad(z, y, axis, &options).map(|(l, g)| (l, Some(g)))
+        } else {
+            crate::softmax_cross_entropy(z, y, axis, &options).map(|l| (l, None))
+        }
+    })?;
+    loss_result(py, result)
+}
+
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn dense<'py>(
+    py: Python<'py>,
+    logits: &Bound<'py, PyAny>,
+    labels: &Bound<'py, PyAny>,
+    axis: &Bound<'py, PyAny>,
+    reduction: &Bound<'py, PyAny>,
+    label_smoothing: &Bound<'py, PyAny>,
+    weight: &Bound<'py, PyAny>,
+    with_grad: bool,
+) -> PyResult<Bound<'py, PyAny>> {
+    let (logits, mut labels) = (as_ndarray(logits, "logits")?, as_ndarray(labels, "labels")?);
+    let kind = logits_kind(&logits)?;
+    let mut label_kind = float_kind(&labels).ok_or_else(|| {
+        value_error(format!(
+            "labels has dtype {}: expected a floating dtype ({FLOATS}) of class probabilities",
+            dtype_name(&labels)
+        ))
+    })?;
+    // Labels whose compute type differs from the logits' are converted once, to the logits'
+    // compute type; all other combinations are read as they are.
+    let compute = if kind == FloatKind::F64 {
+        FloatKind::F64
+    } else {
+        FloatKind::F32
+    };
+    if (label_kind == FloatKind::F64) != (compute == FloatKind::F64) {
+        let target = if compute == FloatKind::F64 {
+            "float64"
+        } else {
+            "float32"
+        };
+        labels = as_ndarray(&labels.call_method1("astype", (target,))?, "labels")?;
+        label_kind = compute;
+    }
+    let axis = axis_arg(axis)?;
+    let none = py.None().into_bound(py);
+    let options = PyOptions::new(reduction, label_smoothing, weight, &none)?;
+    macro_rules! labels_as {
+        ($T:ty) => {
+            match label_kind {
+                FloatKind::F16 => {
+                    dense_impl::<$T, f16>(py, &logits, &labels, axis, &options, with_grad)
+                }
+                FloatKind::Bf16 => {
+                    dense_impl::<$T, bf16>(py, &logits, &labels, axis, &options, with_grad)
+                }
+                _ => dense_impl::<$T, f32>(py, &logits, &labels, axis, &options, with_grad),
+            }
+        };
+    }
+    match kind {
+        FloatKind::F64 => dense_impl::<f64, f64>(py, &logits, &labels, axis, &options, with_grad),
+        FloatKind::F16 => labels_as!(f16),
+        FloatKind::Bf16 => labels_as!(bf16),
+        FloatKind::F32 => labels_as!(f32),
+    }
+}
+
+type RowOp<T> = fn(ArrayViewD<T>, isize) -> crate::Result<ArrayD<T>>;
+
+fn row_op_impl<'py, T: Element + NpElement>(
+    py: Python<'py>,
+    logits: &Bound<'py, PyUntypedArray>,
+    axis: isize,
+    op: RowOp<T>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let z = view::<T>(logits, "logits")?;
+    let z = z.as_array();
+    let out = py.detach(|| op(z, axis))?;
+    Ok(to_py(py, out))
+}
+
+macro_rules! row_op {
+    ($name:ident) => {
+        #[pyfunction]
+        fn $name<'py>(py: Python<'py>, logits: &Bound<'py, PyAny>, axis: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+            let logits = as_ndarray(logits, "logits")?;
+            let kind = logits_kind(&logits)?;
+            let axis = axis_arg(axis)?;
+            with_float!(kind, T => row_op_impl::<T>(py, &logits, axis, crate::$name::<T>))
+        }
+    };
+}
+row_op!(log_softmax);
+row_op!(softmax);
+row_op!(logsumexp);
+
+/// The SIMD tier in use: "avx512", "avx2" or "scalar".
+#[pyfunction]
+fn simd_tier() -> &'static str {
+    crate::simd_tier().name()
+}
+
+/// Sets the number of worker threads (0: back to the default, `RAYON_NUM_THREADS` or all cores).
+#[pyfunction]
+fn set_num_threads(n: &Bound<PyAny>) -> PyResult<()> {
+    let n = extract::<usize>(n, "n", "a non-negative integer")?;
+    if n > 4096 {
+        return Err(value_error(format!(
+            "n = {n} is invalid: expected at most 4096 threads"
+        )));
+    }
+    crate::set_num_threads(n).map_err(|e| value_error(format!("could not start {n} threads: {e}")))
+}
+
+/// The number of worker threads in use.
+#[pyfunction]
+fn get_num_threads() -> usize {
+    crate::num_threads()
+}
+
+#[pymodule(name = "_core", gil_used = false)]
+fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(sparse, m)?)?;
+    m.add_function(wrap_pyfunction!(dense, m)?)?;
+    m.add_function(wrap_pyfunction!(log_softmax, m)?)?;
+    m.add_function(wrap_pyfunction!(softmax, m)?)?;
+    m.add_function(wrap_pyfunction!(logsumexp, m)?)?;
+    m.add_function(wrap_pyfunction!(simd_tier, m)?)?;
+    m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

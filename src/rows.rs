@@ -1,0 +1,230 @@
+//! The math of one row, on contiguous slices of the compute type, written once on top of the
+//! kernel primitives.
+//!
+//! Per row `z` with maximum `m` at index `k`, everything derives from
+//! `rest = Σ_{j≠k} exp(z_j - m)`: `lse = m + log1p(rest)`. Keeping the maximum's own term out
+//! of the sum is what makes confident rows exact: `lse - z_k = log1p(rest)` has no
+//! cancellation, and `p_k - 1 = -rest / (1 + rest)`.
+
+use crate::kernels::{Float, RowKernels};
+
+/// Max, its index and the mass off the maximum, for one row.
+#[derive(Debug, Clone, Copy)]
+pub struct RowStats<F> {
+    pub max: F,
+    pub argmax: usize,
+    /// `Σ_{j≠argmax} exp(z_j - max)`; only meaningful when `max` is finite.
+    pub rest: F,
+}
+
+impl<F: Float> RowStats<F> {
+    pub fn of(k: &RowKernels<F>, z: &[F]) -> Self {
+        if z.is_empty() {
+            return RowStats {
+                max: F::neg_infinity(),
+                argmax: 0,
+                rest: F::nan(),
+            };
+        }
+        let (max, argmax) = (k.max_argmax)(z);
+        let rest = if max.is_finite() {
+            (k.sum_exp)(&z[..argmax], max) + (k.sum_exp)(&z[argmax + 1..], max)
+        } else {
+            F::nan()
+        };
+        RowStats { max, argmax, rest }
+    }
+
+    /// A row with a finite maximum: no NaN, no +inf, not all -inf.
+    pub fn is_regular(&self) -> bool {
+        self.max.is_finite()
+    }
+
+    /// `log1p(rest)`, so that `lse = max + log_rest`.
+    pub fn log_rest(&self) -> F {
+        self.rest.ln_1p()
+    }
+
+    /// `-inf` for a row of -inf, `+inf` for a row with +inf, NaN for a row with NaN.
+    pub fn logsumexp(&self) -> F {
+        if self.is_regular() {
+            self.max + self.log_rest()
+        } else {
+            self.max
+        }
+    }
+}
+
+pub fn log_softmax<F: Float>(k: &RowKernels<F>, z: &[F], out: &mut [F]) {
+    let s = RowStats::of(k, z);
+    if !s.is_regular() {
+        return out.fill(F::nan());
+    }
+    let l = s.log_rest();
+    for (o, &x) in out.iter_mut().zip(z) {
+        *o = (x - s.max) - l;
+    }
+}
+
+pub fn softmax<F: Float>(k: &RowKernels<F>, z: &[F], out: &mut [F]) {
+    let s = RowStats::of(k, z);
+    if !s.is_regular() {
+        return out.fill(F::nan());
+    }
+    (k.exp_scaled)(z, s.max, (F::one() + s.rest).recip(), out);
+}
+
+/// Per-call constants of the target distribution: class weights and label smoothing.
+pub struct Targets<'w, F> {
+    /// Per-class weights, `None` meaning all ones.
+    pub weight: Option<&'w [F]>,
+    /// `Σ weight` (the number of classes without weights).
+    pub weight_sum: F,
+    /// ε of label smoothing: targets become `(1 - ε) y + ε / C`.
+    pub smoothing: F,
+    /// `ε / C`, the uniform part of a smoothed target.
+    pub uniform: F,
+}
+
+impl<'w, F: Float> Targets<'w, F> {
+    pub fn new(weight: Option<&'w [F]>, smoothing: F, classes: usize) -> Self {
+        let c = F::from_f64(classes as f64);
+        let weight_sum = weight.map_or(c, |w| w.iter().fold(F::zero(), |a, &x| a + x));
+        Targets {
+            weight,
+            weight_sum,
+            smoothing,
+            uniform: smoothing / c,
+        }
+    }
+
+    #[inline]
+    fn weight(&self, j: usize) -> F {
+        self.weight.map_or(F::one(), |w| w[j])
+    }
+}
+
+/// `Σ_j w_j (m - z_j)` over the classes with a non-zero weight (so a zero weight on a -inf
+/// logit counts 0). Every term is ≥ 0: no cancellation.
+fn weighted_gap<F: Float>(t: &Targets<F>, z: &[F], m: F) -> F {
+    match t.weight {
+        None => z.iter().fold(F::zero(), |a, &x| a + (m - x)),
+        Some(w) => z
+            .iter()
+            .zip(w)
+            .filter(|(_, &wj)| wj != F::zero())
+            .fold(F::zero(), |a, (&x, &wj)| a + wj * (m - x)),
+    }
+}
+
+/// Gradient to fill, with the factor the reduction applies (`1`, or `1 / divisor` for mean).
+pub struct Grad<'g, F> {
+    pub out: &'g mut [F],
+    pub scale: F,
+}
+
+/// Loss of one row against class `label`, with weights and smoothing:
+/// targets `t_j = (1-ε) w_y δ_jy + (ε/C) w_j`, loss `Σ_j t_j (lse - z_j)`,
+/// gradient `scale (Σt · p - t)`.
+pub fn sparse<F: Float>(
+    k: &RowKernels<F>,
+    z: &[F],
+    label: usize,
+    t: &Targets<F>,
+    grad: Option<Grad<F>>,
+) -> F {
+    let s = RowStats::of(k, z);
+    if !s.is_regular() {
+        if let Some(g) = grad {
+            g.out.fill(F::nan());
+        }
+        return F::nan();
+    }
+    let l = s.log_rest();
+    let a = (F::one() - t.smoothing) * t.weight(label);
+    let b = t.uniform;
+    let mut loss = F::zero();
+    if a != F::zero() {
+        loss = a * ((s.max - z[label]) + l);
+    }
+    if b != F::zero() {
+        loss = loss + b * (weighted_gap(t, z, s.max) + t.weight_sum * l);
+    }
+    if let Some(Grad { out, scale }) = grad {
+        let inv = (F::one() + s.rest).recip();
+        let total = a + b * t.weight_sum;
+        (k.exp_scaled)(z, s.max, scale * total * inv, out);
+        if b != F::zero() {
+            for (j, o) in out.iter_mut().enumerate() {
+                *o = *o - scale * b * t.weight(j);
+            }
+        }
+        // The label's entry, without the cancellation of `p_y - 1`: minus the other classes' mass.
+        let e_y = if label == s.argmax {
+            F::one()
+        } else {
+            (z[label] - s.max).exp()
+        };
+        let off = if label == s.argmax {
+            s.rest
+        } else {
+            F::one() + (s.rest - e_y)
+        };
+        let p_y = e_y * inv;
+        out[label] = scale * (b * (t.weight_sum * p_y - t.weight(label)) - a * off * inv);
+    }
+    loss
+}
+
+/// Loss of one row against a dense target row `y` (any real numbers), with weights and
+/// smoothing: `t_j = w_j ((1-ε) y_j + ε/C)`, loss `Σ_{t_j≠0} t_j (lse - z_j)` (a zero target
+/// on a -inf logit counts 0), gradient `scale (Σt · p - t)`. `scratch` holds `t`.
+pub fn dense<F: Float>(
+    k: &RowKernels<F>,
+    z: &[F],
+    y: &[F],
+    t: &Targets<F>,
+    scratch: &mut Vec<F>,
+    grad: Option<Grad<F>>,
+) -> F {
+    let s = RowStats::of(k, z);
+    if !s.is_regular() {
+        if let Some(g) = grad {
+            g.out.fill(F::nan());
+        }
+        return F::nan();
+    }
+    let keep = F::one() - t.smoothing;
+    scratch.clear();
+    scratch.extend(
+        y.iter()
+            .enumerate()
+            .map(|(j, &yj)| t.weight(j) * (keep * yj + t.uniform)),
+    );
+    let targets = &scratch[..];
+    let (mut total, mut gap) = (F::zero(), F::zero());
+    for (&tj, &x) in targets.iter().zip(z) {
+        if tj != F::zero() {
+            total = total + tj;
+            gap = gap + tj * (s.max - x);
+        }
+    }
+    let loss = gap + total * s.log_rest();
+    if let Some(Grad { out, scale }) = grad {
+        let inv = (F::one() + s.rest).recip();
+        (k.exp_scaled)(z, s.max, scale * total * inv, out);
+        for (o, &tj) in out.iter_mut().zip(targets) {
+            *o = *o - scale * tj;
+        }
+        // At the maximum, `Σt p_k - t_k = (Σ_{j≠k} t_j - t_k rest) / (1 + rest)`: exact for
+        // confident rows, where the direct form cancels.
+        let tk = targets[s.argmax];
+        let others = targets
+            .iter()
+            .enumerate()
+            .filter(|&(j, _)| j != s.argmax)
+            .fold(F::zero(), |a, (_, &tj)| a + tj);
+        out[s.argmax] = scale * (others - tk * s.rest) * inv;
+    }
+    loss
+}
