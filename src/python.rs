@@ -494,6 +494,12 @@ fn simd_tier() -> &'static str {
     crate::simd_tier().name()
 }
 
+/// Every SIMD tier this CPU can run, from the baseline up (`FASTXENT_SIMD` picks among them).
+#[pyfunction]
+fn simd_tiers() -> Vec<&'static str> {
+    crate::dispatch::supported_tiers().into_iter().map(|t| t.name()).collect()
+}
+
 /// Sets the number of worker threads (0: back to the default, `RAYON_NUM_THREADS` or all cores).
 #[pyfunction]
 fn set_num_threads(n: &Bound<PyAny>) -> PyResult<()> {
@@ -520,6 +526,7 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(softmax, m)?)?;
     m.add_function(wrap_pyfunction!(logsumexp, m)?)?;
     m.add_function(wrap_pyfunction!(simd_tier, m)?)?;
+    m.add_function(wrap_pyfunction!(simd_tiers, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

@@ -8,6 +8,39 @@
 
 use crate::kernels::{Float, RowKernels};
 
+/// Elements per call of the kernel's `sum_exp`: within a block the kernel's own accumulators
+/// keep the error to a few ulp; across blocks a compensated sum keeps it there for any width.
+const SUM_BLOCK: usize = 1024;
+
+/// Neumaier's compensated sum: the error stays at a few ulp whatever the number of terms.
+#[derive(Clone, Copy, Default)]
+struct CompensatedSum<F> {
+    sum: F,
+    carry: F,
+}
+
+impl<F: Float> CompensatedSum<F> {
+    #[inline]
+    fn add(&mut self, x: F) {
+        let t = self.sum + x;
+        self.carry = self.carry + if self.sum.abs() >= x.abs() { (self.sum - t) + x } else { (x - t) + self.sum };
+        self.sum = t;
+    }
+
+    fn value(self) -> F {
+        self.sum + self.carry
+    }
+}
+
+/// `Σ exp(z_j - shift)`, accurate to a few ulp however long the row.
+fn sum_exp<F: Float>(k: &RowKernels<F>, z: &[F], shift: F) -> F {
+    let mut total = CompensatedSum::default();
+    for block in z.chunks(SUM_BLOCK) {
+        total.add((k.sum_exp)(block, shift));
+    }
+    total.value()
+}
+
 /// Max, its index and the mass off the maximum, for one row.
 #[derive(Debug, Clone, Copy)]
 pub struct RowStats<F> {
@@ -28,7 +61,7 @@ impl<F: Float> RowStats<F> {
         }
         let (max, argmax) = (k.max_argmax)(z);
         let rest = if max.is_finite() {
-            (k.sum_exp)(&z[..argmax], max) + (k.sum_exp)(&z[argmax + 1..], max)
+            sum_exp(k, &z[..argmax], max) + sum_exp(k, &z[argmax + 1..], max)
         } else {
             F::nan()
         };
@@ -107,14 +140,14 @@ impl<'w, F: Float> Targets<'w, F> {
 /// `Σ_j w_j (m - z_j)` over the classes with a non-zero weight (so a zero weight on a -inf
 /// logit counts 0). Every term is ≥ 0: no cancellation.
 fn weighted_gap<F: Float>(t: &Targets<F>, z: &[F], m: F) -> F {
-    match t.weight {
-        None => z.iter().fold(F::zero(), |a, &x| a + (m - x)),
-        Some(w) => z
-            .iter()
-            .zip(w)
-            .filter(|(_, &wj)| wj != F::zero())
-            .fold(F::zero(), |a, (&x, &wj)| a + wj * (m - x)),
+    let mut gap = CompensatedSum::default();
+    for (j, &x) in z.iter().enumerate() {
+        let w = t.weight(j);
+        if w != F::zero() {
+            gap.add(w * (m - x));
+        }
     }
+    gap.value()
 }
 
 /// Gradient to fill, with the factor the reduction applies (`1`, or `1 / divisor` for mean).
@@ -202,13 +235,17 @@ pub fn dense<F: Float>(
             .map(|(j, &yj)| t.weight(j) * (keep * yj + t.uniform)),
     );
     let targets = &scratch[..];
-    let (mut total, mut gap) = (F::zero(), F::zero());
-    for (&tj, &x) in targets.iter().zip(z) {
+    let (mut total, mut others, mut gap) = Default::default();
+    for (j, (&tj, &x)) in targets.iter().zip(z).enumerate() {
         if tj != F::zero() {
-            total = total + tj;
-            gap = gap + tj * (s.max - x);
+            CompensatedSum::add(&mut total, tj);
+            if j != s.argmax {
+                CompensatedSum::add(&mut others, tj);
+            }
+            CompensatedSum::add(&mut gap, tj * (s.max - x));
         }
     }
+    let (total, others, gap): (F, F, F) = (total.value(), others.value(), gap.value());
     let loss = gap + total * s.log_rest();
     if let Some(Grad { out, scale }) = grad {
         let inv = (F::one() + s.rest).recip();
@@ -219,11 +256,6 @@ pub fn dense<F: Float>(
         // At the maximum, `Σt p_k - t_k = (Σ_{j≠k} t_j - t_k rest) / (1 + rest)`: exact for
         // confident rows, where the direct form cancels.
         let tk = targets[s.argmax];
-        let others = targets
-            .iter()
-            .enumerate()
-            .filter(|&(j, _)| j != s.argmax)
-            .fold(F::zero(), |a, (_, &tj)| a + tj);
         out[s.argmax] = scale * (others - tk * s.rest) * inv;
     }
     loss

@@ -16,7 +16,7 @@ from typing import Any, Callable, TypeVar
 import numpy as np
 
 from . import _core
-from ._core import get_num_threads, set_num_threads, simd_tier
+from ._core import get_num_threads, set_num_threads, simd_tier, simd_tiers
 
 __all__ = [
     "softmax_cross_entropy_with_logits",
@@ -28,6 +28,7 @@ __all__ = [
     "softmax",
     "logsumexp",
     "simd_tier",
+    "simd_tiers",
     "set_num_threads",
     "get_num_threads",
 ]

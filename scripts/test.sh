@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The whole test suite: Rust unit and integration tests, the Python tests under every SIMD
+# tier this CPU has, and mypy.stubtest on the stubs. Sets up .venv first if needed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q "maturin>=1.9.4,<2" numpy ml_dtypes pytest hypothesis mypy
+.venv/bin/maturin develop --release -q
+
+cargo test --quiet
+
+.venv/bin/python -m pytest -q
+# The numerical tests again with each lower SIMD tier forced (FASTXENT_SIMD caps the tier).
+for tier in $(.venv/bin/python -c "import fastxent as f; print(*[t for t in f.simd_tiers() if t != f.simd_tier()])"); do
+  echo "--- numerical tests under FASTXENT_SIMD=$tier"
+  FASTXENT_SIMD=$tier .venv/bin/python -m pytest -q -m "not slow" tests/test_values.py tests/test_golden.py
+done
+
+.venv/bin/python -m mypy.stubtest fastxent --mypy-config-file pyproject.toml
+.venv/bin/python -m mypy
