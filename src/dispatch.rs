@@ -55,7 +55,10 @@ pub fn detected_tier() -> Tier {
 
 /// Every tier this CPU can run, from the baseline up.
 pub fn supported_tiers() -> Vec<Tier> {
-    [Tier::Scalar, Tier::Avx2, Tier::Avx512].into_iter().filter(|&t| t <= detected_tier()).collect()
+    [Tier::Scalar, Tier::Avx2, Tier::Avx512]
+        .into_iter()
+        .filter(|&t| t <= detected_tier())
+        .collect()
 }
 
 /// The tier in use: the detected one, lowered by `FASTXENT_SIMD` if set (read once).

@@ -497,7 +497,10 @@ fn simd_tier() -> &'static str {
 /// Every SIMD tier this CPU can run, from the baseline up (`FASTXENT_SIMD` picks among them).
 #[pyfunction]
 fn simd_tiers() -> Vec<&'static str> {
-    crate::dispatch::supported_tiers().into_iter().map(|t| t.name()).collect()
+    crate::dispatch::supported_tiers()
+        .into_iter()
+        .map(|t| t.name())
+        .collect()
 }
 
 /// Sets the number of worker threads (0: back to the default, `RAYON_NUM_THREADS` or all cores).

@@ -23,12 +23,22 @@ impl<F: Float> CompensatedSum<F> {
     #[inline]
     fn add(&mut self, x: F) {
         let t = self.sum + x;
-        self.carry = self.carry + if self.sum.abs() >= x.abs() { (self.sum - t) + x } else { (x - t) + self.sum };
+        self.carry = self.carry
+            + if self.sum.abs() >= x.abs() {
+                (self.sum - t) + x
+            } else {
+                (x - t) + self.sum
+            };
         self.sum = t;
     }
 
     fn value(self) -> F {
-        self.sum + self.carry
+        // An infinite term makes the carry NaN; the sum alone is then the answer.
+        if self.sum.is_finite() {
+            self.sum + self.carry
+        } else {
+            self.sum
+        }
     }
 }
 
