@@ -6,6 +6,8 @@
 //! of the sum is what makes confident rows exact: `lse - z_k = log1p(rest)` has no
 //! cancellation, and `p_k - 1 = -rest / (1 + rest)`.
 
+use rayon::prelude::*;
+
 use crate::kernels::{Float, RowKernels};
 
 /// Elements per call of the kernel's `sum_exp`: within a block the kernel's own accumulators
@@ -42,13 +44,60 @@ impl<F: Float> CompensatedSum<F> {
     }
 }
 
+/// Rows at least this long are cut into blocks that rayon spreads over the threads, so that
+/// a few huge rows (8 × 256 Ki classes) still use every core. The blocks depend on the row
+/// only, never on the thread count, so neither do the results.
+const SPLIT_MIN: usize = 1 << 16;
+/// Elements per task when a row is split (256 KiB of f32).
+const SPLIT_BLOCK: usize = 1 << 16;
+
 /// `Σ exp(z_j - shift)`, accurate to a few ulp however long the row.
 fn sum_exp<F: Float>(k: &RowKernels<F>, z: &[F], shift: F) -> F {
     let mut total = CompensatedSum::default();
-    for block in z.chunks(SUM_BLOCK) {
-        total.add((k.sum_exp)(block, shift));
+    if z.len() >= SPLIT_MIN {
+        let sums: Vec<F> = z
+            .par_chunks(SUM_BLOCK)
+            .with_min_len(SPLIT_BLOCK / SUM_BLOCK)
+            .map(|block| (k.sum_exp)(block, shift))
+            .collect();
+        sums.into_iter().for_each(|x| total.add(x));
+    } else {
+        z.chunks(SUM_BLOCK).for_each(|block| total.add((k.sum_exp)(block, shift)));
     }
     total.value()
+}
+
+/// The maximum and the index of its first occurrence, or NaN if the row holds one.
+fn max_argmax<F: Float>(k: &RowKernels<F>, z: &[F]) -> (F, usize) {
+    if z.len() < SPLIT_MIN {
+        return (k.max_argmax)(z);
+    }
+    let first_max = |a: (F, usize), b: (F, usize)| {
+        let b_wins = !a.0.is_nan() && (b.0.is_nan() || b.0 > a.0 || (b.0 == a.0 && b.1 < a.1));
+        if b_wins {
+            b
+        } else {
+            a
+        }
+    };
+    z.par_chunks(SPLIT_BLOCK)
+        .enumerate()
+        .map(|(i, block)| {
+            let (m, j) = (k.max_argmax)(block);
+            (m, i * SPLIT_BLOCK + j)
+        })
+        .reduce_with(first_max)
+        .expect("a split row is not empty")
+}
+
+/// `out_j = exp(z_j - shift) * scale`, split over threads for huge rows.
+pub fn exp_scaled<F: Float>(k: &RowKernels<F>, z: &[F], shift: F, scale: F, out: &mut [F]) {
+    if z.len() < SPLIT_MIN {
+        return (k.exp_scaled)(z, shift, scale, out);
+    }
+    out.par_chunks_mut(SPLIT_BLOCK)
+        .zip(z.par_chunks(SPLIT_BLOCK))
+        .for_each(|(o, block)| (k.exp_scaled)(block, shift, scale, o));
 }
 
 /// Max, its index and the mass off the maximum, for one row.
@@ -69,7 +118,7 @@ impl<F: Float> RowStats<F> {
                 rest: F::nan(),
             };
         }
-        let (max, argmax) = (k.max_argmax)(z);
+        let (max, argmax) = max_argmax(k, z);
         let rest = if max.is_finite() {
             sum_exp(k, &z[..argmax], max) + sum_exp(k, &z[argmax + 1..], max)
         } else {
@@ -114,7 +163,7 @@ pub fn softmax<F: Float>(k: &RowKernels<F>, z: &[F], out: &mut [F]) {
     if !s.is_regular() {
         return out.fill(F::nan());
     }
-    (k.exp_scaled)(z, s.max, (F::one() + s.rest).recip(), out);
+    exp_scaled(k, z, s.max, (F::one() + s.rest).recip(), out);
 }
 
 /// Per-call constants of the target distribution: class weights and label smoothing.
@@ -196,7 +245,7 @@ pub fn sparse<F: Float>(
     if let Some(Grad { out, scale }) = grad {
         let inv = (F::one() + s.rest).recip();
         let total = a + b * t.weight_sum;
-        (k.exp_scaled)(z, s.max, scale * total * inv, out);
+        exp_scaled(k, z, s.max, scale * total * inv, out);
         if b != F::zero() {
             for (j, o) in out.iter_mut().enumerate() {
                 *o = *o - scale * b * t.weight(j);
@@ -259,7 +308,7 @@ pub fn dense<F: Float>(
     let loss = gap + total * s.log_rest();
     if let Some(Grad { out, scale }) = grad {
         let inv = (F::one() + s.rest).recip();
-        (k.exp_scaled)(z, s.max, scale * total * inv, out);
+        exp_scaled(k, z, s.max, scale * total * inv, out);
         for (o, &tj) in out.iter_mut().zip(targets) {
             *o = *o - scale * tj;
         }
