@@ -3,7 +3,7 @@
 
 use std::marker::PhantomData;
 
-use ndarray::{ArrayD, ArrayView1, ArrayViewD, IxDyn};
+use ndarray::{ArrayD, ArrayView1, ArrayViewD, ArrayViewMutD, IxDyn};
 use num_traits::{One, Zero};
 use rayon::prelude::*;
 
@@ -106,10 +106,14 @@ struct RowView<'a, T> {
     batch_strides: Vec<isize>,
     classes: usize,
     class_stride: isize,
+    /// Always read rows into scratch: the gradient is written over these logits.
+    copy: bool,
     _view: PhantomData<&'a T>,
 }
 
-// SAFETY: a RowView only reads through `ptr`, like the `ArrayView` it was made from.
+// SAFETY: a RowView only reads through `ptr`, like the `ArrayView` it was made from; when
+// the same memory is written (in-place gradient), each row is copied before it is written,
+// by the one task that owns the row.
 unsafe impl<T: Sync> Send for RowView<'_, T> {}
 unsafe impl<T: Sync> Sync for RowView<'_, T> {}
 
@@ -121,6 +125,7 @@ impl<'a, T: Element> RowView<'a, T> {
             batch_strides: without_strides(view.strides(), axis),
             classes: view.shape()[axis],
             class_stride: view.strides()[axis],
+            copy: false,
             _view: PhantomData,
         }
     }
@@ -147,7 +152,7 @@ impl<'a, T: Element> RowView<'a, T> {
             scratch.clear();
             if self.class_stride == 1 {
                 let s = std::slice::from_raw_parts(p, self.classes);
-                if let Some(c) = T::as_compute(s) {
+                if let (false, Some(c)) = (self.copy, T::as_compute(s)) {
                     return c;
                 }
                 scratch.extend(s.iter().map(|x| x.widen()));
@@ -186,47 +191,107 @@ impl<F> Default for Scratch<F> {
     }
 }
 
+/// Where output rows go: any strided destination whose rows do not overlap (a fresh array,
+/// the caller's `grad_out`, or the logits themselves for an in-place gradient).
+struct RowSink<'a, T> {
+    ptr: *mut T,
+    batch_shape: Vec<usize>,
+    batch_strides: Vec<isize>,
+    classes: usize,
+    class_stride: isize,
+    _view: PhantomData<&'a mut T>,
+}
+
+// SAFETY: each row is written by the one task that handles it, and rows do not overlap (an
+// `ArrayViewMut` never aliases itself).
+unsafe impl<T: Send> Send for RowSink<'_, T> {}
+unsafe impl<T: Send> Sync for RowSink<'_, T> {}
+
+impl<'a, T: Element> RowSink<'a, T> {
+    fn new(view: &mut ArrayViewMutD<'a, T>, axis: usize) -> Self {
+        RowSink {
+            ptr: view.as_mut_ptr(),
+            batch_shape: without(view.shape(), axis),
+            batch_strides: without_strides(view.strides(), axis),
+            classes: view.shape()[axis],
+            class_stride: view.strides()[axis],
+            _view: PhantomData,
+        }
+    }
+
+    /// A reader of the same rows, for logits the gradient overwrites: it always copies a row
+    /// into scratch before the row is written.
+    fn reader(&self) -> RowView<'a, T> {
+        RowView {
+            ptr: self.ptr,
+            batch_shape: self.batch_shape.clone(),
+            batch_strides: self.batch_strides.clone(),
+            classes: self.classes,
+            class_stride: self.class_stride,
+            copy: true,
+            _view: PhantomData,
+        }
+    }
+
+    /// Calls `fill` with row `r` in the compute type: the destination itself when it is
+    /// contiguous and of that type, else `buf`, rounded and scattered afterwards.
+    ///
+    /// # Safety
+    /// `r < rows`, and no other thread accesses row `r` meanwhile.
+    unsafe fn write_row<R>(
+        &self,
+        r: usize,
+        buf: &mut Vec<T::Compute>,
+        fill: impl FnOnce(&mut [T::Compute]) -> R,
+    ) -> R {
+        let mut off = 0isize;
+        let mut rest = r;
+        for (&n, &s) in self.batch_shape.iter().zip(&self.batch_strides).rev() {
+            off += (rest % n) as isize * s;
+            rest /= n;
+        }
+        let p = self.ptr.offset(off);
+        if self.class_stride == 1 {
+            let row = std::slice::from_raw_parts_mut(p, self.classes);
+            if T::as_compute_mut(row).is_some() {
+                return fill(T::as_compute_mut(row).expect("checked"));
+            }
+        }
+        buf.resize(self.classes, T::Compute::zero());
+        let result = fill(buf);
+        for (i, &x) in buf.iter().enumerate() {
+            *p.offset(i as isize * self.class_stride) = T::narrow(x);
+        }
+        result
+    }
+}
+
 /// Runs `f(row, scratch, out_row)` over every row in parallel and collects what it returns,
-/// in row order. With `out` (`rows × classes`, row-major), each call gets its output row in
-/// the compute type; half-type outputs are rounded once, at the end of the row.
-fn for_rows<T, R, Fun>(rows: usize, classes: usize, out: Option<&mut [T]>, f: Fun) -> Vec<R>
+/// in row order. With a `sink`, each call gets its output row in the compute type; half-type
+/// outputs are rounded once, at the end of the row.
+fn for_rows<T, R, Fun>(rows: usize, classes: usize, sink: Option<&RowSink<T>>, f: Fun) -> Vec<R>
 where
     T: Element,
     R: Send,
     Fun: Fn(usize, &mut Scratch<T::Compute>, Option<&mut [T::Compute]>) -> R + Sync,
 {
-    let min_len = min_rows_per_task(classes);
-    match out {
-        Some(out) if rows > 0 => out
-            .par_chunks_mut(classes)
-            .enumerate()
-            .with_min_len(min_len)
-            .map_init(
-                || (Scratch::default(), Vec::new()),
-                |(scratch, buf), (r, o)| match T::as_compute_mut(o) {
-                    Some(direct) => f(r, scratch, Some(direct)),
-                    None => {
-                        buf.resize(classes, T::Compute::zero());
-                        let result = f(r, scratch, Some(buf));
-                        for (d, &x) in o.iter_mut().zip(buf.iter()) {
-                            *d = T::narrow(x);
-                        }
-                        result
-                    }
-                },
-            )
-            .collect(),
-        _ => (0..rows)
-            .into_par_iter()
-            .with_min_len(min_len)
-            .map_init(Scratch::default, |scratch, r| f(r, scratch, None))
-            .collect(),
-    }
+    (0..rows)
+        .into_par_iter()
+        .with_min_len(min_rows_per_task(classes))
+        .map_init(
+            || (Scratch::default(), Vec::new()),
+            |(scratch, buf), r| match sink {
+                // SAFETY: `r < rows`, and this task is the only one handling row `r`.
+                Some(sink) => unsafe { sink.write_row(r, buf, |out| f(r, scratch, Some(out))) },
+                None => f(r, scratch, None),
+            },
+        )
+        .collect()
 }
 
-/// An array of shape `batch_shape + [classes]` (row-major) seen with the class axis back at
-/// `axis`: the logits' shape, with each row contiguous.
-fn rows_to_array<T>(data: Vec<T>, batch_shape: &[usize], classes: usize, axis: usize) -> ArrayD<T> {
+/// A zeroed array of the logits' shape whose rows (along `axis`) are contiguous: shape
+/// `batch_shape + [classes]` in row-major order, seen with the class axis back at `axis`.
+fn row_major_like<T: Element>(batch_shape: &[usize], classes: usize, axis: usize) -> ArrayD<T> {
     let mut shape = batch_shape.to_vec();
     shape.push(classes);
     let last = batch_shape.len();
@@ -237,14 +302,7 @@ fn rows_to_array<T>(data: Vec<T>, batch_shape: &[usize], classes: usize, axis: u
             d => d - 1,
         })
         .collect();
-    ArrayD::from_shape_vec(IxDyn(&shape), data)
-        .expect("data holds rows × classes elements")
-        .permuted_axes(perm)
-}
-
-fn batch_array<T: Element>(losses: Vec<T::Compute>, batch_shape: &[usize]) -> ArrayD<T> {
-    let data = losses.into_iter().map(T::narrow).collect();
-    ArrayD::from_shape_vec(IxDyn(batch_shape), data).expect("one loss per row")
+    ArrayD::from_elem(IxDyn(&shape), T::narrow(T::Compute::zero())).permuted_axes(perm)
 }
 
 /// Pairwise sum in `f64`: accurate, and the same bits whatever the thread count.
@@ -256,20 +314,44 @@ fn sum_f64(xs: &[f64]) -> f64 {
     sum_f64(a) + sum_f64(b)
 }
 
-/// Applies the reduction to per-row losses; `divisor` is the `Mean` denominator.
-fn reduce<T: Element>(
+/// The shape the loss has: the batch shape, or 0-d with a reduction.
+fn loss_shape(batch_shape: &[usize], reduction: Reduction) -> Vec<usize> {
+    match reduction {
+        Reduction::None => batch_shape.to_vec(),
+        _ => Vec::new(),
+    }
+}
+
+/// Writes per-row losses (row order) into `out`, reduced as asked; `divisor` is the `Mean`
+/// denominator. `out` has the shape of [`loss_shape`].
+fn write_losses<T: Element>(
     losses: Vec<T::Compute>,
-    batch_shape: &[usize],
+    out: &mut ArrayViewMutD<T>,
     reduction: Reduction,
     divisor: f64,
-) -> ArrayD<T> {
+) {
     let total = || sum_f64(&losses.iter().map(|x| x.to_f64()).collect::<Vec<_>>());
-    let scalar = |x: f64| ArrayD::from_elem(IxDyn(&[]), T::narrow(T::Compute::from_f64(x)));
+    let scalar = |x: f64| T::narrow(T::Compute::from_f64(x));
     match reduction {
-        Reduction::None => batch_array(losses, batch_shape),
-        Reduction::Sum => scalar(total()),
-        Reduction::Mean => scalar(total() / divisor),
+        Reduction::None => out
+            .iter_mut()
+            .zip(&losses)
+            .for_each(|(o, &l)| *o = T::narrow(l)),
+        Reduction::Sum => out.fill(scalar(total())),
+        Reduction::Mean => out.fill(scalar(total() / divisor)),
     }
+}
+
+/// Checks that a caller's output buffer has the expected shape.
+fn check_out(name: &'static str, found: &[usize], expected: &[usize]) -> Result<()> {
+    if found != expected {
+        return Err(Error::OutShape {
+            name,
+            found: found.to_vec(),
+            expected: expected.to_vec(),
+        });
+    }
+    Ok(())
 }
 
 /// Checks the options and converts the weights to the compute type.
@@ -342,105 +424,192 @@ fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     crate::threads::run(f)
 }
 
-/// Shared driver of the four sparse entry points.
-fn sparse_impl<T: Element, L: Label>(
-    logits: ArrayViewD<T>,
+/// The logits a loss reads, and where its gradient goes.
+enum LossIo<'a, 'g, T> {
+    /// Loss only.
+    Forward(ArrayViewD<'a, T>),
+    /// Gradient written to a separate buffer of the logits' shape.
+    Grad(ArrayViewD<'a, T>, ArrayViewMutD<'g, T>),
+    /// Gradient written over the logits.
+    InPlace(ArrayViewMutD<'g, T>),
+}
+
+impl<T: Element> LossIo<'_, '_, T> {
+    fn logits_shape(&self) -> &[usize] {
+        match self {
+            LossIo::Forward(z) | LossIo::Grad(z, _) => z.shape(),
+            LossIo::InPlace(z) => z.shape(),
+        }
+    }
+
+    fn check_grad_shape(&self) -> Result<()> {
+        match self {
+            LossIo::Grad(z, g) => check_out("grad_out", g.shape(), z.shape()),
+            _ => Ok(()),
+        }
+    }
+
+    /// The row reader (over `shape`, the logits broadcast to it) and the gradient sink.
+    fn rows<'s>(
+        &'s mut self,
+        shape: &[usize],
+        axis: usize,
+    ) -> Result<(RowView<'s, T>, Option<RowSink<'s, T>>)> {
+        Ok(match self {
+            LossIo::Forward(z) => (RowView::new(&broadcast(z, shape)?, axis), None),
+            LossIo::Grad(z, g) => (
+                RowView::new(&z.view(), axis),
+                Some(RowSink::new(&mut g.view_mut(), axis)),
+            ),
+            LossIo::InPlace(z) => {
+                let sink = RowSink::new(&mut z.view_mut(), axis);
+                (sink.reader(), Some(sink))
+            }
+        })
+    }
+}
+
+fn broadcast<'a, T>(z: &'a ArrayViewD<'_, T>, shape: &[usize]) -> Result<ArrayViewD<'a, T>> {
+    z.broadcast(IxDyn(shape))
+        .ok_or_else(|| Error::DenseLabelsShape {
+            labels: shape.to_vec(),
+            logits: z.shape().to_vec(),
+        })
+}
+
+/// Shared driver of every sparse entry point. Returns the loss when `loss` (the caller's
+/// buffer) is `None`.
+fn sparse_run<T: Element, L: Label>(
+    mut io: LossIo<T>,
     labels: ArrayViewD<L>,
     axis: isize,
     options: &Options,
-    with_grad: bool,
-) -> Result<(ArrayD<T>, Option<ArrayD<T>>)> {
-    let axis = class_axis(axis, logits.ndim())?;
-    let expected = without(logits.shape(), axis);
-    if labels.shape() != expected.as_slice() {
+    loss: Option<ArrayViewMutD<T>>,
+) -> Result<Option<ArrayD<T>>> {
+    let logits_shape = io.logits_shape().to_vec();
+    let axis = class_axis(axis, logits_shape.len())?;
+    let batch_shape = without(&logits_shape, axis);
+    if labels.shape() != batch_shape.as_slice() {
         return Err(Error::SparseLabelsShape {
             labels: labels.shape().to_vec(),
-            expected,
-            logits: logits.shape().to_vec(),
+            expected: batch_shape,
+            logits: logits_shape,
             axis,
         });
     }
-    check_classes(logits.shape(), axis)?;
-    let classes = logits.shape()[axis];
+    check_classes(&logits_shape, axis)?;
+    io.check_grad_shape()?;
+    let classes = logits_shape[axis];
     let weight = class_weights::<T::Compute>(options, classes)?;
-    in_pool(|| {
-        let indices = class_indices(&labels, classes, options.ignore_index)?;
-        let divisor: f64 = match &weight {
-            Some(w) => indices
-                .iter()
-                .filter(|&&y| y != IGNORED)
-                .map(|&y| w[y].to_f64())
-                .sum(),
-            None => indices.iter().filter(|&&y| y != IGNORED).count() as f64,
-        };
-        let scale = match options.reduction {
-            Reduction::Mean => T::Compute::from_f64(1.0 / divisor),
-            _ => T::Compute::one(),
-        };
-        let eps = T::Compute::from_f64(options.label_smoothing);
-        let targets = Targets::new(weight.as_deref(), eps, classes);
-        let view = RowView::new(&logits, axis);
-        let k = T::Compute::kernels();
-        let mut grad =
-            with_grad.then(|| vec![T::narrow(T::Compute::zero()); indices.len() * classes]);
-        let losses =
-            for_rows::<T, _, _>(indices.len(), classes, grad.as_deref_mut(), |r, s, out| {
-                let label = indices[r];
-                if label == IGNORED {
-                    if let Some(o) = out {
-                        o.fill(T::Compute::zero());
-                    }
-                    return T::Compute::zero();
+    let out_shape = loss_shape(&batch_shape, options.reduction);
+    let mut fresh = None;
+    let mut loss = match loss {
+        Some(l) => {
+            check_out("out", l.shape(), &out_shape)?;
+            l
+        }
+        None => fresh
+            .insert(ArrayD::from_elem(
+                IxDyn(&out_shape),
+                T::narrow(T::Compute::zero()),
+            ))
+            .view_mut(),
+    };
+    let indices = in_pool(|| class_indices(&labels, classes, options.ignore_index))?;
+    let divisor: f64 = match &weight {
+        Some(w) => indices
+            .iter()
+            .filter(|&&y| y != IGNORED)
+            .map(|&y| w[y].to_f64())
+            .sum(),
+        None => indices.iter().filter(|&&y| y != IGNORED).count() as f64,
+    };
+    let scale = match options.reduction {
+        Reduction::Mean => T::Compute::from_f64(1.0 / divisor),
+        _ => T::Compute::one(),
+    };
+    let targets = Targets::new(
+        weight.as_deref(),
+        T::Compute::from_f64(options.label_smoothing),
+        classes,
+    );
+    let k = T::Compute::kernels();
+    let (view, sink) = io.rows(&logits_shape, axis)?;
+    let losses = in_pool(|| {
+        for_rows::<T, _, _>(indices.len(), classes, sink.as_ref(), |r, s, out| {
+            let label = indices[r];
+            if label == IGNORED {
+                if let Some(o) = out {
+                    o.fill(T::Compute::zero());
                 }
-                let z = view.row(r, &mut s.logits);
-                rows::sparse(k, z, label, &targets, out.map(|out| Grad { out, scale }))
-            });
-        let loss = reduce::<T>(losses, &expected, options.reduction, divisor);
-        let grad = grad.map(|g| rows_to_array(g, &expected, classes, axis));
-        Ok((loss, grad))
-    })
+                return T::Compute::zero();
+            }
+            let z = view.row(r, &mut s.logits);
+            rows::sparse(k, z, label, &targets, out.map(|out| Grad { out, scale }))
+        })
+    });
+    write_losses(losses, &mut loss, options.reduction, divisor);
+    Ok(fresh)
 }
 
-/// Shared driver of the four dense entry points.
-fn dense_impl<T: Element, Y: Element<Compute = T::Compute>>(
-    logits: ArrayViewD<T>,
+/// Shared driver of every dense entry point, returning like [`sparse_run`].
+fn dense_run<T: Element, Y: Element<Compute = T::Compute>>(
+    mut io: LossIo<T>,
     labels: ArrayViewD<Y>,
     axis: isize,
     options: &Options,
-    with_grad: bool,
-) -> Result<(ArrayD<T>, Option<ArrayD<T>>)> {
-    let logits_axis = class_axis(axis, logits.ndim())?;
+    loss: Option<ArrayViewMutD<T>>,
+) -> Result<Option<ArrayD<T>>> {
+    let logits_shape = io.logits_shape().to_vec();
+    let logits_axis = class_axis(axis, logits_shape.len())?;
     let mismatch = || Error::DenseLabelsShape {
         labels: labels.shape().to_vec(),
-        logits: logits.shape().to_vec(),
+        logits: logits_shape.clone(),
     };
-    let shape = broadcast_shapes(logits.shape(), labels.shape()).ok_or_else(mismatch)?;
-    if with_grad && shape != logits.shape() {
+    let shape = broadcast_shapes(&logits_shape, labels.shape()).ok_or_else(mismatch)?;
+    if !matches!(io, LossIo::Forward(_)) && shape != logits_shape {
         return Err(Error::GradBroadcast {
-            logits: logits.shape().to_vec(),
+            logits: logits_shape,
             broadcast: shape,
         });
     }
-    let axis = logits_axis + (shape.len() - logits.ndim());
+    io.check_grad_shape()?;
+    let axis = logits_axis + (shape.len() - logits_shape.len());
     check_classes(&shape, axis)?;
     let classes = shape[axis];
     let batch_shape = without(&shape, axis);
     let weight = class_weights::<T::Compute>(options, classes)?;
-    let logits = logits.broadcast(IxDyn(&shape)).ok_or_else(mismatch)?;
+    let out_shape = loss_shape(&batch_shape, options.reduction);
+    let mut fresh = None;
+    let mut loss = match loss {
+        Some(l) => {
+            check_out("out", l.shape(), &out_shape)?;
+            l
+        }
+        None => fresh
+            .insert(ArrayD::from_elem(
+                IxDyn(&out_shape),
+                T::narrow(T::Compute::zero()),
+            ))
+            .view_mut(),
+    };
     let labels = labels.broadcast(IxDyn(&shape)).ok_or_else(mismatch)?;
-    in_pool(|| {
-        let rows: usize = batch_shape.iter().product();
-        let divisor = rows as f64;
-        let scale = match options.reduction {
-            Reduction::Mean => T::Compute::from_f64(1.0 / divisor),
-            _ => T::Compute::one(),
-        };
-        let eps = T::Compute::from_f64(options.label_smoothing);
-        let targets = Targets::new(weight.as_deref(), eps, classes);
-        let (z_rows, y_rows) = (RowView::new(&logits, axis), RowView::new(&labels, axis));
-        let k = T::Compute::kernels();
-        let mut grad = with_grad.then(|| vec![T::narrow(T::Compute::zero()); rows * classes]);
-        let losses = for_rows::<T, _, _>(rows, classes, grad.as_deref_mut(), |r, s, out| {
+    let rows: usize = batch_shape.iter().product();
+    let divisor = rows as f64;
+    let scale = match options.reduction {
+        Reduction::Mean => T::Compute::from_f64(1.0 / divisor),
+        _ => T::Compute::one(),
+    };
+    let targets = Targets::new(
+        weight.as_deref(),
+        T::Compute::from_f64(options.label_smoothing),
+        classes,
+    );
+    let k = T::Compute::kernels();
+    let (z_rows, sink) = io.rows(&shape, axis)?;
+    let y_rows = RowView::new(&labels, axis);
+    let losses = in_pool(|| {
+        for_rows::<T, _, _>(rows, classes, sink.as_ref(), |r, s, out| {
             let z = z_rows.row(r, &mut s.logits);
             let y = y_rows.row(r, &mut s.labels);
             rows::dense(
@@ -451,11 +620,48 @@ fn dense_impl<T: Element, Y: Element<Compute = T::Compute>>(
                 &mut s.targets,
                 out.map(|out| Grad { out, scale }),
             )
-        });
-        let loss = reduce::<T>(losses, &batch_shape, options.reduction, divisor);
-        let grad = grad.map(|g| rows_to_array(g, &batch_shape, classes, axis));
-        Ok((loss, grad))
-    })
+        })
+    });
+    write_losses(losses, &mut loss, options.reduction, divisor);
+    Ok(fresh)
+}
+
+/// The shape of the sparse loss for these logits: the logits' shape without the class axis,
+/// or 0-d with a reduction (for callers that allocate `out`).
+pub fn sparse_loss_shape(
+    logits_shape: &[usize],
+    axis: isize,
+    reduction: Reduction,
+) -> Result<Vec<usize>> {
+    let axis = class_axis(axis, logits_shape.len())?;
+    Ok(loss_shape(&without(logits_shape, axis), reduction))
+}
+
+/// The shape of the dense loss: the broadcast shape without the class axis, or 0-d with a
+/// reduction.
+pub fn dense_loss_shape(
+    logits_shape: &[usize],
+    labels_shape: &[usize],
+    axis: isize,
+    reduction: Reduction,
+) -> Result<Vec<usize>> {
+    let axis = class_axis(axis, logits_shape.len())?;
+    let shape =
+        broadcast_shapes(logits_shape, labels_shape).ok_or_else(|| Error::DenseLabelsShape {
+            labels: labels_shape.to_vec(),
+            logits: logits_shape.to_vec(),
+        })?;
+    let axis = axis + (shape.len() - logits_shape.len());
+    Ok(loss_shape(&without(&shape, axis), reduction))
+}
+
+/// The gradient of the loss for a given `logits` shape and class axis, freshly allocated with
+/// contiguous rows (checks come later, in the driver, so this tolerates any axis).
+fn fresh_grad<T: Element>(shape: &[usize], axis: isize) -> ArrayD<T> {
+    match class_axis(axis, shape.len()) {
+        Ok(axis) => row_major_like(&without(shape, axis), shape[axis], axis),
+        Err(_) => ArrayD::from_elem(IxDyn(shape), T::narrow(T::Compute::zero())),
+    }
 }
 
 /// Sparse softmax cross-entropy (TensorFlow's `sparse_softmax_cross_entropy_with_logits`):
@@ -466,7 +672,7 @@ pub fn sparse_softmax_cross_entropy<T: Element, L: Label>(
     axis: isize,
     options: &Options,
 ) -> Result<ArrayD<T>> {
-    Ok(sparse_impl(logits, labels, axis, options, false)?.0)
+    Ok(sparse_run(LossIo::Forward(logits), labels, axis, options, None)?.expect("allocated"))
 }
 
 /// [`sparse_softmax_cross_entropy`] and the gradient of the summed returned loss with respect
@@ -477,8 +683,44 @@ pub fn sparse_softmax_cross_entropy_with_grad<T: Element, L: Label>(
     axis: isize,
     options: &Options,
 ) -> Result<(ArrayD<T>, ArrayD<T>)> {
-    let (loss, grad) = sparse_impl(logits, labels, axis, options, true)?;
-    Ok((loss, grad.expect("requested")))
+    let mut grad = fresh_grad(logits.shape(), axis);
+    let loss = sparse_run(
+        LossIo::Grad(logits, grad.view_mut()),
+        labels,
+        axis,
+        options,
+        None,
+    )?;
+    Ok((loss.expect("allocated"), grad))
+}
+
+/// [`sparse_softmax_cross_entropy`] into caller buffers: the loss into `out` (its shape, or
+/// 0-d with a reduction) and, if given, the gradient into `grad_out` (the logits' shape).
+pub fn sparse_softmax_cross_entropy_into<T: Element, L: Label>(
+    logits: ArrayViewD<T>,
+    labels: ArrayViewD<L>,
+    axis: isize,
+    options: &Options,
+    out: ArrayViewMutD<T>,
+    grad_out: Option<ArrayViewMutD<T>>,
+) -> Result<()> {
+    let io = match grad_out {
+        Some(g) => LossIo::Grad(logits, g),
+        None => LossIo::Forward(logits),
+    };
+    sparse_run(io, labels, axis, options, Some(out)).map(drop)
+}
+
+/// The sparse loss into `out`, and its gradient written over `logits` (half the memory of a
+/// separate gradient).
+pub fn sparse_softmax_cross_entropy_grad_in_place<T: Element, L: Label>(
+    logits: ArrayViewMutD<T>,
+    labels: ArrayViewD<L>,
+    axis: isize,
+    options: &Options,
+    out: ArrayViewMutD<T>,
+) -> Result<()> {
+    sparse_run(LossIo::InPlace(logits), labels, axis, options, Some(out)).map(drop)
 }
 
 /// Dense softmax cross-entropy (TensorFlow's `softmax_cross_entropy_with_logits`): `labels`
@@ -489,11 +731,11 @@ pub fn softmax_cross_entropy<T: Element, Y: Element<Compute = T::Compute>>(
     axis: isize,
     options: &Options,
 ) -> Result<ArrayD<T>> {
-    Ok(dense_impl(logits, labels, axis, options, false)?.0)
+    Ok(dense_run(LossIo::Forward(logits), labels, axis, options, None)?.expect("allocated"))
 }
 
 /// [`softmax_cross_entropy`] and the gradient of the summed returned loss with respect to the
-/// logits (`Σy · softmax - y` per row, the true derivative). The logits must have the full
+/// logits (`Σt · softmax - t` per row, the true derivative). The logits must have the full
 /// broadcast shape.
 pub fn softmax_cross_entropy_with_grad<T: Element, Y: Element<Compute = T::Compute>>(
     logits: ArrayViewD<T>,
@@ -501,8 +743,42 @@ pub fn softmax_cross_entropy_with_grad<T: Element, Y: Element<Compute = T::Compu
     axis: isize,
     options: &Options,
 ) -> Result<(ArrayD<T>, ArrayD<T>)> {
-    let (loss, grad) = dense_impl(logits, labels, axis, options, true)?;
-    Ok((loss, grad.expect("requested")))
+    let mut grad = fresh_grad(logits.shape(), axis);
+    let loss = dense_run(
+        LossIo::Grad(logits, grad.view_mut()),
+        labels,
+        axis,
+        options,
+        None,
+    )?;
+    Ok((loss.expect("allocated"), grad))
+}
+
+/// [`softmax_cross_entropy`] into caller buffers, like [`sparse_softmax_cross_entropy_into`].
+pub fn softmax_cross_entropy_into<T: Element, Y: Element<Compute = T::Compute>>(
+    logits: ArrayViewD<T>,
+    labels: ArrayViewD<Y>,
+    axis: isize,
+    options: &Options,
+    out: ArrayViewMutD<T>,
+    grad_out: Option<ArrayViewMutD<T>>,
+) -> Result<()> {
+    let io = match grad_out {
+        Some(g) => LossIo::Grad(logits, g),
+        None => LossIo::Forward(logits),
+    };
+    dense_run(io, labels, axis, options, Some(out)).map(drop)
+}
+
+/// The dense loss into `out`, and its gradient written over `logits`.
+pub fn softmax_cross_entropy_grad_in_place<T: Element, Y: Element<Compute = T::Compute>>(
+    logits: ArrayViewMutD<T>,
+    labels: ArrayViewD<Y>,
+    axis: isize,
+    options: &Options,
+    out: ArrayViewMutD<T>,
+) -> Result<()> {
+    dense_run(LossIo::InPlace(logits), labels, axis, options, Some(out)).map(drop)
 }
 
 /// Runs a row-to-row operation (`log_softmax`, `softmax`) over every row.
@@ -513,14 +789,11 @@ fn map_rows<T: Element>(
 ) -> Result<ArrayD<T>> {
     let axis = class_axis(axis, logits.ndim())?;
     let view = RowView::new(&logits, axis);
-    let (rows, classes) = (view.rows(), view.classes);
+    let mut out = row_major_like(&view.batch_shape, view.classes, axis);
+    let sink = RowSink::new(&mut out.view_mut(), axis);
     let k = T::Compute::kernels();
-    let mut out = vec![T::narrow(T::Compute::zero()); rows * classes];
-    if out.is_empty() {
-        return Ok(rows_to_array(out, &view.batch_shape, classes, axis));
-    }
     in_pool(|| {
-        for_rows::<T, _, _>(rows, classes, Some(&mut out), |r, s, o| {
+        for_rows::<T, _, _>(view.rows(), view.classes, Some(&sink), |r, s, o| {
             op(
                 k,
                 view.row(r, &mut s.logits),
@@ -528,7 +801,7 @@ fn map_rows<T: Element>(
             )
         })
     });
-    Ok(rows_to_array(out, &view.batch_shape, classes, axis))
+    Ok(out)
 }
 
 /// `z - logsumexp(z)` along `axis`. Rows with NaN or +inf, and rows of -inf, give NaN.
@@ -552,5 +825,6 @@ pub fn logsumexp<T: Element>(logits: ArrayViewD<T>, axis: isize) -> Result<Array
             RowStats::of(k, view.row(r, &mut s.logits)).logsumexp()
         })
     });
-    Ok(batch_array(sums, &view.batch_shape))
+    let data = sums.into_iter().map(T::narrow).collect();
+    Ok(ArrayD::from_shape_vec(IxDyn(&view.batch_shape), data).expect("one value per row"))
 }

@@ -62,7 +62,8 @@ fn sum_exp<F: Float>(k: &RowKernels<F>, z: &[F], shift: F) -> F {
             .collect();
         sums.into_iter().for_each(|x| total.add(x));
     } else {
-        z.chunks(SUM_BLOCK).for_each(|block| total.add((k.sum_exp)(block, shift)));
+        z.chunks(SUM_BLOCK)
+            .for_each(|block| total.add((k.sum_exp)(block, shift)));
     }
     total.value()
 }
