@@ -92,12 +92,9 @@ fn type_name(obj: &Bound<PyAny>) -> String {
         .unwrap_or_else(|_| "an unknown type".into())
 }
 
-/// A read-only view of `a` as `T`, after the checks rust-numpy leaves to its caller: dtype,
-/// byte order, alignment, strides that are whole elements, and rank.
-fn view<'py, T: NpElement>(
-    a: &Bound<'py, PyUntypedArray>,
-    name: &str,
-) -> PyResult<numpy::PyReadonlyArrayDyn<'py, T>> {
+/// The checks rust-numpy leaves to its caller before a view is made: byte order, rank,
+/// alignment of the data and of every stride.
+fn check_layout<T>(a: &Bound<PyUntypedArray>, name: &str) -> PyResult<()> {
     let size = std::mem::size_of::<T>();
     if a.dtype().is_native_byteorder() == Some(false) {
         return Err(value_error(format!(
@@ -111,9 +108,8 @@ fn view<'py, T: NpElement>(
             a.ndim()
         )));
     }
-    let ptr = a.as_array_ptr();
-    // SAFETY: `ptr` is a live ndarray object (we hold a reference to it).
-    let data = unsafe { (*ptr).data } as usize;
+    // SAFETY: `a` is a live ndarray (we hold a reference to it).
+    let data = unsafe { (*a.as_array_ptr()).data } as usize;
     let aligned =
         data % std::mem::align_of::<T>() == 0 && a.strides().iter().all(|s| s % size as isize == 0);
     if !aligned {
@@ -121,16 +117,71 @@ fn view<'py, T: NpElement>(
             "{name} is not aligned to its {size}-byte elements (data or strides): expected an aligned array"
         )));
     }
-    let typed = a.cast::<PyArrayDyn<T>>().map_err(|_| {
+    Ok(())
+}
+
+fn typed<'py, T: NpElement>(
+    a: &Bound<'py, PyUntypedArray>,
+    name: &str,
+) -> PyResult<Bound<'py, PyArrayDyn<T>>> {
+    a.cast::<PyArrayDyn<T>>().cloned().map_err(|_| {
         value_error(format!(
             "{name} has dtype {}: expected {}",
             dtype_name(a),
-            std::any::type_name::<T>()
+            T::get_dtype(a.py())
         ))
-    })?;
+    })
+}
+
+/// A read-only view of `a` as `T`, after [`check_layout`].
+fn view<'py, T: NpElement>(
+    a: &Bound<'py, PyUntypedArray>,
+    name: &str,
+) -> PyResult<numpy::PyReadonlyArrayDyn<'py, T>> {
+    let typed = typed::<T>(a, name)?;
+    check_layout::<T>(a, name)?;
     typed
         .try_readonly()
         .map_err(|e| value_error(format!("{name} cannot be read: {e}")))
+}
+
+/// Whether some element of an array of this shape and strides (in bytes) is reachable by two
+/// indices. Conservative: sorts the axes by stride and asks each to step past the extent of
+/// the smaller ones.
+fn self_overlapping(shape: &[usize], strides: &[isize], itemsize: usize) -> bool {
+    if shape.contains(&0) {
+        return false;
+    }
+    let mut axes: Vec<(usize, usize)> = shape
+        .iter()
+        .zip(strides)
+        .filter(|(&n, _)| n > 1)
+        .map(|(&n, &s)| (s.unsigned_abs(), n))
+        .collect();
+    axes.sort_unstable();
+    let mut extent = itemsize;
+    for (stride, n) in axes {
+        if stride < extent {
+            return true;
+        }
+        extent = stride * (n - 1) + extent;
+    }
+    false
+}
+
+/// A writable view of `a` as `T`: a caller's output buffer.
+fn view_mut<'py, T: NpElement>(
+    a: &Bound<'py, PyUntypedArray>,
+    name: &str,
+) -> PyResult<numpy::PyReadwriteArrayDyn<'py, T>> {
+    let typed = typed::<T>(a, name)?;
+    check_layout::<T>(a, name)?;
+    if self_overlapping(a.shape(), a.strides(), std::mem::size_of::<T>()) {
+        return Err(value_error(format!("{name} has strides under which elements overlap: expected an array whose elements are distinct")));
+    }
+    typed
+        .try_readwrite()
+        .map_err(|e| value_error(format!("{name} cannot be written ({e}): expected a writeable array that no other argument overlaps")))
 }
 
 fn to_py<'py, T: NpElement>(py: Python<'py>, a: ArrayD<T>) -> Bound<'py, PyAny> {
@@ -325,6 +376,65 @@ fn logits_kind(logits: &Bound<PyUntypedArray>) -> PyResult<FloatKind> {
     })
 }
 
+/// The caller's output buffers (`out=`, `grad_out=`), already checked to be ndarrays.
+struct Outputs<'py> {
+    loss: Option<Bound<'py, PyUntypedArray>>,
+    grad: Option<Bound<'py, PyUntypedArray>>,
+    /// `grad_out` is the logits array: the gradient overwrites it.
+    in_place: bool,
+}
+
+impl<'py> Outputs<'py> {
+    fn new(
+        logits: &Bound<'py, PyUntypedArray>,
+        out: &Bound<'py, PyAny>,
+        grad_out: &Bound<'py, PyAny>,
+        with_grad: bool,
+    ) -> PyResult<Self> {
+        let array = |x: &Bound<'py, PyAny>, name| {
+            if x.is_none() {
+                Ok(None)
+            } else {
+                as_ndarray(x, name).map(Some)
+            }
+        };
+        let grad = array(grad_out, "grad_out")?;
+        if grad.is_some() && !with_grad {
+            return Err(value_error(
+                "grad_out is only accepted by the *_and_grad functions",
+            ));
+        }
+        let in_place = grad.as_ref().is_some_and(|g| g.is(logits));
+        Ok(Outputs {
+            loss: array(out, "out")?,
+            grad,
+            in_place,
+        })
+    }
+
+    fn given(&self) -> bool {
+        self.loss.is_some() || self.grad.is_some()
+    }
+
+    /// The caller's `out`, or a new array of `shape`.
+    fn loss<T: NpElement>(&self, py: Python<'py>, shape: &[usize]) -> Bound<'py, PyUntypedArray> {
+        self.loss.clone().unwrap_or_else(|| {
+            PyArrayDyn::<T>::zeros(py, shape, false)
+                .as_untyped()
+                .clone()
+        })
+    }
+
+    /// The caller's `grad_out`, or a new array of `shape`.
+    fn grad<T: NpElement>(&self, py: Python<'py>, shape: &[usize]) -> Bound<'py, PyUntypedArray> {
+        self.grad.clone().unwrap_or_else(|| {
+            PyArrayDyn::<T>::zeros(py, shape, false)
+                .as_untyped()
+                .clone()
+        })
+    }
+}
+
 fn sparse_impl<'py, T: Element + NpElement, L: crate::Label + NpElement>(
     py: Python<'py>,
     logits: &Bound<'py, PyUntypedArray>,
@@ -332,19 +442,62 @@ fn sparse_impl<'py, T: Element + NpElement, L: crate::Label + NpElement>(
     axis: isize,
     options: &PyOptions<'py>,
     with_grad: bool,
+    outs: &Outputs<'py>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let (z, y) = (view::<T>(logits, "logits")?, view::<L>(labels, "labels")?);
+    let y = view::<L>(labels, "labels")?;
     let options = options.options()?;
-    let (z, y): (ArrayViewD<T>, ArrayViewD<L>) = (z.as_array(), y.as_array());
-    let result = py.detach(|| {
-        if with_grad {
-            crate::sparse_softmax_cross_entropy_with_grad(z, y, axis, &options)
-                .map(|(l, g)| (l, Some(g)))
-        } else {
-            crate::sparse_softmax_cross_entropy(z, y, axis, &options).map(|l| (l, None))
-        }
+    let y = y.as_array();
+    if !outs.given() {
+        let z = view::<T>(logits, "logits")?;
+        let z = z.as_array();
+        let result = py.detach(|| {
+            if with_grad {
+                crate::sparse_softmax_cross_entropy_with_grad(z, y, axis, &options)
+                    .map(|(l, g)| (l, Some(g)))
+            } else {
+                crate::sparse_softmax_cross_entropy(z, y, axis, &options).map(|l| (l, None))
+            }
+        })?;
+        return loss_result(py, result);
+    }
+    let out = outs.loss::<T>(
+        py,
+        &crate::sparse_loss_shape(logits.shape(), axis, options.reduction)?,
+    );
+    let mut out_view = view_mut::<T>(&out, "out")?;
+    let out_mut = out_view.as_array_mut();
+    if outs.in_place {
+        let mut z = view_mut::<T>(logits, "grad_out")?;
+        let z = z.as_array_mut();
+        py.detach(|| {
+            crate::sparse_softmax_cross_entropy_grad_in_place(z, y, axis, &options, out_mut)
+        })?;
+        return buffers_result(py, out, Some(logits.clone()));
+    }
+    let z = view::<T>(logits, "logits")?;
+    let grad = with_grad.then(|| outs.grad::<T>(py, logits.shape()));
+    let mut grad_view = grad
+        .as_ref()
+        .map(|g| view_mut::<T>(g, "grad_out"))
+        .transpose()?;
+    let grad_mut = grad_view.as_mut().map(|g| g.as_array_mut());
+    let z = z.as_array();
+    py.detach(|| {
+        crate::sparse_softmax_cross_entropy_into(z, y, axis, &options, out_mut, grad_mut)
     })?;
-    loss_result(py, result)
+    buffers_result(py, out, grad)
+}
+
+/// The loss, or `(loss, grad)`, when they were written into buffers.
+fn buffers_result<'py>(
+    py: Python<'py>,
+    loss: Bound<'py, PyUntypedArray>,
+    grad: Option<Bound<'py, PyUntypedArray>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    match grad {
+        None => Ok(loss.into_any()),
+        Some(g) => Ok(PyTuple::new(py, [loss.into_any(), g.into_any()])?.into_any()),
+    }
 }
 
 #[pyfunction]
@@ -359,8 +512,11 @@ fn sparse<'py>(
     weight: &Bound<'py, PyAny>,
     ignore_index: &Bound<'py, PyAny>,
     with_grad: bool,
+    out: &Bound<'py, PyAny>,
+    grad_out: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let (logits, labels) = (as_ndarray(logits, "logits")?, as_ndarray(labels, "labels")?);
+    let outs = Outputs::new(&logits, out, grad_out, with_grad)?;
     let kind = logits_kind(&logits)?;
     let label_kind = int_kind(&labels).ok_or_else(|| {
         value_error(format!(
@@ -371,7 +527,7 @@ fn sparse<'py>(
     let axis = axis_arg(axis)?;
     let options = PyOptions::new(reduction, label_smoothing, weight, ignore_index)?;
     with_float!(kind, T => with_int!(label_kind, L =>
-        sparse_impl::<T, L>(py, &logits, &labels, axis, &options, with_grad)))
+        sparse_impl::<T, L>(py, &logits, &labels, axis, &options, with_grad, &outs)))
 }
 
 fn dense_impl<'py, T, Y>(
@@ -381,22 +537,48 @@ fn dense_impl<'py, T, Y>(
     axis: isize,
     options: &PyOptions<'py>,
     with_grad: bool,
+    outs: &Outputs<'py>,
 ) -> PyResult<Bound<'py, PyAny>>
 where
     T: Element + NpElement,
     Y: Element<Compute = T::Compute> + NpElement,
 {
-    let (z, y) = (view::<T>(logits, "logits")?, view::<Y>(labels, "labels")?);
+    let y = view::<Y>(labels, "labels")?;
     let options = options.options()?;
-    let (z, y): (ArrayViewD<T>, ArrayViewD<Y>) = (z.as_array(), y.as_array());
-    let result = py.detach(|| {
-        if with_grad {
-            crate::softmax_cross_entropy_with_grad(z, y, axis, &options).map(|(l, g)| (l, Some(g)))
-        } else {
-            crate::softmax_cross_entropy(z, y, axis, &options).map(|l| (l, None))
-        }
-    })?;
-    loss_result(py, result)
+    let y = y.as_array();
+    if !outs.given() {
+        let z = view::<T>(logits, "logits")?;
+        let z = z.as_array();
+        let result = py.detach(|| {
+            if with_grad {
+                crate::softmax_cross_entropy_with_grad(z, y, axis, &options)
+                    .map(|(l, g)| (l, Some(g)))
+            } else {
+                crate::softmax_cross_entropy(z, y, axis, &options).map(|l| (l, None))
+            }
+        })?;
+        return loss_result(py, result);
+    }
+    let shape = crate::dense_loss_shape(logits.shape(), labels.shape(), axis, options.reduction)?;
+    let out = outs.loss::<T>(py, &shape);
+    let mut out_view = view_mut::<T>(&out, "out")?;
+    let out_mut = out_view.as_array_mut();
+    if outs.in_place {
+        let mut z = view_mut::<T>(logits, "grad_out")?;
+        let z = z.as_array_mut();
+        py.detach(|| crate::softmax_cross_entropy_grad_in_place(z, y, axis, &options, out_mut))?;
+        return buffers_result(py, out, Some(logits.clone()));
+    }
+    let z = view::<T>(logits, "logits")?;
+    let grad = with_grad.then(|| outs.grad::<T>(py, logits.shape()));
+    let mut grad_view = grad
+        .as_ref()
+        .map(|g| view_mut::<T>(g, "grad_out"))
+        .transpose()?;
+    let grad_mut = grad_view.as_mut().map(|g| g.as_array_mut());
+    let z = z.as_array();
+    py.detach(|| crate::softmax_cross_entropy_into(z, y, axis, &options, out_mut, grad_mut))?;
+    buffers_result(py, out, grad)
 }
 
 #[pyfunction]
@@ -410,8 +592,11 @@ fn dense<'py>(
     label_smoothing: &Bound<'py, PyAny>,
     weight: &Bound<'py, PyAny>,
     with_grad: bool,
+    out: &Bound<'py, PyAny>,
+    grad_out: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let (logits, mut labels) = (as_ndarray(logits, "logits")?, as_ndarray(labels, "labels")?);
+    let outs = Outputs::new(&logits, out, grad_out, with_grad)?;
     let kind = logits_kind(&logits)?;
     let mut label_kind = float_kind(&labels).ok_or_else(|| {
         value_error(format!(
@@ -442,17 +627,19 @@ fn dense<'py>(
         ($T:ty) => {
             match label_kind {
                 FloatKind::F16 => {
-                    dense_impl::<$T, f16>(py, &logits, &labels, axis, &options, with_grad)
+                    dense_impl::<$T, f16>(py, &logits, &labels, axis, &options, with_grad, &outs)
                 }
                 FloatKind::Bf16 => {
-                    dense_impl::<$T, bf16>(py, &logits, &labels, axis, &options, with_grad)
+                    dense_impl::<$T, bf16>(py, &logits, &labels, axis, &options, with_grad, &outs)
                 }
-                _ => dense_impl::<$T, f32>(py, &logits, &labels, axis, &options, with_grad),
+                _ => dense_impl::<$T, f32>(py, &logits, &labels, axis, &options, with_grad, &outs),
             }
         };
     }
     match kind {
-        FloatKind::F64 => dense_impl::<f64, f64>(py, &logits, &labels, axis, &options, with_grad),
+        FloatKind::F64 => {
+            dense_impl::<f64, f64>(py, &logits, &labels, axis, &options, with_grad, &outs)
+        }
         FloatKind::F16 => labels_as!(f16),
         FloatKind::Bf16 => labels_as!(bf16),
         FloatKind::F32 => labels_as!(f32),

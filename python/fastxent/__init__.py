@@ -121,28 +121,59 @@ def _ignore_index(value: Any) -> Any:
     return value
 
 
+def _same_layout(a: np.ndarray, b: np.ndarray) -> bool:
+    return bool(
+        a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+        and a.shape == b.shape
+        and a.strides == b.strides
+        and a.dtype == b.dtype
+    )
+
+
+def _outputs(options: dict[str, Any], logits: np.ndarray, inputs: list[Any]) -> tuple[Any, Any]:
+    """`out` and `grad_out`, checked against the inputs they must not overlap. A `grad_out`
+    laid over the logits exactly is passed as the logits array itself: an in-place gradient."""
+    out, grad_out = options.get("out"), options.get("grad_out")
+    for name, buf in (("out", out), ("grad_out", grad_out)):
+        if buf is not None and not isinstance(buf, np.ndarray):
+            raise ValueError(f"{name} must be a numpy.ndarray; got {type(buf).__name__}")
+    if grad_out is not None and _same_layout(grad_out, logits):
+        grad_out = logits
+    checks = [("out", out, [logits, grad_out, *inputs]), ("grad_out", grad_out, inputs)]
+    if grad_out is not logits:
+        checks.append(("grad_out", grad_out, [logits]))
+    for name, buf, others in checks:
+        for other in others:
+            if buf is not None and other is not None and np.may_share_memory(buf, other):
+                raise ValueError(
+                    f"{name} overlaps another argument: expected a separate buffer "
+                    "(grad_out may be the logits array itself, for an in-place gradient)"
+                )
+    return out, grad_out
+
+
 def _dense(labels: Any, logits: Any, axis: Any, dim: Any, options: dict[str, Any], grad: bool) -> Any:
+    z, y, w = _as_array(logits, "logits"), _as_array(labels, "labels"), _weight(options["weight"])
+    out, grad_out = _outputs(options, z, [y, w])
     return _core.dense(
-        _as_array(logits, "logits"),
-        _as_array(labels, "labels"),
-        _axis(axis, dim),
-        options["reduction"],
-        options["label_smoothing"],
-        _weight(options["weight"]),
-        grad,
+        z, y, _axis(axis, dim), options["reduction"], options["label_smoothing"], w, grad, out, grad_out
     )
 
 
 def _sparse(labels: Any, logits: Any, axis: Any, options: dict[str, Any], grad: bool) -> Any:
+    z, y, w = _as_array(logits, "logits"), _as_array(labels, "labels"), _weight(options["weight"])
+    out, grad_out = _outputs(options, z, [y, w])
     return _core.sparse(
-        _as_array(logits, "logits"),
-        _as_array(labels, "labels"),
+        z,
+        y,
         _axis(axis),
         options["reduction"],
         options["label_smoothing"],
-        _weight(options["weight"]),
+        w,
         _ignore_index(options["ignore_index"]),
         grad,
+        out,
+        grad_out,
     )
 
 
@@ -157,6 +188,7 @@ def softmax_cross_entropy_with_logits(
     reduction: str = "none",
     label_smoothing: float = 0.0,
     weight: Any = None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Softmax cross-entropy between ``logits`` and dense ``labels`` along ``axis``.
 
@@ -172,6 +204,9 @@ def softmax_cross_entropy_with_logits(
     ``(C,)``). Sums are accumulated in float64.
 
     The gradient with respect to the labels is ``-log_softmax(logits)`` (TF's v2 rule).
+
+    ``out``: an ndarray of the loss's shape and the logits' dtype to write the loss into (it
+    is returned).
     """
     return _dense(labels, logits, axis, dim, locals(), False)
 
@@ -187,6 +222,7 @@ def softmax_cross_entropy_with_logits_v2(
     reduction: str = "none",
     label_smoothing: float = 0.0,
     weight: Any = None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Same as :func:`softmax_cross_entropy_with_logits` (TensorFlow 2's name)."""
     return _dense(labels, logits, axis, dim, locals(), False)
@@ -203,6 +239,8 @@ def softmax_cross_entropy_with_logits_and_grad(
     reduction: str = "none",
     label_smoothing: float = 0.0,
     weight: Any = None,
+    out: np.ndarray | None = None,
+    grad_out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`softmax_cross_entropy_with_logits` and its gradient, in one pass per row.
 
@@ -211,6 +249,9 @@ def softmax_cross_entropy_with_logits_and_grad(
     ``sum(t) * softmax(logits) - t`` with ``t`` the (weighted, smoothed) targets: the true
     derivative, equal to TF's ``softmax - labels`` when the labels are distributions. The
     gradient with respect to the labels is ``-log_softmax(logits)``.
+
+    ``out`` / ``grad_out``: ndarrays to write the loss / gradient into (returned). ``grad_out``
+    may be the logits array itself: the gradient then replaces the logits, halving the memory.
     """
     return _dense(labels, logits, axis, dim, locals(), True)  # type: ignore[no-any-return]
 
@@ -226,6 +267,7 @@ def sparse_softmax_cross_entropy_with_logits(
     label_smoothing: float = 0.0,
     weight: Any = None,
     ignore_index: int | None = None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Softmax cross-entropy of ``logits`` against integer class ``labels`` along ``axis``.
 
@@ -238,7 +280,8 @@ def sparse_softmax_cross_entropy_with_logits(
     ``reduction`` ("none", "sum", "mean": the mean divides by the summed weights of the
     counted rows), ``label_smoothing``, ``weight`` (per-class, shape ``(C,)``), and
     ``ignore_index`` (rows with that label give 0 loss and are not counted; with "mean" and
-    every row ignored the result is NaN, as in PyTorch).
+    every row ignored the result is NaN, as in PyTorch). ``out``: an ndarray to write the
+    loss into (returned).
     """
     return _sparse(labels, logits, axis, locals(), False)
 
@@ -254,13 +297,16 @@ def sparse_softmax_cross_entropy_with_logits_and_grad(
     label_smoothing: float = 0.0,
     weight: Any = None,
     ignore_index: int | None = None,
+    out: np.ndarray | None = None,
+    grad_out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`sparse_softmax_cross_entropy_with_logits` and its gradient, in one pass per row.
 
     Returns ``(loss, grad)``: ``grad = d sum(loss) / d logits`` for the loss as returned, per
     row ``softmax - onehot(label)`` scaled by the weights, smoothing and reduction; 0 on
     ignored rows. The label's entry is computed as minus the mass of the other classes, so it
-    stays exact for confident rows.
+    stays exact for confident rows. ``out`` / ``grad_out`` as in
+    :func:`softmax_cross_entropy_with_logits_and_grad` (``grad_out=logits`` works in place).
     """
     return _sparse(labels, logits, axis, locals(), True)  # type: ignore[no-any-return]
 

@@ -36,6 +36,7 @@ def softmax_cross_entropy_with_logits(
     reduction: _Reduction = "none",
     label_smoothing: float = 0.0,
     weight: ArrayLike | None = None,
+    out: np.ndarray[Any, Any] | None = None,
 ) -> np.ndarray[Any, Any]: ...
 def softmax_cross_entropy_with_logits_v2(
     *,
@@ -47,6 +48,7 @@ def softmax_cross_entropy_with_logits_v2(
     reduction: _Reduction = "none",
     label_smoothing: float = 0.0,
     weight: ArrayLike | None = None,
+    out: np.ndarray[Any, Any] | None = None,
 ) -> np.ndarray[Any, Any]: ...
 def softmax_cross_entropy_with_logits_and_grad(
     *,
@@ -58,6 +60,8 @@ def softmax_cross_entropy_with_logits_and_grad(
     reduction: _Reduction = "none",
     label_smoothing: float = 0.0,
     weight: ArrayLike | None = None,
+    out: np.ndarray[Any, Any] | None = None,
+    grad_out: np.ndarray[Any, Any] | None = None,
 ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]: ...
 def sparse_softmax_cross_entropy_with_logits(
     *,
@@ -69,6 +73,7 @@ def sparse_softmax_cross_entropy_with_logits(
     label_smoothing: float = 0.0,
     weight: ArrayLike | None = None,
     ignore_index: int | None = None,
+    out: np.ndarray[Any, Any] | None = None,
 ) -> np.ndarray[Any, Any]: ...
 def sparse_softmax_cross_entropy_with_logits_and_grad(
     *,
@@ -80,6 +85,8 @@ def sparse_softmax_cross_entropy_with_logits_and_grad(
     label_smoothing: float = 0.0,
     weight: ArrayLike | None = None,
     ignore_index: int | None = None,
+    out: np.ndarray[Any, Any] | None = None,
+    grad_out: np.ndarray[Any, Any] | None = None,
 ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]: ...
 def log_softmax(logits: ArrayLike, *, axis: int = -1) -> np.ndarray[Any, Any]: ...
 def softmax(logits: ArrayLike, *, axis: int = -1) -> np.ndarray[Any, Any]: ...

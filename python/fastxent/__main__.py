@@ -153,7 +153,7 @@ def _jax_peer(op: str) -> Callable[..., Any] | None:
         fn = jax.jit(loss)
 
     def run(z: np.ndarray, y: np.ndarray, p: np.ndarray) -> Any:
-        return jax.block_until_ready(fn(z, y, p))
+        return jax.block_until_ready(fn(z, y, p))  # type: ignore[no-untyped-call]
 
     return run
 

@@ -27,6 +27,8 @@ def sparse(
     weight: np.ndarray[Any, Any] | None,
     ignore_index: int | None,
     with_grad: bool,
+    out: np.ndarray[Any, Any] | None,
+    grad_out: np.ndarray[Any, Any] | None,
 ) -> Any: ...
 def dense(
     logits: np.ndarray[Any, Any],
@@ -36,6 +38,8 @@ def dense(
     label_smoothing: float,
     weight: np.ndarray[Any, Any] | None,
     with_grad: bool,
+    out: np.ndarray[Any, Any] | None,
+    grad_out: np.ndarray[Any, Any] | None,
 ) -> Any: ...
 def log_softmax(logits: np.ndarray[Any, Any], axis: int) -> np.ndarray[Any, Any]: ...
 def softmax(logits: np.ndarray[Any, Any], axis: int) -> np.ndarray[Any, Any]: ...

@@ -1,0 +1,112 @@
+"""`out=` and `grad_out=` buffers, including the in-place gradient (`grad_out=logits`)."""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+import fastxent as fx
+
+DTYPES = [np.float16, ml_dtypes.bfloat16, np.float32, np.float64]
+
+
+def _inputs(dtype, axis=-1):
+    rng = np.random.default_rng(7)
+    z = rng.normal(0, 2, (6, 9)).astype(dtype)
+    if axis == 0:
+        z = np.ascontiguousarray(z.T)
+    y = rng.integers(0, 9, 6)
+    return z, y
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("axis", [-1, 0])
+@pytest.mark.parametrize("sparse", [True, False])
+def test_buffers_receive_exactly_the_returned_values(dtype, axis, sparse):
+    z, y = _inputs(dtype, axis)
+    labels = y if sparse else np.moveaxis(np.eye(9)[y], -1, axis).astype(dtype)
+    fn = (
+        fx.sparse_softmax_cross_entropy_with_logits_and_grad
+        if sparse
+        else fx.softmax_cross_entropy_with_logits_and_grad
+    )
+    loss, grad = fn(labels=labels, logits=z, axis=axis, reduction="none")
+    out = np.full(6, np.nan, dtype=dtype)
+    grad_out = np.full(z.shape, np.nan, dtype=dtype)
+    got = fn(labels=labels, logits=z, axis=axis, out=out, grad_out=grad_out)
+    assert got[0] is out and got[1] is grad_out
+    assert out.tobytes() == loss.tobytes()
+    assert grad_out.tobytes() == np.ascontiguousarray(grad).tobytes()
+    # In place: the gradient replaces the logits.
+    inplace = z.copy()
+    l2, g2 = fn(labels=labels, logits=inplace, axis=axis, grad_out=inplace)
+    assert g2 is inplace
+    assert inplace.tobytes() == np.ascontiguousarray(grad).tobytes()
+    assert l2.tobytes() == loss.tobytes()
+
+
+@pytest.mark.parametrize("layout", ["fortran", "transposed", "sliced", "reversed"])
+def test_strided_buffers(layout):
+    z, y = _inputs(np.float32)
+    _, grad = fx.sparse_softmax_cross_entropy_with_logits_and_grad(labels=y, logits=z)
+    make = {
+        "fortran": lambda: np.asfortranarray(np.zeros((6, 9), np.float32)),
+        "transposed": lambda: np.zeros((9, 6), np.float32).T,
+        "sliced": lambda: np.zeros((12, 18), np.float32)[::2, ::2],
+        "reversed": lambda: np.zeros((6, 9), np.float32)[::-1, ::-1],
+    }
+    buf = make[layout]()
+    fx.sparse_softmax_cross_entropy_with_logits_and_grad(labels=y, logits=z, grad_out=buf)
+    np.testing.assert_array_equal(buf, grad)
+    # In place on a strided logits array.
+    zs = make[layout]()
+    zs[...] = z
+    fx.sparse_softmax_cross_entropy_with_logits_and_grad(labels=y, logits=zs, grad_out=zs)
+    np.testing.assert_array_equal(zs, grad)
+
+
+def test_reduced_loss_into_a_0d_buffer():
+    z, y = _inputs(np.float64)
+    out = np.empty((), np.float64)
+    got = fx.sparse_softmax_cross_entropy_with_logits(labels=y, logits=z, reduction="mean", out=out)
+    assert got is out
+    assert out == fx.sparse_softmax_cross_entropy_with_logits(labels=y, logits=z, reduction="mean")
+
+
+def _overlapping():
+    return np.lib.stride_tricks.as_strided(np.zeros(9, np.float32), (6, 9), (4, 4))
+
+
+def _readonly():
+    a = np.zeros(6, np.float32)
+    a.flags.writeable = False
+    return a
+
+
+BAD_BUFFERS = [
+    ("out", lambda z: np.zeros(5, np.float32), "out has shape"),
+    ("out", lambda z: np.zeros(6, np.float64), "out has dtype float64"),
+    ("out", lambda z: [0.0] * 6, "out must be a numpy.ndarray"),
+    ("out", lambda z: _readonly(), "out cannot be written"),
+    ("out", lambda z: z[:, 0], "out overlaps"),
+    ("grad_out", lambda z: np.zeros((9, 6), np.float32), "grad_out has shape"),
+    ("grad_out", lambda z: np.zeros((6, 9), np.float16), "grad_out has dtype float16"),
+    ("grad_out", lambda z: z[::-1], "grad_out overlaps"),
+    ("grad_out", lambda z: _overlapping(), "elements overlap"),
+]
+
+
+@pytest.mark.parametrize("name,make,message", BAD_BUFFERS, ids=[m for _, _, m in BAD_BUFFERS])
+def test_bad_buffers_are_value_errors(name, make, message):
+    z, y = _inputs(np.float32)
+    before = z.copy()
+    with pytest.raises(ValueError, match=message):
+        fx.sparse_softmax_cross_entropy_with_logits_and_grad(labels=y, logits=z, **{name: make(z)})
+    assert np.array_equal(z, before)
+
+
+def test_grad_out_needs_the_grad_function():
+    z, y = _inputs(np.float32)
+    with pytest.raises(ValueError, match="grad_out"):
+        fx.sparse_softmax_cross_entropy_with_logits(labels=y, logits=z, grad_out=np.zeros_like(z))
