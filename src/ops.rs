@@ -98,35 +98,44 @@ fn broadcast_shapes(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
         .collect()
 }
 
-/// The rows of a strided n-d view along its class axis, read without copying where the
-/// memory already holds the compute type contiguously.
-struct RowView<'a, T> {
-    ptr: *const T,
+/// Where the rows of a strided n-d array lie: row `r` (in row-major order over the batch
+/// dimensions) starts at `offset(r)` and steps by `class_stride`.
+#[derive(Clone)]
+struct RowLayout {
+    /// The batch dimensions, merged where their strides allow (a C-contiguous batch is one
+    /// dimension), so that `offset` divides as little as possible.
     batch_shape: Vec<usize>,
     batch_strides: Vec<isize>,
     classes: usize,
     class_stride: isize,
-    /// Always read rows into scratch: the gradient is written over these logits.
-    copy: bool,
-    _view: PhantomData<&'a T>,
 }
 
-// SAFETY: a RowView only reads through `ptr`, like the `ArrayView` it was made from; when
-// the same memory is written (in-place gradient), each row is copied before it is written,
-// by the one task that owns the row.
-unsafe impl<T: Sync> Send for RowView<'_, T> {}
-unsafe impl<T: Sync> Sync for RowView<'_, T> {}
-
-impl<'a, T: Element> RowView<'a, T> {
-    fn new(view: &ArrayViewD<'a, T>, axis: usize) -> Self {
-        RowView {
-            ptr: view.as_ptr(),
-            batch_shape: without(view.shape(), axis),
-            batch_strides: without_strides(view.strides(), axis),
-            classes: view.shape()[axis],
-            class_stride: view.strides()[axis],
-            copy: false,
-            _view: PhantomData,
+impl RowLayout {
+    fn new(shape: &[usize], strides: &[isize], axis: usize) -> Self {
+        let mut batch_shape: Vec<usize> = Vec::new();
+        let mut batch_strides: Vec<isize> = Vec::new();
+        for (_, (&n, &s)) in shape
+            .iter()
+            .zip(strides)
+            .enumerate()
+            .filter(|&(d, _)| d != axis)
+        {
+            match (batch_shape.last_mut(), batch_strides.last_mut()) {
+                (Some(prev_n), Some(prev_s)) if *prev_s == s * n as isize => {
+                    *prev_n *= n;
+                    *prev_s = s;
+                }
+                _ => {
+                    batch_shape.push(n);
+                    batch_strides.push(s);
+                }
+            }
+        }
+        RowLayout {
+            batch_shape,
+            batch_strides,
+            classes: shape[axis],
+            class_stride: strides[axis],
         }
     }
 
@@ -142,36 +151,59 @@ impl<'a, T: Element> RowView<'a, T> {
         }
         off
     }
+}
+
+/// The rows of a strided n-d view along its class axis, read without copying where the
+/// memory already holds the compute type contiguously.
+struct RowView<'a, T> {
+    ptr: *const T,
+    layout: RowLayout,
+    /// Always read rows into scratch: the gradient is written over these logits.
+    copy: bool,
+    _view: PhantomData<&'a T>,
+}
+
+// SAFETY: a RowView only reads through `ptr`, like the `ArrayView` it was made from; when
+// the same memory is written (in-place gradient), each row is copied before it is written,
+// by the one task that owns the row.
+unsafe impl<T: Sync> Send for RowView<'_, T> {}
+unsafe impl<T: Sync> Sync for RowView<'_, T> {}
+
+impl<'a, T: Element> RowView<'a, T> {
+    fn new(view: &ArrayViewD<'a, T>, axis: usize) -> Self {
+        RowView {
+            ptr: view.as_ptr(),
+            layout: RowLayout::new(view.shape(), view.strides(), axis),
+            copy: false,
+            _view: PhantomData,
+        }
+    }
 
     /// Row `r` in the compute type: borrowed when possible, otherwise widened into `scratch`.
     fn row<'s>(&'s self, r: usize, scratch: &'s mut Vec<T::Compute>) -> &'s [T::Compute] {
-        debug_assert!(r < self.rows());
+        let RowLayout {
+            classes,
+            class_stride,
+            ..
+        } = self.layout;
+        debug_assert!(r < self.layout.rows());
         // SAFETY: `r < rows()`, so the offsets stay inside the view this was made from.
         unsafe {
-            let p = self.ptr.offset(self.offset(r));
+            let p = self.ptr.offset(self.layout.offset(r));
             scratch.clear();
-            if self.class_stride == 1 {
-                let s = std::slice::from_raw_parts(p, self.classes);
+            if class_stride == 1 {
+                let s = std::slice::from_raw_parts(p, classes);
                 if let (false, Some(c)) = (self.copy, T::as_compute(s)) {
                     return c;
                 }
                 scratch.extend(s.iter().map(|x| x.widen()));
             } else {
-                let step = self.class_stride;
-                scratch.extend((0..self.classes as isize).map(|i| (*p.offset(i * step)).widen()));
+                scratch
+                    .extend((0..classes as isize).map(|i| (*p.offset(i * class_stride)).widen()));
             }
         }
         scratch
     }
-}
-
-fn without_strides(strides: &[isize], axis: usize) -> Vec<isize> {
-    strides
-        .iter()
-        .enumerate()
-        .filter(|&(d, _)| d != axis)
-        .map(|(_, &s)| s)
-        .collect()
 }
 
 /// Per-thread buffers, reused across the rows a task handles.
@@ -195,10 +227,7 @@ impl<F> Default for Scratch<F> {
 /// the caller's `grad_out`, or the logits themselves for an in-place gradient).
 struct RowSink<'a, T> {
     ptr: *mut T,
-    batch_shape: Vec<usize>,
-    batch_strides: Vec<isize>,
-    classes: usize,
-    class_stride: isize,
+    layout: RowLayout,
     _view: PhantomData<&'a mut T>,
 }
 
@@ -211,10 +240,7 @@ impl<'a, T: Element> RowSink<'a, T> {
     fn new(view: &mut ArrayViewMutD<'a, T>, axis: usize) -> Self {
         RowSink {
             ptr: view.as_mut_ptr(),
-            batch_shape: without(view.shape(), axis),
-            batch_strides: without_strides(view.strides(), axis),
-            classes: view.shape()[axis],
-            class_stride: view.strides()[axis],
+            layout: RowLayout::new(view.shape(), view.strides(), axis),
             _view: PhantomData,
         }
     }
@@ -224,10 +250,7 @@ impl<'a, T: Element> RowSink<'a, T> {
     fn reader(&self) -> RowView<'a, T> {
         RowView {
             ptr: self.ptr,
-            batch_shape: self.batch_shape.clone(),
-            batch_strides: self.batch_strides.clone(),
-            classes: self.classes,
-            class_stride: self.class_stride,
+            layout: self.layout.clone(),
             copy: true,
             _view: PhantomData,
         }
@@ -244,23 +267,21 @@ impl<'a, T: Element> RowSink<'a, T> {
         buf: &mut Vec<T::Compute>,
         fill: impl FnOnce(&mut [T::Compute]) -> R,
     ) -> R {
-        let mut off = 0isize;
-        let mut rest = r;
-        for (&n, &s) in self.batch_shape.iter().zip(&self.batch_strides).rev() {
-            off += (rest % n) as isize * s;
-            rest /= n;
-        }
-        let p = self.ptr.offset(off);
-        if self.class_stride == 1 {
-            let row = std::slice::from_raw_parts_mut(p, self.classes);
-            if T::as_compute_mut(row).is_some() {
-                return fill(T::as_compute_mut(row).expect("checked"));
+        let RowLayout {
+            classes,
+            class_stride,
+            ..
+        } = self.layout;
+        let p = self.ptr.offset(self.layout.offset(r));
+        if class_stride == 1 {
+            if let Some(row) = T::as_compute_mut(std::slice::from_raw_parts_mut(p, classes)) {
+                return fill(row);
             }
         }
-        buf.resize(self.classes, T::Compute::zero());
+        buf.resize(classes, T::Compute::zero());
         let result = fill(buf);
         for (i, &x) in buf.iter().enumerate() {
-            *p.offset(i as isize * self.class_stride) = T::narrow(x);
+            *p.offset(i as isize * class_stride) = T::narrow(x);
         }
         result
     }
@@ -789,11 +810,12 @@ fn map_rows<T: Element>(
 ) -> Result<ArrayD<T>> {
     let axis = class_axis(axis, logits.ndim())?;
     let view = RowView::new(&logits, axis);
-    let mut out = row_major_like(&view.batch_shape, view.classes, axis);
+    let (rows, classes) = (view.layout.rows(), view.layout.classes);
+    let mut out = row_major_like(&without(logits.shape(), axis), classes, axis);
     let sink = RowSink::new(&mut out.view_mut(), axis);
     let k = T::Compute::kernels();
     in_pool(|| {
-        for_rows::<T, _, _>(view.rows(), view.classes, Some(&sink), |r, s, o| {
+        for_rows::<T, _, _>(rows, classes, Some(&sink), |r, s, o| {
             op(
                 k,
                 view.row(r, &mut s.logits),
@@ -821,10 +843,13 @@ pub fn logsumexp<T: Element>(logits: ArrayViewD<T>, axis: isize) -> Result<Array
     let view = RowView::new(&logits, axis);
     let k = T::Compute::kernels();
     let sums = in_pool(|| {
-        for_rows::<T, _, _>(view.rows(), view.classes, None, |r, s, _| {
+        for_rows::<T, _, _>(view.layout.rows(), view.layout.classes, None, |r, s, _| {
             RowStats::of(k, view.row(r, &mut s.logits)).logsumexp()
         })
     });
     let data = sums.into_iter().map(T::narrow).collect();
-    Ok(ArrayD::from_shape_vec(IxDyn(&view.batch_shape), data).expect("one value per row"))
+    Ok(
+        ArrayD::from_shape_vec(IxDyn(&without(logits.shape(), axis)), data)
+            .expect("one value per row"),
+    )
 }
