@@ -1,51 +1,99 @@
-//! Throughput of the public API, in GB/s of logits read: `cargo bench`.
+//! Throughput of the public API, in GB/s of logits read (`cargo bench`), next to the
+//! machine's memory read bandwidth measured the same way (`memory/read_sum`): a parallel sum
+//! over 256 MiB, the floor of any forward pass.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use ndarray::{Array1, Array2};
+use fastxent::{bf16, Element, Options};
+use ndarray::{Array1, Array2, ArrayD};
+use rayon::prelude::*;
 
-fn logits(rows: usize, classes: usize) -> Array2<f32> {
-    // A cheap deterministic pseudo-random fill (no RNG dependency needed).
+/// Deterministic pseudo-random logits in [-4, 4) (no RNG dependency needed).
+fn logits<T: Element>(rows: usize, classes: usize) -> Array2<T> {
     let mut state = 0x2545_f491_4f6c_dd1du64;
     Array2::from_shape_fn((rows, classes), |_| {
         state ^= state << 13;
         state ^= state >> 7;
         state ^= state << 17;
-        (state >> 40) as f32 / (1u64 << 24) as f32 * 8.0 - 4.0
+        T::narrow(num_traits::cast((state >> 40) as f64 / (1u64 << 24) as f64 * 8.0 - 4.0).unwrap())
     })
 }
 
-fn bench(c: &mut Criterion) {
-    let mut group = c.benchmark_group("sparse_f32");
-    for &(rows, classes) in &[(1024usize, 32768usize), (16384, 1000), (262144, 10)] {
-        let z = logits(rows, classes);
-        let labels = Array1::from_shape_fn(rows, |i| (i * 7919 % classes) as i64);
-        group.throughput(Throughput::Bytes((rows * classes * 4) as u64));
+fn labels(rows: usize, classes: usize) -> ArrayD<i64> {
+    Array1::from_shape_fn(rows, |i| (i * 7919 % classes) as i64).into_dyn()
+}
+
+const SHAPES: [(usize, usize); 4] = [(1024, 32768), (16384, 1000), (262144, 10), (4, 262144)];
+
+fn sparse<T: Element>(c: &mut Criterion, name: &str) {
+    let mut group = c.benchmark_group(format!("sparse_{name}"));
+    let opts = Options::default();
+    for &(rows, classes) in &SHAPES {
+        let (z, y) = (logits::<T>(rows, classes), labels(rows, classes));
+        let z = z.view().into_dyn();
+        group.throughput(Throughput::Bytes(
+            (rows * classes * std::mem::size_of::<T>()) as u64,
+        ));
         let id = format!("{rows}x{classes}");
         group.bench_with_input(BenchmarkId::new("forward", &id), &(), |b, _| {
             b.iter(|| {
-                fastxent::sparse_softmax_cross_entropy(
-                    z.view().into_dyn(),
-                    labels.view().into_dyn(),
-                    -1,
-                    &Default::default(),
-                )
-                .unwrap()
+                fastxent::sparse_softmax_cross_entropy(z.clone(), y.view(), -1, &opts).unwrap()
             })
         });
         group.bench_with_input(BenchmarkId::new("forward_grad", &id), &(), |b, _| {
             b.iter(|| {
-                fastxent::sparse_softmax_cross_entropy_with_grad(
-                    z.view().into_dyn(),
-                    labels.view().into_dyn(),
-                    -1,
-                    &Default::default(),
-                )
-                .unwrap()
+                fastxent::sparse_softmax_cross_entropy_with_grad(z.clone(), y.view(), -1, &opts)
+                    .unwrap()
             })
         });
     }
     group.finish();
 }
 
-criterion_group!(benches, bench);
+fn dense_and_rows(c: &mut Criterion) {
+    let mut group = c.benchmark_group("dense_f32");
+    let opts = Options::default();
+    for &(rows, classes) in &SHAPES[..2] {
+        let z = logits::<f32>(rows, classes);
+        let p = logits::<f32>(rows, classes).mapv(|x| (x + 4.0) / (8.0 * classes as f32));
+        group.throughput(Throughput::Bytes((rows * classes * 4) as u64));
+        let id = format!("{rows}x{classes}");
+        let (z, p) = (z.view().into_dyn(), p.view().into_dyn());
+        group.bench_with_input(BenchmarkId::new("forward", &id), &(), |b, _| {
+            b.iter(|| fastxent::softmax_cross_entropy(z.clone(), p.clone(), -1, &opts).unwrap())
+        });
+        group.bench_with_input(BenchmarkId::new("log_softmax", &id), &(), |b, _| {
+            b.iter(|| fastxent::log_softmax(z.clone(), -1).unwrap())
+        });
+    }
+    group.finish();
+}
+
+fn memory(c: &mut Criterion) {
+    // Integer adds vectorise (float sums would not, and would measure the adder instead).
+    let data = vec![1u32; 64 << 20]; // 256 MiB
+    let mut group = c.benchmark_group("memory");
+    group.throughput(Throughput::Bytes((data.len() * 4) as u64));
+    group.bench_function("read_sum", |b| {
+        b.iter(|| {
+            data.par_chunks(1 << 16)
+                .map(|c| c.iter().fold(0u32, |a, &x| a.wrapping_add(x)))
+                .reduce(|| 0, u32::wrapping_add)
+        })
+    });
+    group.finish();
+}
+
+fn all(c: &mut Criterion) {
+    memory(c);
+    sparse::<f32>(c, "f32");
+    sparse::<f64>(c, "f64");
+    sparse::<bf16>(c, "bf16");
+    dense_and_rows(c);
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(10);
+    targets = all
+}
 criterion_main!(benches);
