@@ -30,20 +30,13 @@ fn sparse<T: Element>(c: &mut Criterion, name: &str) {
     for &(rows, classes) in &SHAPES {
         let (z, y) = (logits::<T>(rows, classes), labels(rows, classes));
         let z = z.view().into_dyn();
-        group.throughput(Throughput::Bytes(
-            (rows * classes * std::mem::size_of::<T>()) as u64,
-        ));
+        group.throughput(Throughput::Bytes((rows * classes * std::mem::size_of::<T>()) as u64));
         let id = format!("{rows}x{classes}");
         group.bench_with_input(BenchmarkId::new("forward", &id), &(), |b, _| {
-            b.iter(|| {
-                fastxent::sparse_softmax_cross_entropy(z.clone(), y.view(), -1, &opts).unwrap()
-            })
+            b.iter(|| fastxent::sparse_softmax_cross_entropy(z.clone(), y.view(), -1, &opts).unwrap())
         });
         group.bench_with_input(BenchmarkId::new("forward_grad", &id), &(), |b, _| {
-            b.iter(|| {
-                fastxent::sparse_softmax_cross_entropy_with_grad(z.clone(), y.view(), -1, &opts)
-                    .unwrap()
-            })
+            b.iter(|| fastxent::sparse_softmax_cross_entropy_with_grad(z.clone(), y.view(), -1, &opts).unwrap())
         });
     }
     group.finish();

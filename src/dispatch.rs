@@ -43,9 +43,7 @@ pub fn detected_tier() -> Tier {
             if std::arch::is_x86_feature_detected!("avx512f") {
                 return Tier::Avx512;
             }
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
                 return Tier::Avx2;
             }
         }
@@ -55,10 +53,7 @@ pub fn detected_tier() -> Tier {
 
 /// Every tier this CPU can run, from the baseline up.
 pub fn supported_tiers() -> Vec<Tier> {
-    [Tier::Scalar, Tier::Avx2, Tier::Avx512]
-        .into_iter()
-        .filter(|&t| t <= detected_tier())
-        .collect()
+    [Tier::Scalar, Tier::Avx2, Tier::Avx512].into_iter().filter(|&t| t <= detected_tier()).collect()
 }
 
 /// The tier in use: the detected one, lowered by `FASTXENT_SIMD` if set (read once).
@@ -66,11 +61,7 @@ pub fn tier() -> Tier {
     static CHOSEN: OnceLock<Tier> = OnceLock::new();
     *CHOSEN.get_or_init(|| {
         let best = detected_tier();
-        match std::env::var("FASTXENT_SIMD")
-            .ok()
-            .as_deref()
-            .and_then(Tier::parse)
-        {
+        match std::env::var("FASTXENT_SIMD").ok().as_deref().and_then(Tier::parse) {
             Some(cap) => cap.min(best),
             None => best,
         }

@@ -31,10 +31,9 @@ pub use element::{Element, Label};
 pub use error::{Error, Result};
 pub use ops::{
     class_axis, dense_loss_shape, log_softmax, logsumexp, softmax, softmax_cross_entropy,
-    softmax_cross_entropy_grad_in_place, softmax_cross_entropy_into,
-    softmax_cross_entropy_with_grad, sparse_loss_shape, sparse_softmax_cross_entropy,
-    sparse_softmax_cross_entropy_grad_in_place, sparse_softmax_cross_entropy_into,
-    sparse_softmax_cross_entropy_with_grad, Options, Reduction,
+    softmax_cross_entropy_grad_in_place, softmax_cross_entropy_into, softmax_cross_entropy_with_grad,
+    sparse_loss_shape, sparse_softmax_cross_entropy, sparse_softmax_cross_entropy_grad_in_place,
+    sparse_softmax_cross_entropy_into, sparse_softmax_cross_entropy_with_grad, Options, Reduction,
 };
 pub use threads::{num_threads, set_num_threads};
 

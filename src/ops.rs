@@ -9,6 +9,7 @@ use rayon::prelude::*;
 
 use crate::element::{Element, Label};
 use crate::error::{Error, Result};
+use crate::kernels::lanes::LANES;
 use crate::kernels::Float;
 use crate::rows::{self, Grad, RowStats, Targets};
 
@@ -52,29 +53,17 @@ pub fn class_axis(axis: isize, rank: usize) -> Result<usize> {
     if axis < -r || axis >= r {
         return Err(Error::Axis { axis, rank });
     }
-    Ok(if axis < 0 {
-        (axis + r) as usize
-    } else {
-        axis as usize
-    })
+    Ok(if axis < 0 { (axis + r) as usize } else { axis as usize })
 }
 
 fn without(shape: &[usize], axis: usize) -> Vec<usize> {
-    shape
-        .iter()
-        .enumerate()
-        .filter(|&(d, _)| d != axis)
-        .map(|(_, &n)| n)
-        .collect()
+    shape.iter().enumerate().filter(|&(d, _)| d != axis).map(|(_, &n)| n).collect()
 }
 
 /// Zero classes leave no valid label (and no defined softmax) for a non-empty batch.
 fn check_classes(shape: &[usize], axis: usize) -> Result<()> {
     if shape[axis] == 0 && without(shape, axis).iter().product::<usize>() > 0 {
-        return Err(Error::NoClasses {
-            logits_shape: shape.to_vec(),
-            axis,
-        });
+        return Err(Error::NoClasses { logits_shape: shape.to_vec(), axis });
     }
     Ok(())
 }
@@ -114,12 +103,7 @@ impl RowLayout {
     fn new(shape: &[usize], strides: &[isize], axis: usize) -> Self {
         let mut batch_shape: Vec<usize> = Vec::new();
         let mut batch_strides: Vec<isize> = Vec::new();
-        for (_, (&n, &s)) in shape
-            .iter()
-            .zip(strides)
-            .enumerate()
-            .filter(|&(d, _)| d != axis)
-        {
+        for (_, (&n, &s)) in shape.iter().zip(strides).enumerate().filter(|&(d, _)| d != axis) {
             match (batch_shape.last_mut(), batch_strides.last_mut()) {
                 (Some(prev_n), Some(prev_s)) if *prev_s == s * n as isize => {
                     *prev_n *= n;
@@ -131,12 +115,7 @@ impl RowLayout {
                 }
             }
         }
-        RowLayout {
-            batch_shape,
-            batch_strides,
-            classes: shape[axis],
-            class_stride: strides[axis],
-        }
+        RowLayout { batch_shape, batch_strides, classes: shape[axis], class_stride: strides[axis] }
     }
 
     fn rows(&self) -> usize {
@@ -179,13 +158,22 @@ impl<'a, T: Element> RowView<'a, T> {
         }
     }
 
+    /// Rows `first..first + n`, when they lie one after another in memory, already in the
+    /// compute type (and are not about to be overwritten).
+    fn contiguous_rows(&self, first: usize, n: usize) -> Option<&'a [T::Compute]> {
+        let l = &self.layout;
+        let dense = l.class_stride == 1 && l.batch_strides.len() == 1 && l.batch_strides[0] == l.classes as isize;
+        if self.copy || !dense || first + n > l.rows() {
+            return None;
+        }
+        // SAFETY: rows `first..first + n` are in the view, one after another.
+        let rows = unsafe { std::slice::from_raw_parts(self.ptr.offset(l.offset(first)), n * l.classes) };
+        T::as_compute(rows)
+    }
+
     /// Row `r` in the compute type: borrowed when possible, otherwise widened into `scratch`.
     fn row<'s>(&'s self, r: usize, scratch: &'s mut Vec<T::Compute>) -> &'s [T::Compute] {
-        let RowLayout {
-            classes,
-            class_stride,
-            ..
-        } = self.layout;
+        let RowLayout { classes, class_stride, .. } = self.layout;
         debug_assert!(r < self.layout.rows());
         // SAFETY: `r < rows()`, so the offsets stay inside the view this was made from.
         unsafe {
@@ -198,28 +186,31 @@ impl<'a, T: Element> RowView<'a, T> {
                 }
                 scratch.extend(s.iter().map(|x| x.widen()));
             } else {
-                scratch
-                    .extend((0..classes as isize).map(|i| (*p.offset(i * class_stride)).widen()));
+                scratch.extend((0..classes as isize).map(|i| (*p.offset(i * class_stride)).widen()));
             }
         }
         scratch
     }
 }
 
-/// Per-thread buffers, reused across the rows a task handles.
+/// Per-thread buffers for the row math, reused across the rows a task handles.
+#[derive(Default)]
 struct Scratch<F> {
-    logits: Vec<F>,
     labels: Vec<F>,
     targets: Vec<F>,
 }
 
-impl<F> Default for Scratch<F> {
+/// Per-thread buffers of the driver itself.
+struct DriverScratch<F> {
+    row: Vec<F>,
+    out: Vec<F>,
+    tile: Vec<F>,
+    stats: Vec<RowStats<F>>,
+}
+
+impl<F: Float> Default for DriverScratch<F> {
     fn default() -> Self {
-        Scratch {
-            logits: Vec::new(),
-            labels: Vec::new(),
-            targets: Vec::new(),
-        }
+        DriverScratch { row: Vec::new(), out: Vec::new(), tile: Vec::new(), stats: vec![RowStats::default(); LANES] }
     }
 }
 
@@ -248,12 +239,7 @@ impl<'a, T: Element> RowSink<'a, T> {
     /// A reader of the same rows, for logits the gradient overwrites: it always copies a row
     /// into scratch before the row is written.
     fn reader(&self) -> RowView<'a, T> {
-        RowView {
-            ptr: self.ptr,
-            layout: self.layout.clone(),
-            copy: true,
-            _view: PhantomData,
-        }
+        RowView { ptr: self.ptr, layout: self.layout.clone(), copy: true, _view: PhantomData }
     }
 
     /// Calls `fill` with row `r` in the compute type: the destination itself when it is
@@ -261,17 +247,8 @@ impl<'a, T: Element> RowSink<'a, T> {
     ///
     /// # Safety
     /// `r < rows`, and no other thread accesses row `r` meanwhile.
-    unsafe fn write_row<R>(
-        &self,
-        r: usize,
-        buf: &mut Vec<T::Compute>,
-        fill: impl FnOnce(&mut [T::Compute]) -> R,
-    ) -> R {
-        let RowLayout {
-            classes,
-            class_stride,
-            ..
-        } = self.layout;
+    unsafe fn write_row<R>(&self, r: usize, buf: &mut Vec<T::Compute>, fill: impl FnOnce(&mut [T::Compute]) -> R) -> R {
+        let RowLayout { classes, class_stride, .. } = self.layout;
         let p = self.ptr.offset(self.layout.offset(r));
         if class_stride == 1 {
             if let Some(row) = T::as_compute_mut(std::slice::from_raw_parts_mut(p, classes)) {
@@ -287,27 +264,62 @@ impl<'a, T: Element> RowSink<'a, T> {
     }
 }
 
-/// Runs `f(row, scratch, out_row)` over every row in parallel and collects what it returns,
-/// in row order. With a `sink`, each call gets its output row in the compute type; half-type
-/// outputs are rounded once, at the end of the row.
-fn for_rows<T, R, Fun>(rows: usize, classes: usize, sink: Option<&RowSink<T>>, f: Fun) -> Vec<R>
+/// Runs `f(r, z, stats, scratch, out)` for every row `r` of `view` in parallel, with the
+/// row `z` in the compute type and its statistics, and collects what it returns in row order.
+/// With a `sink`, `out` is the row's output in the compute type (half types are rounded once,
+/// at the end of the row). Narrow rows are read sixteen at a time and their statistics
+/// computed across rows (`kernels::lanes`).
+fn for_rows<T, R, Fun>(view: &RowView<T>, sink: Option<&RowSink<T>>, f: Fun) -> Vec<R>
 where
     T: Element,
-    R: Send,
-    Fun: Fn(usize, &mut Scratch<T::Compute>, Option<&mut [T::Compute]>) -> R + Sync,
+    R: Copy + Default + Send,
+    Fun: Fn(usize, &[T::Compute], &RowStats<T::Compute>, &mut Scratch<T::Compute>, Option<&mut [T::Compute]>) -> R
+        + Sync,
 {
-    (0..rows)
-        .into_par_iter()
-        .with_min_len(min_rows_per_task(classes))
-        .map_init(
-            || (Scratch::default(), Vec::new()),
-            |(scratch, buf), r| match sink {
-                // SAFETY: `r < rows`, and this task is the only one handling row `r`.
-                Some(sink) => unsafe { sink.write_row(r, buf, |out| f(r, scratch, Some(out))) },
-                None => f(r, scratch, None),
-            },
-        )
-        .collect()
+    let (rows, classes) = (view.layout.rows(), view.layout.classes);
+    let k = T::Compute::kernels();
+    let tiled = T::Compute::tiles(classes);
+    let group = if tiled { LANES } else { 1 };
+    let call = |r: usize,
+                z: &[T::Compute],
+                stats: &RowStats<T::Compute>,
+                s: &mut Scratch<T::Compute>,
+                out: &mut Vec<T::Compute>| {
+        match sink {
+            // SAFETY: `r < rows`, and this task is the only one handling row `r`.
+            Some(sink) => unsafe { sink.write_row(r, out, |o| f(r, z, stats, s, Some(o))) },
+            None => f(r, z, stats, s, None),
+        }
+    };
+    let mut results = vec![R::default(); rows];
+    results.par_chunks_mut(group).enumerate().with_min_len((min_rows_per_task(classes) / group).max(1)).for_each_init(
+        || (Scratch::default(), DriverScratch::default()),
+        |(s, d), (g, results)| {
+            let first = g * group;
+            if tiled && results.len() == LANES {
+                let tile = match view.contiguous_rows(first, LANES) {
+                    Some(rows) => rows,
+                    None => {
+                        d.tile.clear();
+                        for r in first..first + LANES {
+                            d.tile.extend_from_slice(view.row(r, &mut d.row));
+                        }
+                        &d.tile
+                    }
+                };
+                T::Compute::tile_stats(tile, classes, &mut d.stats);
+                for (i, (res, z)) in results.iter_mut().zip(tile.chunks_exact(classes)).enumerate() {
+                    *res = call(first + i, z, &d.stats[i], s, &mut d.out);
+                }
+            } else {
+                for (i, res) in results.iter_mut().enumerate() {
+                    let z = view.row(first + i, &mut d.row);
+                    *res = call(first + i, z, &RowStats::of(k, z), s, &mut d.out);
+                }
+            }
+        },
+    );
+    results
 }
 
 /// A zeroed array of the logits' shape whose rows (along `axis`) are contiguous: shape
@@ -345,19 +357,11 @@ fn loss_shape(batch_shape: &[usize], reduction: Reduction) -> Vec<usize> {
 
 /// Writes per-row losses (row order) into `out`, reduced as asked; `divisor` is the `Mean`
 /// denominator. `out` has the shape of [`loss_shape`].
-fn write_losses<T: Element>(
-    losses: Vec<T::Compute>,
-    out: &mut ArrayViewMutD<T>,
-    reduction: Reduction,
-    divisor: f64,
-) {
+fn write_losses<T: Element>(losses: Vec<T::Compute>, out: &mut ArrayViewMutD<T>, reduction: Reduction, divisor: f64) {
     let total = || sum_f64(&losses.iter().map(|x| x.to_f64()).collect::<Vec<_>>());
     let scalar = |x: f64| T::narrow(T::Compute::from_f64(x));
     match reduction {
-        Reduction::None => out
-            .iter_mut()
-            .zip(&losses)
-            .for_each(|(o, &l)| *o = T::narrow(l)),
+        Reduction::None => out.iter_mut().zip(&losses).for_each(|(o, &l)| *o = T::narrow(l)),
         Reduction::Sum => out.fill(scalar(total())),
         Reduction::Mean => out.fill(scalar(total() / divisor)),
     }
@@ -366,11 +370,7 @@ fn write_losses<T: Element>(
 /// Checks that a caller's output buffer has the expected shape.
 fn check_out(name: &'static str, found: &[usize], expected: &[usize]) -> Result<()> {
     if found != expected {
-        return Err(Error::OutShape {
-            name,
-            found: found.to_vec(),
-            expected: expected.to_vec(),
-        });
+        return Err(Error::OutShape { name, found: found.to_vec(), expected: expected.to_vec() });
     }
     Ok(())
 }
@@ -385,16 +385,9 @@ fn class_weights<F: Float>(options: &Options, classes: usize) -> Result<Option<V
         return Ok(None);
     };
     if w.len() != classes {
-        return Err(Error::WeightShape {
-            found: w.shape().to_vec(),
-            classes,
-        });
+        return Err(Error::WeightShape { found: w.shape().to_vec(), classes });
     }
-    if let Some((index, &value)) = w
-        .iter()
-        .enumerate()
-        .find(|(_, x)| !(x.is_finite() && **x >= 0.0))
-    {
+    if let Some((index, &value)) = w.iter().enumerate().find(|(_, x)| !(x.is_finite() && **x >= 0.0)) {
         return Err(Error::WeightValue { index, value });
     }
     Ok(Some(w.iter().map(|&x| F::from_f64(x)).collect()))
@@ -414,30 +407,27 @@ const IGNORED: usize = usize::MAX;
 
 /// Sparse labels as class indices in row order (`IGNORED` for ignored rows); the first label
 /// out of range is an error naming its position.
-fn class_indices<L: Label>(
-    labels: &ArrayViewD<L>,
-    classes: usize,
-    ignore: Option<i64>,
-) -> Result<Vec<usize>> {
+fn class_indices<L: Label>(labels: &ArrayViewD<L>, classes: usize, ignore: Option<i64>) -> Result<Vec<usize>> {
     let ignore = ignore.map(i128::from);
-    labels
-        .iter()
-        .enumerate()
-        .map(|(r, &l)| {
-            let v = l.to_i128();
-            if Some(v) == ignore {
-                Ok(IGNORED)
-            } else if (0..classes as i128).contains(&v) {
-                Ok(v as usize)
-            } else {
-                Err(Error::LabelOutOfRange {
-                    index: unravel(r, labels.shape()),
-                    value: v,
-                    classes,
-                })
-            }
-        })
-        .collect()
+    let index = |l: L| {
+        let v = l.to_i128();
+        if Some(v) == ignore {
+            Some(IGNORED)
+        } else if (0..classes as i128).contains(&v) {
+            Some(v as usize)
+        } else {
+            None
+        }
+    };
+    let indices: Option<Vec<usize>> = match labels.as_slice() {
+        Some(flat) => flat.par_iter().with_min_len(1 << 14).map(|&l| index(l)).collect(),
+        None => labels.iter().map(|&l| index(l)).collect(),
+    };
+    indices.ok_or_else(|| {
+        // Found serially, so the error names the first bad label whatever the thread count.
+        let (r, &l) = labels.iter().enumerate().find(|&(_, &l)| index(l).is_none()).expect("a label is out of range");
+        Error::LabelOutOfRange { index: unravel(r, labels.shape()), value: l.to_i128(), classes }
+    })
 }
 
 /// Runs `f` on the pool fastxent was told to use (`set_num_threads`), or rayon's global one.
@@ -471,17 +461,10 @@ impl<T: Element> LossIo<'_, '_, T> {
     }
 
     /// The row reader (over `shape`, the logits broadcast to it) and the gradient sink.
-    fn rows<'s>(
-        &'s mut self,
-        shape: &[usize],
-        axis: usize,
-    ) -> Result<(RowView<'s, T>, Option<RowSink<'s, T>>)> {
+    fn rows<'s>(&'s mut self, shape: &[usize], axis: usize) -> Result<(RowView<'s, T>, Option<RowSink<'s, T>>)> {
         Ok(match self {
             LossIo::Forward(z) => (RowView::new(&broadcast(z, shape)?, axis), None),
-            LossIo::Grad(z, g) => (
-                RowView::new(&z.view(), axis),
-                Some(RowSink::new(&mut g.view_mut(), axis)),
-            ),
+            LossIo::Grad(z, g) => (RowView::new(&z.view(), axis), Some(RowSink::new(&mut g.view_mut(), axis))),
             LossIo::InPlace(z) => {
                 let sink = RowSink::new(&mut z.view_mut(), axis);
                 (sink.reader(), Some(sink))
@@ -492,10 +475,7 @@ impl<T: Element> LossIo<'_, '_, T> {
 
 fn broadcast<'a, T>(z: &'a ArrayViewD<'_, T>, shape: &[usize]) -> Result<ArrayViewD<'a, T>> {
     z.broadcast(IxDyn(shape))
-        .ok_or_else(|| Error::DenseLabelsShape {
-            labels: shape.to_vec(),
-            logits: z.shape().to_vec(),
-        })
+        .ok_or_else(|| Error::DenseLabelsShape { labels: shape.to_vec(), logits: z.shape().to_vec() })
 }
 
 /// Shared driver of every sparse entry point. Returns the loss when `loss` (the caller's
@@ -529,35 +509,22 @@ fn sparse_run<T: Element, L: Label>(
             check_out("out", l.shape(), &out_shape)?;
             l
         }
-        None => fresh
-            .insert(ArrayD::from_elem(
-                IxDyn(&out_shape),
-                T::narrow(T::Compute::zero()),
-            ))
-            .view_mut(),
+        None => fresh.insert(ArrayD::from_elem(IxDyn(&out_shape), T::narrow(T::Compute::zero()))).view_mut(),
     };
     let indices = in_pool(|| class_indices(&labels, classes, options.ignore_index))?;
     let divisor: f64 = match &weight {
-        Some(w) => indices
-            .iter()
-            .filter(|&&y| y != IGNORED)
-            .map(|&y| w[y].to_f64())
-            .sum(),
+        Some(w) => indices.iter().filter(|&&y| y != IGNORED).map(|&y| w[y].to_f64()).sum(),
         None => indices.iter().filter(|&&y| y != IGNORED).count() as f64,
     };
     let scale = match options.reduction {
         Reduction::Mean => T::Compute::from_f64(1.0 / divisor),
         _ => T::Compute::one(),
     };
-    let targets = Targets::new(
-        weight.as_deref(),
-        T::Compute::from_f64(options.label_smoothing),
-        classes,
-    );
+    let targets = Targets::new(weight.as_deref(), T::Compute::from_f64(options.label_smoothing), classes);
     let k = T::Compute::kernels();
     let (view, sink) = io.rows(&logits_shape, axis)?;
     let losses = in_pool(|| {
-        for_rows::<T, _, _>(indices.len(), classes, sink.as_ref(), |r, s, out| {
+        for_rows(&view, sink.as_ref(), |r, z, stats, _, out| {
             let label = indices[r];
             if label == IGNORED {
                 if let Some(o) = out {
@@ -565,8 +532,7 @@ fn sparse_run<T: Element, L: Label>(
                 }
                 return T::Compute::zero();
             }
-            let z = view.row(r, &mut s.logits);
-            rows::sparse(k, z, label, &targets, out.map(|out| Grad { out, scale }))
+            rows::sparse(k, z, stats, label, &targets, out.map(|out| Grad { out, scale }))
         })
     });
     write_losses(losses, &mut loss, options.reduction, divisor);
@@ -583,16 +549,10 @@ fn dense_run<T: Element, Y: Element<Compute = T::Compute>>(
 ) -> Result<Option<ArrayD<T>>> {
     let logits_shape = io.logits_shape().to_vec();
     let logits_axis = class_axis(axis, logits_shape.len())?;
-    let mismatch = || Error::DenseLabelsShape {
-        labels: labels.shape().to_vec(),
-        logits: logits_shape.clone(),
-    };
+    let mismatch = || Error::DenseLabelsShape { labels: labels.shape().to_vec(), logits: logits_shape.clone() };
     let shape = broadcast_shapes(&logits_shape, labels.shape()).ok_or_else(mismatch)?;
     if !matches!(io, LossIo::Forward(_)) && shape != logits_shape {
-        return Err(Error::GradBroadcast {
-            logits: logits_shape,
-            broadcast: shape,
-        });
+        return Err(Error::GradBroadcast { logits: logits_shape, broadcast: shape });
     }
     io.check_grad_shape()?;
     let axis = logits_axis + (shape.len() - logits_shape.len());
@@ -607,12 +567,7 @@ fn dense_run<T: Element, Y: Element<Compute = T::Compute>>(
             check_out("out", l.shape(), &out_shape)?;
             l
         }
-        None => fresh
-            .insert(ArrayD::from_elem(
-                IxDyn(&out_shape),
-                T::narrow(T::Compute::zero()),
-            ))
-            .view_mut(),
+        None => fresh.insert(ArrayD::from_elem(IxDyn(&out_shape), T::narrow(T::Compute::zero()))).view_mut(),
     };
     let labels = labels.broadcast(IxDyn(&shape)).ok_or_else(mismatch)?;
     let rows: usize = batch_shape.iter().product();
@@ -621,26 +576,14 @@ fn dense_run<T: Element, Y: Element<Compute = T::Compute>>(
         Reduction::Mean => T::Compute::from_f64(1.0 / divisor),
         _ => T::Compute::one(),
     };
-    let targets = Targets::new(
-        weight.as_deref(),
-        T::Compute::from_f64(options.label_smoothing),
-        classes,
-    );
+    let targets = Targets::new(weight.as_deref(), T::Compute::from_f64(options.label_smoothing), classes);
     let k = T::Compute::kernels();
     let (z_rows, sink) = io.rows(&shape, axis)?;
     let y_rows = RowView::new(&labels, axis);
     let losses = in_pool(|| {
-        for_rows::<T, _, _>(rows, classes, sink.as_ref(), |r, s, out| {
-            let z = z_rows.row(r, &mut s.logits);
+        for_rows(&z_rows, sink.as_ref(), |r, z, stats, s, out| {
             let y = y_rows.row(r, &mut s.labels);
-            rows::dense(
-                k,
-                z,
-                y,
-                &targets,
-                &mut s.targets,
-                out.map(|out| Grad { out, scale }),
-            )
+            rows::dense(k, z, stats, y, &targets, &mut s.targets, out.map(|out| Grad { out, scale }))
         })
     });
     write_losses(losses, &mut loss, options.reduction, divisor);
@@ -649,11 +592,7 @@ fn dense_run<T: Element, Y: Element<Compute = T::Compute>>(
 
 /// The shape of the sparse loss for these logits: the logits' shape without the class axis,
 /// or 0-d with a reduction (for callers that allocate `out`).
-pub fn sparse_loss_shape(
-    logits_shape: &[usize],
-    axis: isize,
-    reduction: Reduction,
-) -> Result<Vec<usize>> {
+pub fn sparse_loss_shape(logits_shape: &[usize], axis: isize, reduction: Reduction) -> Result<Vec<usize>> {
     let axis = class_axis(axis, logits_shape.len())?;
     Ok(loss_shape(&without(logits_shape, axis), reduction))
 }
@@ -667,11 +606,8 @@ pub fn dense_loss_shape(
     reduction: Reduction,
 ) -> Result<Vec<usize>> {
     let axis = class_axis(axis, logits_shape.len())?;
-    let shape =
-        broadcast_shapes(logits_shape, labels_shape).ok_or_else(|| Error::DenseLabelsShape {
-            labels: labels_shape.to_vec(),
-            logits: logits_shape.to_vec(),
-        })?;
+    let shape = broadcast_shapes(logits_shape, labels_shape)
+        .ok_or_else(|| Error::DenseLabelsShape { labels: labels_shape.to_vec(), logits: logits_shape.to_vec() })?;
     let axis = axis + (shape.len() - logits_shape.len());
     Ok(loss_shape(&without(&shape, axis), reduction))
 }
@@ -705,13 +641,7 @@ pub fn sparse_softmax_cross_entropy_with_grad<T: Element, L: Label>(
     options: &Options,
 ) -> Result<(ArrayD<T>, ArrayD<T>)> {
     let mut grad = fresh_grad(logits.shape(), axis);
-    let loss = sparse_run(
-        LossIo::Grad(logits, grad.view_mut()),
-        labels,
-        axis,
-        options,
-        None,
-    )?;
+    let loss = sparse_run(LossIo::Grad(logits, grad.view_mut()), labels, axis, options, None)?;
     Ok((loss.expect("allocated"), grad))
 }
 
@@ -765,13 +695,7 @@ pub fn softmax_cross_entropy_with_grad<T: Element, Y: Element<Compute = T::Compu
     options: &Options,
 ) -> Result<(ArrayD<T>, ArrayD<T>)> {
     let mut grad = fresh_grad(logits.shape(), axis);
-    let loss = dense_run(
-        LossIo::Grad(logits, grad.view_mut()),
-        labels,
-        axis,
-        options,
-        None,
-    )?;
+    let loss = dense_run(LossIo::Grad(logits, grad.view_mut()), labels, axis, options, None)?;
     Ok((loss.expect("allocated"), grad))
 }
 
@@ -806,23 +730,14 @@ pub fn softmax_cross_entropy_grad_in_place<T: Element, Y: Element<Compute = T::C
 fn map_rows<T: Element>(
     logits: ArrayViewD<T>,
     axis: isize,
-    op: fn(&crate::kernels::RowKernels<T::Compute>, &[T::Compute], &mut [T::Compute]),
+    op: fn(&crate::kernels::RowKernels<T::Compute>, &[T::Compute], &RowStats<T::Compute>, &mut [T::Compute]),
 ) -> Result<ArrayD<T>> {
     let axis = class_axis(axis, logits.ndim())?;
     let view = RowView::new(&logits, axis);
-    let (rows, classes) = (view.layout.rows(), view.layout.classes);
-    let mut out = row_major_like(&without(logits.shape(), axis), classes, axis);
+    let mut out = row_major_like(&without(logits.shape(), axis), view.layout.classes, axis);
     let sink = RowSink::new(&mut out.view_mut(), axis);
     let k = T::Compute::kernels();
-    in_pool(|| {
-        for_rows::<T, _, _>(rows, classes, Some(&sink), |r, s, o| {
-            op(
-                k,
-                view.row(r, &mut s.logits),
-                o.expect("output rows requested"),
-            )
-        })
-    });
+    in_pool(|| for_rows(&view, Some(&sink), |_, z, stats, _, o| op(k, z, stats, o.expect("output rows requested"))));
     Ok(out)
 }
 
@@ -841,15 +756,7 @@ pub fn softmax<T: Element>(logits: ArrayViewD<T>, axis: isize) -> Result<ArrayD<
 pub fn logsumexp<T: Element>(logits: ArrayViewD<T>, axis: isize) -> Result<ArrayD<T>> {
     let axis = class_axis(axis, logits.ndim())?;
     let view = RowView::new(&logits, axis);
-    let k = T::Compute::kernels();
-    let sums = in_pool(|| {
-        for_rows::<T, _, _>(view.layout.rows(), view.layout.classes, None, |r, s, _| {
-            RowStats::of(k, view.row(r, &mut s.logits)).logsumexp()
-        })
-    });
+    let sums = in_pool(|| for_rows(&view, None, |_, _, stats, _, _| stats.logsumexp()));
     let data = sums.into_iter().map(T::narrow).collect();
-    Ok(
-        ArrayD::from_shape_vec(IxDyn(&without(logits.shape(), axis)), data)
-            .expect("one value per row"),
-    )
+    Ok(ArrayD::from_shape_vec(IxDyn(&without(logits.shape(), axis)), data).expect("one value per row"))
 }

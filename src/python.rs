@@ -5,8 +5,7 @@
 use half::{bf16, f16};
 use ndarray::{ArrayD, ArrayView1, ArrayViewD, Ix1};
 use numpy::{
-    Element as NpElement, PyArrayDescrMethods, PyArrayDyn, PyArrayMethods, PyUntypedArray,
-    PyUntypedArrayMethods,
+    Element as NpElement, PyArrayDescrMethods, PyArrayDyn, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods,
 };
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -77,19 +76,13 @@ fn int_kind(a: &Bound<PyUntypedArray>) -> Option<IntKind> {
 }
 
 fn as_ndarray<'py>(obj: &Bound<'py, PyAny>, name: &str) -> PyResult<Bound<'py, PyUntypedArray>> {
-    obj.cast::<PyUntypedArray>().cloned().map_err(|_| {
-        value_error(format!(
-            "{name} must be a numpy.ndarray; got {}",
-            type_name(obj)
-        ))
-    })
+    obj.cast::<PyUntypedArray>()
+        .cloned()
+        .map_err(|_| value_error(format!("{name} must be a numpy.ndarray; got {}", type_name(obj))))
 }
 
 fn type_name(obj: &Bound<PyAny>) -> String {
-    obj.get_type()
-        .name()
-        .map(|n| n.to_string())
-        .unwrap_or_else(|_| "an unknown type".into())
+    obj.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "an unknown type".into())
 }
 
 /// The checks rust-numpy leaves to its caller before a view is made: byte order, rank,
@@ -97,21 +90,14 @@ fn type_name(obj: &Bound<PyAny>) -> String {
 fn check_layout<T>(a: &Bound<PyUntypedArray>, name: &str) -> PyResult<()> {
     let size = std::mem::size_of::<T>();
     if a.dtype().is_native_byteorder() == Some(false) {
-        return Err(value_error(format!(
-            "{name} has non-native byte order ({}): expected native",
-            dtype_name(a)
-        )));
+        return Err(value_error(format!("{name} has non-native byte order ({}): expected native", dtype_name(a))));
     }
     if a.ndim() > 32 {
-        return Err(value_error(format!(
-            "{name} has {} dimensions: expected at most 32",
-            a.ndim()
-        )));
+        return Err(value_error(format!("{name} has {} dimensions: expected at most 32", a.ndim())));
     }
     // SAFETY: `a` is a live ndarray (we hold a reference to it).
     let data = unsafe { (*a.as_array_ptr()).data } as usize;
-    let aligned =
-        data % std::mem::align_of::<T>() == 0 && a.strides().iter().all(|s| s % size as isize == 0);
+    let aligned = data % std::mem::align_of::<T>() == 0 && a.strides().iter().all(|s| s % size as isize == 0);
     if !aligned {
         return Err(value_error(format!(
             "{name} is not aligned to its {size}-byte elements (data or strides): expected an aligned array"
@@ -120,29 +106,17 @@ fn check_layout<T>(a: &Bound<PyUntypedArray>, name: &str) -> PyResult<()> {
     Ok(())
 }
 
-fn typed<'py, T: NpElement>(
-    a: &Bound<'py, PyUntypedArray>,
-    name: &str,
-) -> PyResult<Bound<'py, PyArrayDyn<T>>> {
-    a.cast::<PyArrayDyn<T>>().cloned().map_err(|_| {
-        value_error(format!(
-            "{name} has dtype {}: expected {}",
-            dtype_name(a),
-            T::get_dtype(a.py())
-        ))
-    })
+fn typed<'py, T: NpElement>(a: &Bound<'py, PyUntypedArray>, name: &str) -> PyResult<Bound<'py, PyArrayDyn<T>>> {
+    a.cast::<PyArrayDyn<T>>()
+        .cloned()
+        .map_err(|_| value_error(format!("{name} has dtype {}: expected {}", dtype_name(a), T::get_dtype(a.py()))))
 }
 
 /// A read-only view of `a` as `T`, after [`check_layout`].
-fn view<'py, T: NpElement>(
-    a: &Bound<'py, PyUntypedArray>,
-    name: &str,
-) -> PyResult<numpy::PyReadonlyArrayDyn<'py, T>> {
+fn view<'py, T: NpElement>(a: &Bound<'py, PyUntypedArray>, name: &str) -> PyResult<numpy::PyReadonlyArrayDyn<'py, T>> {
     let typed = typed::<T>(a, name)?;
     check_layout::<T>(a, name)?;
-    typed
-        .try_readonly()
-        .map_err(|e| value_error(format!("{name} cannot be read: {e}")))
+    typed.try_readonly().map_err(|e| value_error(format!("{name} cannot be read: {e}")))
 }
 
 /// Whether some element of an array of this shape and strides (in bytes) is reachable by two
@@ -152,12 +126,8 @@ fn self_overlapping(shape: &[usize], strides: &[isize], itemsize: usize) -> bool
     if shape.contains(&0) {
         return false;
     }
-    let mut axes: Vec<(usize, usize)> = shape
-        .iter()
-        .zip(strides)
-        .filter(|(&n, _)| n > 1)
-        .map(|(&n, &s)| (s.unsigned_abs(), n))
-        .collect();
+    let mut axes: Vec<(usize, usize)> =
+        shape.iter().zip(strides).filter(|(&n, _)| n > 1).map(|(&n, &s)| (s.unsigned_abs(), n)).collect();
     axes.sort_unstable();
     let mut extent = itemsize;
     for (stride, n) in axes {
@@ -177,34 +147,27 @@ fn view_mut<'py, T: NpElement>(
     let typed = typed::<T>(a, name)?;
     check_layout::<T>(a, name)?;
     if self_overlapping(a.shape(), a.strides(), std::mem::size_of::<T>()) {
-        return Err(value_error(format!("{name} has strides under which elements overlap: expected an array whose elements are distinct")));
+        return Err(value_error(format!(
+            "{name} has strides under which elements overlap: expected an array whose elements are distinct"
+        )));
     }
-    typed
-        .try_readwrite()
-        .map_err(|e| value_error(format!("{name} cannot be written ({e}): expected a writeable array that no other argument overlaps")))
+    typed.try_readwrite().map_err(|e| {
+        value_error(format!(
+            "{name} cannot be written ({e}): expected a writeable array that no other argument overlaps"
+        ))
+    })
 }
 
 fn to_py<'py, T: NpElement>(py: Python<'py>, a: ArrayD<T>) -> Bound<'py, PyAny> {
     PyArrayDyn::from_owned_array(py, a).into_any()
 }
 
-fn extract<'py, T: FromPyObjectOwned<'py>>(
-    obj: &Bound<'py, PyAny>,
-    name: &str,
-    expected: &str,
-) -> PyResult<T> {
-    obj.extract::<T>().map_err(|_| {
-        value_error(format!(
-            "{name} = {} is invalid: expected {expected}",
-            repr(obj)
-        ))
-    })
+fn extract<'py, T: FromPyObjectOwned<'py>>(obj: &Bound<'py, PyAny>, name: &str, expected: &str) -> PyResult<T> {
+    obj.extract::<T>().map_err(|_| value_error(format!("{name} = {} is invalid: expected {expected}", repr(obj))))
 }
 
 fn repr(obj: &Bound<PyAny>) -> String {
-    obj.repr()
-        .map(|r| r.to_string())
-        .unwrap_or_else(|_| "<unprintable>".into())
+    obj.repr().map(|r| r.to_string()).unwrap_or_else(|_| "<unprintable>".into())
 }
 
 use pyo3::conversion::FromPyObjectOwned;
@@ -225,57 +188,40 @@ impl<'py> PyOptions<'py> {
         ignore_index: &Bound<'py, PyAny>,
     ) -> PyResult<Self> {
         let expected_reduction = "one of 'none', 'sum', 'mean'";
-        let reduction =
-            match extract::<String>(reduction, "reduction", expected_reduction)?.as_str() {
-                "none" => Reduction::None,
-                "sum" => Reduction::Sum,
-                "mean" => Reduction::Mean,
-                _ => {
-                    return Err(value_error(format!(
-                        "reduction = {} is invalid: expected {expected_reduction}",
-                        repr(reduction)
-                    )))
-                }
-            };
-        let label_smoothing =
-            extract::<f64>(label_smoothing, "label_smoothing", "a number in [0, 1]")?;
+        let reduction = match extract::<String>(reduction, "reduction", expected_reduction)?.as_str() {
+            "none" => Reduction::None,
+            "sum" => Reduction::Sum,
+            "mean" => Reduction::Mean,
+            _ => {
+                return Err(value_error(format!(
+                    "reduction = {} is invalid: expected {expected_reduction}",
+                    repr(reduction)
+                )))
+            }
+        };
+        let label_smoothing = extract::<f64>(label_smoothing, "label_smoothing", "a number in [0, 1]")?;
         let weight = if weight.is_none() {
             None
         } else {
             let w = as_ndarray(weight, "weight")?;
             if w.dtype().kind() != b'f' || w.dtype().itemsize() != 8 {
-                return Err(value_error(format!(
-                    "weight has dtype {}: expected float64",
-                    dtype_name(&w)
-                )));
+                return Err(value_error(format!("weight has dtype {}: expected float64", dtype_name(&w))));
             }
             Some(view::<f64>(&w, "weight")?)
         };
         let ignore_index = if ignore_index.is_none() {
             None
         } else {
-            Some(extract::<i64>(
-                ignore_index,
-                "ignore_index",
-                "None or an integer in the int64 range",
-            )?)
+            Some(extract::<i64>(ignore_index, "ignore_index", "None or an integer in the int64 range")?)
         };
-        Ok(PyOptions {
-            reduction,
-            label_smoothing,
-            weight,
-            ignore_index,
-        })
+        Ok(PyOptions { reduction, label_smoothing, weight, ignore_index })
     }
 
     fn options(&self) -> PyResult<Options<'_>> {
         let weight = match &self.weight {
             None => None,
             Some(w) => Some(w.as_array().into_dimensionality::<Ix1>().map_err(|_| {
-                value_error(format!(
-                    "weight has shape {:?}: expected a 1-d array of one weight per class",
-                    w.shape()
-                ))
+                value_error(format!("weight has shape {:?}: expected a 1-d array of one weight per class", w.shape()))
             })?),
         };
         Ok(Options {
@@ -292,10 +238,7 @@ fn axis_arg(axis: &Bound<PyAny>) -> PyResult<isize> {
 }
 
 /// A loss, or a `(loss, grad)` pair, as Python objects.
-fn loss_result<'py, T: NpElement>(
-    py: Python<'py>,
-    r: (ArrayD<T>, Option<ArrayD<T>>),
-) -> PyResult<Bound<'py, PyAny>> {
+fn loss_result<'py, T: NpElement>(py: Python<'py>, r: (ArrayD<T>, Option<ArrayD<T>>)) -> PyResult<Bound<'py, PyAny>> {
     let loss = to_py(py, r.0);
     match r.1 {
         None => Ok(loss),
@@ -368,12 +311,7 @@ macro_rules! with_int {
 const FLOATS: &str = "float16, bfloat16, float32 or float64";
 
 fn logits_kind(logits: &Bound<PyUntypedArray>) -> PyResult<FloatKind> {
-    float_kind(logits).ok_or_else(|| {
-        value_error(format!(
-            "logits has dtype {}: expected {FLOATS}",
-            dtype_name(logits)
-        ))
-    })
+    float_kind(logits).ok_or_else(|| value_error(format!("logits has dtype {}: expected {FLOATS}", dtype_name(logits))))
 }
 
 /// The caller's output buffers (`out=`, `grad_out=`), already checked to be ndarrays.
@@ -400,16 +338,10 @@ impl<'py> Outputs<'py> {
         };
         let grad = array(grad_out, "grad_out")?;
         if grad.is_some() && !with_grad {
-            return Err(value_error(
-                "grad_out is only accepted by the *_and_grad functions",
-            ));
+            return Err(value_error("grad_out is only accepted by the *_and_grad functions"));
         }
         let in_place = grad.as_ref().is_some_and(|g| g.is(logits));
-        Ok(Outputs {
-            loss: array(out, "out")?,
-            grad,
-            in_place,
-        })
+        Ok(Outputs { loss: array(out, "out")?, grad, in_place })
     }
 
     fn given(&self) -> bool {
@@ -418,20 +350,12 @@ impl<'py> Outputs<'py> {
 
     /// The caller's `out`, or a new array of `shape`.
     fn loss<T: NpElement>(&self, py: Python<'py>, shape: &[usize]) -> Bound<'py, PyUntypedArray> {
-        self.loss.clone().unwrap_or_else(|| {
-            PyArrayDyn::<T>::zeros(py, shape, false)
-                .as_untyped()
-                .clone()
-        })
+        self.loss.clone().unwrap_or_else(|| PyArrayDyn::<T>::zeros(py, shape, false).as_untyped().clone())
     }
 
     /// The caller's `grad_out`, or a new array of `shape`.
     fn grad<T: NpElement>(&self, py: Python<'py>, shape: &[usize]) -> Bound<'py, PyUntypedArray> {
-        self.grad.clone().unwrap_or_else(|| {
-            PyArrayDyn::<T>::zeros(py, shape, false)
-                .as_untyped()
-                .clone()
-        })
+        self.grad.clone().unwrap_or_else(|| PyArrayDyn::<T>::zeros(py, shape, false).as_untyped().clone())
     }
 }
 
@@ -452,39 +376,28 @@ fn sparse_impl<'py, T: Element + NpElement, L: crate::Label + NpElement>(
         let z = z.as_array();
         let result = py.detach(|| {
             if with_grad {
-                crate::sparse_softmax_cross_entropy_with_grad(z, y, axis, &options)
-                    .map(|(l, g)| (l, Some(g)))
+                crate::sparse_softmax_cross_entropy_with_grad(z, y, axis, &options).map(|(l, g)| (l, Some(g)))
             } else {
                 crate::sparse_softmax_cross_entropy(z, y, axis, &options).map(|l| (l, None))
             }
         })?;
         return loss_result(py, result);
     }
-    let out = outs.loss::<T>(
-        py,
-        &crate::sparse_loss_shape(logits.shape(), axis, options.reduction)?,
-    );
+    let out = outs.loss::<T>(py, &crate::sparse_loss_shape(logits.shape(), axis, options.reduction)?);
     let mut out_view = view_mut::<T>(&out, "out")?;
     let out_mut = out_view.as_array_mut();
     if outs.in_place {
         let mut z = view_mut::<T>(logits, "grad_out")?;
         let z = z.as_array_mut();
-        py.detach(|| {
-            crate::sparse_softmax_cross_entropy_grad_in_place(z, y, axis, &options, out_mut)
-        })?;
+        py.detach(|| crate::sparse_softmax_cross_entropy_grad_in_place(z, y, axis, &options, out_mut))?;
         return buffers_result(py, out, Some(logits.clone()));
     }
     let z = view::<T>(logits, "logits")?;
     let grad = with_grad.then(|| outs.grad::<T>(py, logits.shape()));
-    let mut grad_view = grad
-        .as_ref()
-        .map(|g| view_mut::<T>(g, "grad_out"))
-        .transpose()?;
+    let mut grad_view = grad.as_ref().map(|g| view_mut::<T>(g, "grad_out")).transpose()?;
     let grad_mut = grad_view.as_mut().map(|g| g.as_array_mut());
     let z = z.as_array();
-    py.detach(|| {
-        crate::sparse_softmax_cross_entropy_into(z, y, axis, &options, out_mut, grad_mut)
-    })?;
+    py.detach(|| crate::sparse_softmax_cross_entropy_into(z, y, axis, &options, out_mut, grad_mut))?;
     buffers_result(py, out, grad)
 }
 
@@ -551,8 +464,7 @@ where
         let z = z.as_array();
         let result = py.detach(|| {
             if with_grad {
-                crate::softmax_cross_entropy_with_grad(z, y, axis, &options)
-                    .map(|(l, g)| (l, Some(g)))
+                crate::softmax_cross_entropy_with_grad(z, y, axis, &options).map(|(l, g)| (l, Some(g)))
             } else {
                 crate::softmax_cross_entropy(z, y, axis, &options).map(|l| (l, None))
             }
@@ -571,10 +483,7 @@ where
     }
     let z = view::<T>(logits, "logits")?;
     let grad = with_grad.then(|| outs.grad::<T>(py, logits.shape()));
-    let mut grad_view = grad
-        .as_ref()
-        .map(|g| view_mut::<T>(g, "grad_out"))
-        .transpose()?;
+    let mut grad_view = grad.as_ref().map(|g| view_mut::<T>(g, "grad_out")).transpose()?;
     let grad_mut = grad_view.as_mut().map(|g| g.as_array_mut());
     let z = z.as_array();
     py.detach(|| crate::softmax_cross_entropy_into(z, y, axis, &options, out_mut, grad_mut))?;
@@ -606,17 +515,9 @@ fn dense<'py>(
     })?;
     // Labels whose compute type differs from the logits' are converted once, to the logits'
     // compute type; all other combinations are read as they are.
-    let compute = if kind == FloatKind::F64 {
-        FloatKind::F64
-    } else {
-        FloatKind::F32
-    };
+    let compute = if kind == FloatKind::F64 { FloatKind::F64 } else { FloatKind::F32 };
     if (label_kind == FloatKind::F64) != (compute == FloatKind::F64) {
-        let target = if compute == FloatKind::F64 {
-            "float64"
-        } else {
-            "float32"
-        };
+        let target = if compute == FloatKind::F64 { "float64" } else { "float32" };
         labels = as_ndarray(&labels.call_method1("astype", (target,))?, "labels")?;
         label_kind = compute;
     }
@@ -626,20 +527,14 @@ fn dense<'py>(
     macro_rules! labels_as {
         ($T:ty) => {
             match label_kind {
-                FloatKind::F16 => {
-                    dense_impl::<$T, f16>(py, &logits, &labels, axis, &options, with_grad, &outs)
-                }
-                FloatKind::Bf16 => {
-                    dense_impl::<$T, bf16>(py, &logits, &labels, axis, &options, with_grad, &outs)
-                }
+                FloatKind::F16 => dense_impl::<$T, f16>(py, &logits, &labels, axis, &options, with_grad, &outs),
+                FloatKind::Bf16 => dense_impl::<$T, bf16>(py, &logits, &labels, axis, &options, with_grad, &outs),
                 _ => dense_impl::<$T, f32>(py, &logits, &labels, axis, &options, with_grad, &outs),
             }
         };
     }
     match kind {
-        FloatKind::F64 => {
-            dense_impl::<f64, f64>(py, &logits, &labels, axis, &options, with_grad, &outs)
-        }
+        FloatKind::F64 => dense_impl::<f64, f64>(py, &logits, &labels, axis, &options, with_grad, &outs),
         FloatKind::F16 => labels_as!(f16),
         FloatKind::Bf16 => labels_as!(bf16),
         FloatKind::F32 => labels_as!(f32),
@@ -684,10 +579,7 @@ fn simd_tier() -> &'static str {
 /// Every SIMD tier this CPU can run, from the baseline up (`FASTXENT_SIMD` picks among them).
 #[pyfunction]
 fn simd_tiers() -> Vec<&'static str> {
-    crate::dispatch::supported_tiers()
-        .into_iter()
-        .map(|t| t.name())
-        .collect()
+    crate::dispatch::supported_tiers().into_iter().map(|t| t.name()).collect()
 }
 
 /// Sets the number of worker threads (0: back to the default, `RAYON_NUM_THREADS` or all cores).
@@ -695,9 +587,7 @@ fn simd_tiers() -> Vec<&'static str> {
 fn set_num_threads(n: &Bound<PyAny>) -> PyResult<()> {
     let n = extract::<usize>(n, "n", "a non-negative integer")?;
     if n > 4096 {
-        return Err(value_error(format!(
-            "n = {n} is invalid: expected at most 4096 threads"
-        )));
+        return Err(value_error(format!("n = {n} is invalid: expected at most 4096 threads")));
     }
     crate::set_num_threads(n).map_err(|e| value_error(format!("could not start {n} threads: {e}")))
 }

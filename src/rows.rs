@@ -25,12 +25,7 @@ impl<F: Float> CompensatedSum<F> {
     #[inline]
     fn add(&mut self, x: F) {
         let t = self.sum + x;
-        self.carry = self.carry
-            + if self.sum.abs() >= x.abs() {
-                (self.sum - t) + x
-            } else {
-                (x - t) + self.sum
-            };
+        self.carry = self.carry + if self.sum.abs() >= x.abs() { (self.sum - t) + x } else { (x - t) + self.sum };
         self.sum = t;
     }
 
@@ -62,8 +57,7 @@ fn sum_exp<F: Float>(k: &RowKernels<F>, z: &[F], shift: F) -> F {
             .collect();
         sums.into_iter().for_each(|x| total.add(x));
     } else {
-        z.chunks(SUM_BLOCK)
-            .for_each(|block| total.add((k.sum_exp)(block, shift)));
+        z.chunks(SUM_BLOCK).for_each(|block| total.add((k.sum_exp)(block, shift)));
     }
     total.value()
 }
@@ -102,30 +96,25 @@ pub fn exp_scaled<F: Float>(k: &RowKernels<F>, z: &[F], shift: F, scale: F, out:
 }
 
 /// Max, its index and the mass off the maximum, for one row.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct RowStats<F> {
     pub max: F,
     pub argmax: usize,
     /// `Σ_{j≠argmax} exp(z_j - max)`; only meaningful when `max` is finite.
     pub rest: F,
+    /// `log1p(rest)`, so that `lse = max + log_rest`.
+    pub log_rest: F,
 }
 
 impl<F: Float> RowStats<F> {
     pub fn of(k: &RowKernels<F>, z: &[F]) -> Self {
         if z.is_empty() {
-            return RowStats {
-                max: F::neg_infinity(),
-                argmax: 0,
-                rest: F::nan(),
-            };
+            return RowStats { max: F::neg_infinity(), argmax: 0, rest: F::nan(), log_rest: F::nan() };
         }
         let (max, argmax) = max_argmax(k, z);
-        let rest = if max.is_finite() {
-            sum_exp(k, &z[..argmax], max) + sum_exp(k, &z[argmax + 1..], max)
-        } else {
-            F::nan()
-        };
-        RowStats { max, argmax, rest }
+        let rest =
+            if max.is_finite() { sum_exp(k, &z[..argmax], max) + sum_exp(k, &z[argmax + 1..], max) } else { F::nan() };
+        RowStats { max, argmax, rest, log_rest: rest.ln_1p() }
     }
 
     /// A row with a finite maximum: no NaN, no +inf, not all -inf.
@@ -133,34 +122,27 @@ impl<F: Float> RowStats<F> {
         self.max.is_finite()
     }
 
-    /// `log1p(rest)`, so that `lse = max + log_rest`.
-    pub fn log_rest(&self) -> F {
-        self.rest.ln_1p()
-    }
-
     /// `-inf` for a row of -inf, `+inf` for a row with +inf, NaN for a row with NaN.
     pub fn logsumexp(&self) -> F {
         if self.is_regular() {
-            self.max + self.log_rest()
+            self.max + self.log_rest
         } else {
             self.max
         }
     }
 }
 
-pub fn log_softmax<F: Float>(k: &RowKernels<F>, z: &[F], out: &mut [F]) {
-    let s = RowStats::of(k, z);
+pub fn log_softmax<F: Float>(_k: &RowKernels<F>, z: &[F], s: &RowStats<F>, out: &mut [F]) {
     if !s.is_regular() {
         return out.fill(F::nan());
     }
-    let l = s.log_rest();
+    let l = s.log_rest;
     for (o, &x) in out.iter_mut().zip(z) {
         *o = (x - s.max) - l;
     }
 }
 
-pub fn softmax<F: Float>(k: &RowKernels<F>, z: &[F], out: &mut [F]) {
-    let s = RowStats::of(k, z);
+pub fn softmax<F: Float>(k: &RowKernels<F>, z: &[F], s: &RowStats<F>, out: &mut [F]) {
     if !s.is_regular() {
         return out.fill(F::nan());
     }
@@ -183,12 +165,7 @@ impl<'w, F: Float> Targets<'w, F> {
     pub fn new(weight: Option<&'w [F]>, smoothing: F, classes: usize) -> Self {
         let c = F::from_f64(classes as f64);
         let weight_sum = weight.map_or(c, |w| w.iter().fold(F::zero(), |a, &x| a + x));
-        Targets {
-            weight,
-            weight_sum,
-            smoothing,
-            uniform: smoothing / c,
-        }
+        Targets { weight, weight_sum, smoothing, uniform: smoothing / c }
     }
 
     #[inline]
@@ -222,18 +199,18 @@ pub struct Grad<'g, F> {
 pub fn sparse<F: Float>(
     k: &RowKernels<F>,
     z: &[F],
+    s: &RowStats<F>,
     label: usize,
     t: &Targets<F>,
     grad: Option<Grad<F>>,
 ) -> F {
-    let s = RowStats::of(k, z);
     if !s.is_regular() {
         if let Some(g) = grad {
             g.out.fill(F::nan());
         }
         return F::nan();
     }
-    let l = s.log_rest();
+    let l = s.log_rest;
     let a = (F::one() - t.smoothing) * t.weight(label);
     let b = t.uniform;
     let mut loss = F::zero();
@@ -253,16 +230,8 @@ pub fn sparse<F: Float>(
             }
         }
         // The label's entry, without the cancellation of `p_y - 1`: minus the other classes' mass.
-        let e_y = if label == s.argmax {
-            F::one()
-        } else {
-            (z[label] - s.max).exp()
-        };
-        let off = if label == s.argmax {
-            s.rest
-        } else {
-            F::one() + (s.rest - e_y)
-        };
+        let e_y = if label == s.argmax { F::one() } else { (z[label] - s.max).exp() };
+        let off = if label == s.argmax { s.rest } else { F::one() + (s.rest - e_y) };
         let p_y = e_y * inv;
         out[label] = scale * (b * (t.weight_sum * p_y - t.weight(label)) - a * off * inv);
     }
@@ -275,12 +244,12 @@ pub fn sparse<F: Float>(
 pub fn dense<F: Float>(
     k: &RowKernels<F>,
     z: &[F],
+    s: &RowStats<F>,
     y: &[F],
     t: &Targets<F>,
     scratch: &mut Vec<F>,
     grad: Option<Grad<F>>,
 ) -> F {
-    let s = RowStats::of(k, z);
     if !s.is_regular() {
         if let Some(g) = grad {
             g.out.fill(F::nan());
@@ -289,11 +258,7 @@ pub fn dense<F: Float>(
     }
     let keep = F::one() - t.smoothing;
     scratch.clear();
-    scratch.extend(
-        y.iter()
-            .enumerate()
-            .map(|(j, &yj)| t.weight(j) * (keep * yj + t.uniform)),
-    );
+    scratch.extend(y.iter().enumerate().map(|(j, &yj)| t.weight(j) * (keep * yj + t.uniform)));
     let targets = &scratch[..];
     let (mut total, mut others, mut gap) = Default::default();
     for (j, (&tj, &x)) in targets.iter().zip(z).enumerate() {
@@ -306,7 +271,7 @@ pub fn dense<F: Float>(
         }
     }
     let (total, others, gap): (F, F, F) = (total.value(), others.value(), gap.value());
-    let loss = gap + total * s.log_rest();
+    let loss = gap + total * s.log_rest;
     if let Some(Grad { out, scale }) = grad {
         let inv = (F::one() + s.rest).recip();
         exp_scaled(k, z, s.max, scale * total * inv, out);

@@ -9,9 +9,7 @@ static POOL: RwLock<Option<Arc<rayon::ThreadPool>>> = RwLock::new(None);
 pub fn set_num_threads(n: usize) -> Result<(), rayon::ThreadPoolBuildError> {
     let pool = match n {
         0 => None,
-        n => Some(Arc::new(
-            rayon::ThreadPoolBuilder::new().num_threads(n).build()?,
-        )),
+        n => Some(Arc::new(rayon::ThreadPoolBuilder::new().num_threads(n).build()?)),
     };
     *POOL.write().unwrap_or_else(|e| e.into_inner()) = pool;
     Ok(())

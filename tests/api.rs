@@ -3,8 +3,7 @@
 
 use fastxent::{
     log_softmax, logsumexp, softmax, softmax_cross_entropy, softmax_cross_entropy_with_grad,
-    sparse_softmax_cross_entropy, sparse_softmax_cross_entropy_with_grad, Error, Options,
-    Reduction,
+    sparse_softmax_cross_entropy, sparse_softmax_cross_entropy_with_grad, Error, Options, Reduction,
 };
 use ndarray::{array, Array, ArrayD, Axis, Dimension, IxDyn};
 
@@ -35,20 +34,10 @@ fn sparse_matches_reference_on_every_axis() {
     let z = logits(&[3, 4, 5], 1);
     for axis in 0..3 {
         let classes = z.shape()[axis];
-        let batch: Vec<usize> = (0..3)
-            .filter(|&d| d != axis)
-            .map(|d| z.shape()[d])
-            .collect();
-        let labels =
-            Array::from_shape_fn(IxDyn(&batch), |i| ((i[0] * 7 + i[1] * 3) % classes) as i32);
+        let batch: Vec<usize> = (0..3).filter(|&d| d != axis).map(|d| z.shape()[d]).collect();
+        let labels = Array::from_shape_fn(IxDyn(&batch), |i| ((i[0] * 7 + i[1] * 3) % classes) as i32);
         for signed_axis in [axis as isize, axis as isize - 3] {
-            let loss = sparse_softmax_cross_entropy(
-                z.view(),
-                labels.view(),
-                signed_axis,
-                &Options::default(),
-            )
-            .unwrap();
+            let loss = sparse_softmax_cross_entropy(z.view(), labels.view(), signed_axis, &Options::default()).unwrap();
             assert_eq!(loss.shape(), batch.as_slice());
             for (idx, &l) in loss.indexed_iter() {
                 let mut full: Vec<usize> = (0..idx.ndim()).map(|d| idx[d]).collect();
@@ -103,23 +92,15 @@ fn f32_and_half_types_agree_with_f64() {
     let zh = z64.mapv(|x| fastxent::bf16::from_f64(x));
     let labels = Array::from_shape_fn(IxDyn(&[7]), |i| (i[0] * 5 % 33) as u8);
     let opts = Options::default();
-    let want =
-        sparse_softmax_cross_entropy(z32.mapv(|x| x as f64).view(), labels.view(), -1, &opts)
-            .unwrap();
+    let want = sparse_softmax_cross_entropy(z32.mapv(|x| x as f64).view(), labels.view(), -1, &opts).unwrap();
     let got = sparse_softmax_cross_entropy(z32.view(), labels.view(), -1, &opts).unwrap();
     for (g, w) in got.iter().zip(&want) {
         assert!(close(*g as f64, *w, 2e-6));
     }
-    let wanth =
-        sparse_softmax_cross_entropy(zh.mapv(|x| x.to_f64()).view(), labels.view(), -1, &opts)
-            .unwrap();
+    let wanth = sparse_softmax_cross_entropy(zh.mapv(|x| x.to_f64()).view(), labels.view(), -1, &opts).unwrap();
     let goth = sparse_softmax_cross_entropy(zh.view(), labels.view(), -1, &opts).unwrap();
     for (g, w) in goth.iter().zip(&wanth) {
-        assert_eq!(
-            *g,
-            fastxent::bf16::from_f64(*w),
-            "bf16 result is the rounded f64 result"
-        );
+        assert_eq!(*g, fastxent::bf16::from_f64(*w), "bf16 result is the rounded f64 result");
     }
 }
 
@@ -129,56 +110,29 @@ fn confident_rows_keep_their_tiny_loss() {
     let z = array![[40.0f32, 0.0, -1.0]].into_dyn();
     let labels = array![0i64].into_dyn();
     let (loss, grad) =
-        sparse_softmax_cross_entropy_with_grad(z.view(), labels.view(), -1, &Options::default())
-            .unwrap();
+        sparse_softmax_cross_entropy_with_grad(z.view(), labels.view(), -1, &Options::default()).unwrap();
     let want = ((-40.0f64).exp() + (-41.0f64).exp()).ln_1p();
-    assert!(
-        close(loss[[0]] as f64, want, 4e-7),
-        "{} vs {want}",
-        loss[[0]]
-    );
-    assert!(
-        close(grad[[0, 0]] as f64, -want, 4e-7),
-        "p_y - 1 is minus the others' mass"
-    );
+    assert!(close(loss[[0]] as f64, want, 4e-7), "{} vs {want}", loss[[0]]);
+    assert!(close(grad[[0, 0]] as f64, -want, 4e-7), "p_y - 1 is minus the others' mass");
 }
 
 #[test]
 fn special_values() {
     let inf = f64::INFINITY;
-    let z = array![
-        [0.0, -inf, 1.0],
-        [f64::NAN, 0.0, 1.0],
-        [inf, 0.0, 1.0],
-        [-inf, -inf, -inf]
-    ]
-    .into_dyn();
-    let y = array![
-        [0.5, 0.0, 0.5],
-        [0.0, 0.0, 1.0],
-        [0.0, 0.0, 1.0],
-        [0.0, 0.0, 1.0]
-    ]
-    .into_dyn();
+    let z = array![[0.0, -inf, 1.0], [f64::NAN, 0.0, 1.0], [inf, 0.0, 1.0], [-inf, -inf, -inf]].into_dyn();
+    let y = array![[0.5, 0.0, 0.5], [0.0, 0.0, 1.0], [0.0, 0.0, 1.0], [0.0, 0.0, 1.0]].into_dyn();
     let loss = softmax_cross_entropy(z.view(), y.view(), -1, &Options::default()).unwrap();
     let lp = ref_log_softmax(&[0.0, -inf, 1.0]);
-    assert!(
-        close(loss[[0]], -0.5 * (lp[0] + lp[2]), 1e-14),
-        "0 × -inf counts 0"
-    );
+    assert!(close(loss[[0]], -0.5 * (lp[0] + lp[2]), 1e-14), "0 × -inf counts 0");
     assert!(loss[[1]].is_nan() && loss[[2]].is_nan() && loss[[3]].is_nan());
     let lse = logsumexp(z.view(), -1).unwrap();
     assert!(lse[[1]].is_nan());
     assert_eq!(lse[[2]], inf);
     assert_eq!(lse[[3]], -inf);
     let mass_on_minus_inf = array![[0.0, 1.0, 0.0]].into_dyn();
-    let l = softmax_cross_entropy(
-        z.slice_axis(Axis(0), (0..1).into()),
-        mass_on_minus_inf.view(),
-        -1,
-        &Options::default(),
-    )
-    .unwrap();
+    let l =
+        softmax_cross_entropy(z.slice_axis(Axis(0), (0..1).into()), mass_on_minus_inf.view(), -1, &Options::default())
+            .unwrap();
     assert_eq!(l[[0]], inf);
 }
 
@@ -187,12 +141,8 @@ fn options_follow_pytorch() {
     let z = logits(&[6, 4], 6);
     let labels = array![0i64, 1, 2, 3, -100, 1].into_dyn();
     let w = array![1.0, 2.0, 0.5, 3.0];
-    let opts = Options {
-        reduction: Reduction::Mean,
-        weight: Some(w.view()),
-        ignore_index: Some(-100),
-        label_smoothing: 0.0,
-    };
+    let opts =
+        Options { reduction: Reduction::Mean, weight: Some(w.view()), ignore_index: Some(-100), label_smoothing: 0.0 };
     let loss = sparse_softmax_cross_entropy(z.view(), labels.view(), -1, &opts).unwrap();
     let (mut num, mut den) = (0.0, 0.0);
     for (r, row) in z.outer_iter().enumerate() {
@@ -206,22 +156,15 @@ fn options_follow_pytorch() {
     assert!(close(loss[[]], num / den, 1e-14));
 
     // Gradient of the mean: central differences on the f64 loss.
-    let (_, grad) =
-        sparse_softmax_cross_entropy_with_grad(z.view(), labels.view(), -1, &opts).unwrap();
+    let (_, grad) = sparse_softmax_cross_entropy_with_grad(z.view(), labels.view(), -1, &opts).unwrap();
     let h = 1e-6;
     for idx in [[0usize, 0usize], [2, 1], [4, 3], [5, 1]] {
         let (mut up, mut down) = (z.clone(), z.clone());
         up[IxDyn(&idx)] += h;
         down[IxDyn(&idx)] -= h;
-        let f = |a: &ArrayD<f64>| {
-            sparse_softmax_cross_entropy(a.view(), labels.view(), -1, &opts).unwrap()[[]]
-        };
+        let f = |a: &ArrayD<f64>| sparse_softmax_cross_entropy(a.view(), labels.view(), -1, &opts).unwrap()[[]];
         let fd = (f(&up) - f(&down)) / (2.0 * h);
-        assert!(
-            (grad[IxDyn(&idx)] - fd).abs() < 1e-8,
-            "{idx:?}: {} vs {fd}",
-            grad[IxDyn(&idx)]
-        );
+        assert!((grad[IxDyn(&idx)] - fd).abs() < 1e-8, "{idx:?}: {} vs {fd}", grad[IxDyn(&idx)]);
     }
 }
 
@@ -229,10 +172,7 @@ fn options_follow_pytorch() {
 fn dense_gradient_is_the_true_derivative() {
     let z = logits(&[3, 5], 7);
     let y = logits(&[3, 5], 8).mapv(f64::abs); // not normalised: TF's softmax - y would be wrong
-    let opts = Options {
-        label_smoothing: 0.1,
-        ..Default::default()
-    };
+    let opts = Options { label_smoothing: 0.1, ..Default::default() };
     let (_, grad) = softmax_cross_entropy_with_grad(z.view(), y.view(), -1, &opts).unwrap();
     let h = 1e-6;
     for r in 0..3 {
@@ -240,11 +180,7 @@ fn dense_gradient_is_the_true_derivative() {
             let (mut up, mut down) = (z.clone(), z.clone());
             up[[r, c]] += h;
             down[[r, c]] -= h;
-            let f = |a: &ArrayD<f64>| {
-                softmax_cross_entropy(a.view(), y.view(), -1, &opts)
-                    .unwrap()
-                    .sum()
-            };
+            let f = |a: &ArrayD<f64>| softmax_cross_entropy(a.view(), y.view(), -1, &opts).unwrap().sum();
             let fd = (f(&up) - f(&down)) / (2.0 * h);
             assert!((grad[[r, c]] - fd).abs() < 1e-8);
         }
@@ -257,18 +193,8 @@ fn errors_name_the_problem() {
     let opts = Options::default();
     let bad = array![0i64, 3].into_dyn();
     let e = sparse_softmax_cross_entropy(z.view(), bad.view(), -1, &opts).unwrap_err();
-    assert_eq!(
-        e,
-        Error::LabelOutOfRange {
-            index: vec![1],
-            value: 3,
-            classes: 3
-        }
-    );
-    assert_eq!(
-        e.to_string(),
-        "labels[1] = 3 is out of range: expected a class index in [0, 3)"
-    );
+    assert_eq!(e, Error::LabelOutOfRange { index: vec![1], value: 3, classes: 3 });
+    assert_eq!(e.to_string(), "labels[1] = 3 is out of range: expected a class index in [0, 3)");
     let ok = array![0i64, 1].into_dyn();
     assert_eq!(
         sparse_softmax_cross_entropy(z.view(), ok.view(), 2, &opts).unwrap_err(),
@@ -290,30 +216,18 @@ fn errors_name_the_problem() {
         Error::NoClasses { .. }
     ));
     let w = array![1.0, -1.0, 1.0];
-    let bad_w = Options {
-        weight: Some(w.view()),
-        ..Default::default()
-    };
+    let bad_w = Options { weight: Some(w.view()), ..Default::default() };
     assert_eq!(
         sparse_softmax_cross_entropy(z.view(), ok.view(), -1, &bad_w).unwrap_err(),
-        Error::WeightValue {
-            index: 1,
-            value: -1.0
-        }
+        Error::WeightValue { index: 1, value: -1.0 }
     );
-    let eps = Options {
-        label_smoothing: f64::NAN,
-        ..Default::default()
-    };
+    let eps = Options { label_smoothing: f64::NAN, ..Default::default() };
     assert!(matches!(
         sparse_softmax_cross_entropy(z.view(), ok.view(), -1, &eps).unwrap_err(),
         Error::LabelSmoothing(_)
     ));
     let scalar = ArrayD::<f64>::zeros(IxDyn(&[]));
-    assert_eq!(
-        log_softmax(scalar.view(), -1).unwrap_err(),
-        Error::ScalarLogits
-    );
+    assert_eq!(log_softmax(scalar.view(), -1).unwrap_err(), Error::ScalarLogits);
 }
 
 #[test]
@@ -321,16 +235,9 @@ fn empty_batches_give_empty_results() {
     let z = ArrayD::<f32>::zeros(IxDyn(&[0, 5]));
     let labels = ArrayD::<i64>::zeros(IxDyn(&[0]));
     let (loss, grad) =
-        sparse_softmax_cross_entropy_with_grad(z.view(), labels.view(), -1, &Options::default())
-            .unwrap();
-    assert_eq!(
-        (loss.shape(), grad.shape()),
-        (&[0usize][..], &[0usize, 5][..])
-    );
-    let mean = Options {
-        reduction: Reduction::Mean,
-        ..Default::default()
-    };
+        sparse_softmax_cross_entropy_with_grad(z.view(), labels.view(), -1, &Options::default()).unwrap();
+    assert_eq!((loss.shape(), grad.shape()), (&[0usize][..], &[0usize, 5][..]));
+    let mean = Options { reduction: Reduction::Mean, ..Default::default() };
     assert!(sparse_softmax_cross_entropy(z.view(), labels.view(), -1, &mean).unwrap()[[]].is_nan());
 }
 
@@ -338,10 +245,7 @@ fn empty_batches_give_empty_results() {
 fn results_do_not_depend_on_thread_count() {
     let z = logits(&[3000, 37], 10).mapv(|x| x as f32);
     let labels = Array::from_shape_fn(IxDyn(&[3000]), |i| (i[0] % 37) as i64);
-    let opts = Options {
-        reduction: Reduction::Sum,
-        ..Default::default()
-    };
+    let opts = Options { reduction: Reduction::Sum, ..Default::default() };
     fastxent::set_num_threads(1).unwrap();
     let one = sparse_softmax_cross_entropy(z.view(), labels.view(), -1, &opts).unwrap();
     fastxent::set_num_threads(3).unwrap();

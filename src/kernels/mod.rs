@@ -3,6 +3,7 @@
 //! Each SIMD tier provides the same three primitives; the row math in `crate::rows` is written
 //! once on top of them. Every tier has the scalar tier as its reference twin.
 
+pub mod lanes;
 pub mod scalar;
 
 use crate::dispatch::Tier;
@@ -27,6 +28,15 @@ pub trait Float:
     fn to_f64(self) -> f64;
     /// The kernel table of the tier in use (chosen once per call by the caller).
     fn kernels() -> &'static RowKernels<Self>;
+    /// Whether [`lanes`] handles rows of this type and width, sixteen at a time.
+    fn tiles(_classes: usize) -> bool {
+        false
+    }
+    /// The statistics of `lanes::LANES` rows stored one after another in `z` (only called
+    /// when `tiles(classes)`).
+    fn tile_stats(_z: &[Self], _classes: usize, _out: &mut [crate::rows::RowStats<Self>]) {
+        unreachable!("no tiled path for this type")
+    }
 }
 
 impl Float for f32 {
@@ -40,6 +50,21 @@ impl Float for f32 {
     }
     fn kernels() -> &'static RowKernels<f32> {
         crate::dispatch::kernels_f32()
+    }
+    fn tiles(classes: usize) -> bool {
+        (1..=lanes::MAX_CLASSES).contains(&classes)
+    }
+    fn tile_stats(z: &[f32], classes: usize, out: &mut [crate::rows::RowStats<f32>]) {
+        let mut t = lanes::TileStats::default();
+        lanes::tile_stats(z, classes, &mut t);
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = crate::rows::RowStats {
+                max: t.max[i],
+                argmax: t.argmax[i] as usize,
+                rest: t.rest[i],
+                log_rest: t.log_rest[i],
+            };
+        }
     }
 }
 
