@@ -1,6 +1,7 @@
 //! The element types the API accepts: logits and dense labels (`Element`) and sparse labels
 //! (`Label`).
 
+use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 
 use crate::kernels::Float;
@@ -19,6 +20,17 @@ pub trait Element: Copy + Send + Sync + 'static {
     /// The slice itself when `Self` already is the compute type (results written in place).
     fn as_compute_mut(_s: &mut [Self]) -> Option<&mut [Self::Compute]> {
         None
+    }
+    /// `src` widened into `dst` (replacing its contents).
+    fn widen_slice(src: &[Self], dst: &mut Vec<Self::Compute>) {
+        dst.clear();
+        dst.extend(src.iter().map(|x| x.widen()));
+    }
+    /// `src` rounded into `dst` (of the same length).
+    fn narrow_slice(src: &[Self::Compute], dst: &mut [Self]) {
+        for (d, &x) in dst.iter_mut().zip(src) {
+            *d = Self::narrow(x);
+        }
     }
 }
 
@@ -57,6 +69,14 @@ macro_rules! half_element {
             #[inline]
             fn narrow(x: f32) -> $t {
                 <$t>::from_f32(x)
+            }
+            // Whole rows at a time: `half` converts with F16C when the CPU has it.
+            fn widen_slice(src: &[$t], dst: &mut Vec<f32>) {
+                dst.resize(src.len(), 0.0);
+                src.convert_to_f32_slice(dst);
+            }
+            fn narrow_slice(src: &[f32], dst: &mut [$t]) {
+                dst.convert_from_f32_slice(src);
             }
         }
     };

@@ -184,7 +184,7 @@ impl<'a, T: Element> RowView<'a, T> {
                 if let (false, Some(c)) = (self.copy, T::as_compute(s)) {
                     return c;
                 }
-                scratch.extend(s.iter().map(|x| x.widen()));
+                T::widen_slice(s, scratch);
             } else {
                 scratch.extend((0..classes as isize).map(|i| (*p.offset(i * class_stride)).widen()));
             }
@@ -257,8 +257,12 @@ impl<'a, T: Element> RowSink<'a, T> {
         }
         buf.resize(classes, T::Compute::zero());
         let result = fill(buf);
-        for (i, &x) in buf.iter().enumerate() {
-            *p.offset(i as isize * class_stride) = T::narrow(x);
+        if class_stride == 1 {
+            T::narrow_slice(buf, std::slice::from_raw_parts_mut(p, classes));
+        } else {
+            for (i, &x) in buf.iter().enumerate() {
+                *p.offset(i as isize * class_stride) = T::narrow(x);
+            }
         }
         result
     }
