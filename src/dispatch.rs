@@ -70,6 +70,10 @@ pub fn tier() -> Tier {
 
 pub(crate) fn kernels_f32() -> &'static RowKernels<f32> {
     match tier() {
+        #[cfg(target_arch = "x86_64")]
+        Tier::Avx512 => &crate::kernels::lanes::AVX512_F32,
+        #[cfg(target_arch = "x86_64")]
+        Tier::Avx2 => &crate::kernels::lanes::AVX2_F32,
         _ => &scalar::F32,
     }
 }

@@ -10,6 +10,7 @@
 //! Cody-Waite reduction, exact subnormal scaling), and `log1p` is computed in f64 (series of
 //! `atanh`, relative error < 1e-9), so the results match the row-at-a-time path to a few ulp.
 
+use super::RowKernels;
 use crate::dispatch::{tier, Tier};
 
 /// Rows per tile: one AVX-512 vector of f32.
@@ -189,6 +190,117 @@ pub fn tile_stats(z: &[f32], classes: usize, out: &mut TileStats) {
     }
 }
 
+// ---- Whole rows, sixteen elements per step: the f32 row kernels of every tier. ----
+
+/// `exp(x - shift)` with the rounding error of `x - shift` folded back in (TwoSum), for
+/// `x <= shift`: what every f32 row kernel sums or writes.
+#[inline(always)]
+fn exp_shifted(x: f32, shift: f32) -> f32 {
+    let d = x - shift;
+    let bv = d - x;
+    let av = d - bv;
+    let err = (x - av) - (shift + bv);
+    let err = if err.is_finite() { err } else { 0.0 };
+    let e = exp_lane(d);
+    e + e * err
+}
+
+#[inline(always)]
+fn max_argmax_row(z: &[f32]) -> (f32, usize) {
+    let mut max = [f32::NEG_INFINITY; LANES];
+    let mut nan = [false; LANES];
+    let chunks = z.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for l in 0..LANES {
+            nan[l] |= c[l].is_nan();
+            max[l] = if c[l] > max[l] { c[l] } else { max[l] };
+        }
+    }
+    for (l, &x) in tail.iter().enumerate() {
+        nan[l] |= x.is_nan();
+        max[l] = if x > max[l] { x } else { max[l] };
+    }
+    if nan.iter().any(|&n| n) {
+        return (f32::NAN, 0);
+    }
+    let m = max.iter().fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
+    // The first index of the maximum: a block-wise search, then a look inside the block.
+    let block = z.chunks(LANES).position(|c| c.iter().fold(false, |hit, &x| hit | (x == m))).unwrap_or(0);
+    let j = z[block * LANES..].iter().position(|&x| x == m).unwrap_or(0);
+    (m, block * LANES + j)
+}
+
+#[inline(always)]
+fn sum_exp_row(z: &[f32], shift: f32) -> f32 {
+    // Four accumulators of sixteen lanes: 64 partial sums, each of few terms.
+    let mut acc = [[0.0f32; LANES]; 4];
+    let chunks = z.chunks_exact(4 * LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (a, part) in acc.iter_mut().zip(c.chunks_exact(LANES)) {
+            for l in 0..LANES {
+                a[l] += exp_shifted(part[l], shift);
+            }
+        }
+    }
+    for (i, &x) in tail.iter().enumerate() {
+        acc[i / LANES][i % LANES] += exp_shifted(x, shift);
+    }
+    let mut lanes = [0.0f32; LANES];
+    for l in 0..LANES {
+        lanes[l] = (acc[0][l] + acc[1][l]) + (acc[2][l] + acc[3][l]);
+    }
+    let mut width = LANES / 2;
+    while width > 0 {
+        for l in 0..width {
+            lanes[l] += lanes[l + width];
+        }
+        width /= 2;
+    }
+    lanes[0]
+}
+
+#[inline(always)]
+fn exp_scaled_row(z: &[f32], shift: f32, scale: f32, out: &mut [f32]) {
+    for (o, &x) in out.iter_mut().zip(z) {
+        *o = exp_shifted(x, shift) * scale;
+    }
+}
+
+macro_rules! row_tier {
+    ($table:ident, $tier:expr, $features:literal, $max:ident, $sum:ident, $exp:ident) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        unsafe fn $max(z: &[f32]) -> (f32, usize) {
+            max_argmax_row(z)
+        }
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        unsafe fn $sum(z: &[f32], shift: f32) -> f32 {
+            sum_exp_row(z, shift)
+        }
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        unsafe fn $exp(z: &[f32], shift: f32, scale: f32, out: &mut [f32]) {
+            exp_scaled_row(z, shift, scale, out)
+        }
+        /// The f32 row kernels compiled for this tier. Only reachable through
+        /// `dispatch::kernels_f32`, which hands it out when the CPU has the features.
+        #[cfg(target_arch = "x86_64")]
+        pub static $table: RowKernels<f32> = RowKernels {
+            tier: $tier,
+            // SAFETY (all three): the table is only used when the CPU has `$features`.
+            max_argmax: |z| unsafe { $max(z) },
+            sum_exp: |z, s| unsafe { $sum(z, s) },
+            exp_scaled: |z, s, c, o| unsafe { $exp(z, s, c, o) },
+        };
+    };
+}
+
+row_tier!(AVX512_F32, Tier::Avx512, "avx512f,avx512dq,avx512bw,avx512vl,avx2,fma", max512, sum512, exp512);
+row_tier!(AVX2_F32, Tier::Avx2, "avx2,fma", max256, sum256, exp256);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,6 +378,50 @@ mod tests {
                 let rest: f64 =
                     row.iter().enumerate().filter(|&(j, _)| j != k).map(|(_, &x)| (x as f64 - m as f64).exp()).sum();
                 assert!((stats.rest[r] as f64 - rest).abs() <= 4e-7 * rest.max(f64::MIN_POSITIVE));
+            }
+        }
+    }
+
+    #[test]
+    fn row_kernels_match_the_scalar_tier() {
+        let scalar = &crate::kernels::scalar::F32;
+        let mut tables = vec![];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                tables.push(&AVX512_F32);
+            }
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                tables.push(&AVX2_F32);
+            }
+        }
+        for k in tables {
+            for n in (1..140).chain([1000, 4099]) {
+                let mut z: Vec<f32> = (0..n).map(|i| ((i * 7919 % 1013) as f32 - 500.0) * 0.05).collect();
+                for special in [None, Some(f32::NEG_INFINITY), Some(f32::NAN)] {
+                    if let Some(v) = special {
+                        z[n / 2] = v;
+                    }
+                    let (m, j) = (k.max_argmax)(&z);
+                    let (ms, js) = (scalar.max_argmax)(&z);
+                    if ms.is_nan() {
+                        assert!(m.is_nan(), "{:?} n={n}", k.tier);
+                        continue;
+                    }
+                    assert_eq!((m, j), (ms, js), "{:?} n={n}", k.tier);
+                    if !m.is_finite() {
+                        continue; // the kernels' contract: a finite shift
+                    }
+                    let s = (k.sum_exp)(&z, m) as f64;
+                    let want: f64 = z.iter().map(|&x| (x as f64 - m as f64).exp()).sum();
+                    assert!((s - want).abs() <= 2e-7 * want, "{:?} n={n}: {s} vs {want}", k.tier);
+                    let mut out = vec![0.0; n];
+                    (k.exp_scaled)(&z, m, 0.5, &mut out);
+                    for (&o, &x) in out.iter().zip(&z) {
+                        let want = ((x as f64 - m as f64).exp() * 0.5) as f32;
+                        assert!(ulp_diff(o, want) <= 1, "{:?}: exp_scaled({x}) = {o} vs {want}", k.tier);
+                    }
+                }
             }
         }
     }
