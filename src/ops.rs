@@ -317,8 +317,10 @@ where
                 }
             } else {
                 for (i, res) in results.iter_mut().enumerate() {
-                    let z = view.row(first + i, &mut d.row);
-                    *res = call(first + i, z, &RowStats::of(k, z), s, &mut d.out);
+                    let r = first + i;
+                    let z = view.row(r, &mut d.row);
+                    let next = if r + 1 < rows { view.contiguous_rows(r + 1, 1) } else { None };
+                    *res = call(r, z, &RowStats::of_before(k, z, next), s, &mut d.out);
                 }
             }
         },

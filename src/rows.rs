@@ -46,20 +46,54 @@ const SPLIT_MIN: usize = 1 << 16;
 /// Elements per task when a row is split (256 KiB of f32).
 const SPLIT_BLOCK: usize = 1 << 16;
 
-/// `Σ exp(z_j - shift)`, accurate to a few ulp however long the row.
-fn sum_exp<F: Float>(k: &RowKernels<F>, z: &[F], shift: F) -> F {
+/// `Σ_{j≠skip} exp(z_j - shift)`, accurate to a few ulp however long the row: the kernel sums
+/// blocks of `SUM_BLOCK`, and a compensated sum adds the blocks. While a block is summed (from
+/// cache: the max pass just read it), the same stretch of `next`, the row to come, is
+/// prefetched, so that memory works while the exps are computed.
+fn sum_exp<F: Float>(k: &RowKernels<F>, z: &[F], shift: F, skip: usize, next: Option<&[F]>) -> F {
+    let block_sum = |i: usize, block: &[F]| {
+        let start = i * SUM_BLOCK;
+        if (start..start + block.len()).contains(&skip) {
+            let at = skip - start;
+            (k.sum_exp)(&block[..at], shift) + (k.sum_exp)(&block[at + 1..], shift)
+        } else {
+            (k.sum_exp)(block, shift)
+        }
+    };
     let mut total = CompensatedSum::default();
     if z.len() >= SPLIT_MIN {
         let sums: Vec<F> = z
             .par_chunks(SUM_BLOCK)
+            .enumerate()
             .with_min_len(SPLIT_BLOCK / SUM_BLOCK)
-            .map(|block| (k.sum_exp)(block, shift))
+            .map(|(i, block)| block_sum(i, block))
             .collect();
         sums.into_iter().for_each(|x| total.add(x));
     } else {
-        z.chunks(SUM_BLOCK).for_each(|block| total.add((k.sum_exp)(block, shift)));
+        for (i, block) in z.chunks(SUM_BLOCK).enumerate() {
+            if let Some(next) = next {
+                prefetch(next.get(i * SUM_BLOCK..((i + 1) * SUM_BLOCK).min(next.len())).unwrap_or(&[]));
+            }
+            total.add(block_sum(i, block));
+        }
     }
     total.value()
+}
+
+/// Asks for `data` to be brought into L2, one cache line at a time.
+#[inline]
+fn prefetch<F>(data: &[F]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+        let step = (64 / std::mem::size_of::<F>()).max(1);
+        for line in data.chunks(step) {
+            // SAFETY: prefetching is a hint; the address is inside `data`.
+            unsafe { _mm_prefetch::<_MM_HINT_T1>(line.as_ptr() as *const i8) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = data;
 }
 
 /// The maximum and the index of its first occurrence, or NaN if the row holds one.
@@ -108,12 +142,16 @@ pub struct RowStats<F> {
 
 impl<F: Float> RowStats<F> {
     pub fn of(k: &RowKernels<F>, z: &[F]) -> Self {
+        Self::of_before(k, z, None)
+    }
+
+    /// [`RowStats::of`], prefetching `next` (the row that comes after) on the way.
+    pub fn of_before(k: &RowKernels<F>, z: &[F], next: Option<&[F]>) -> Self {
         if z.is_empty() {
             return RowStats { max: F::neg_infinity(), argmax: 0, rest: F::nan(), log_rest: F::nan() };
         }
         let (max, argmax) = max_argmax(k, z);
-        let rest =
-            if max.is_finite() { sum_exp(k, &z[..argmax], max) + sum_exp(k, &z[argmax + 1..], max) } else { F::nan() };
+        let rest = if max.is_finite() { sum_exp(k, z, max, argmax, next) } else { F::nan() };
         RowStats { max, argmax, rest, log_rest: rest.ln_1p() }
     }
 
@@ -238,6 +276,20 @@ pub fn sparse<F: Float>(
     loss
 }
 
+/// `(Σ_{j≠skip} t_j, Σ_j t_j (max - z_j))` over a row, by kernel blocks combined with
+/// compensated sums (every gap term is ≥ 0: no cancellation), as in [`sum_exp`].
+fn target_sums<F: Float>(k: &RowKernels<F>, t: &[F], z: &[F], max: F, skip: usize) -> (F, F) {
+    let (mut others, mut gap) = (CompensatedSum::default(), CompensatedSum::default());
+    for (i, (tb, zb)) in t.chunks(SUM_BLOCK).zip(z.chunks(SUM_BLOCK)).enumerate() {
+        let (block_sum, block_gap) = (k.target_sums)(tb, zb, max);
+        let start = i * SUM_BLOCK;
+        // The skipped target is taken out of its own block's sum, where it is of the same size.
+        others.add(if (start..start + tb.len()).contains(&skip) { block_sum - tb[skip - start] } else { block_sum });
+        gap.add(block_gap);
+    }
+    (others.value(), gap.value())
+}
+
 /// Loss of one row against a dense target row `y` (any real numbers), with weights and
 /// smoothing: `t_j = w_j ((1-ε) y_j + ε/C)`, loss `Σ_{t_j≠0} t_j (lse - z_j)` (a zero target
 /// on a -inf logit counts 0), gradient `scale (Σt · p - t)`. `scratch` holds `t`.
@@ -256,21 +308,20 @@ pub fn dense<F: Float>(
         }
         return F::nan();
     }
-    let keep = F::one() - t.smoothing;
-    scratch.clear();
-    scratch.extend(y.iter().enumerate().map(|(j, &yj)| t.weight(j) * (keep * yj + t.uniform)));
-    let targets = &scratch[..];
-    let (mut total, mut others, mut gap) = Default::default();
-    for (j, (&tj, &x)) in targets.iter().zip(z).enumerate() {
-        if tj != F::zero() {
-            CompensatedSum::add(&mut total, tj);
-            if j != s.argmax {
-                CompensatedSum::add(&mut others, tj);
-            }
-            CompensatedSum::add(&mut gap, tj * (s.max - x));
+    // Plain labels are the targets themselves; weights or smoothing make new ones.
+    let targets = if t.weight.is_none() && t.smoothing == F::zero() {
+        y
+    } else {
+        let keep = F::one() - t.smoothing;
+        scratch.clear();
+        match t.weight {
+            None => scratch.extend(y.iter().map(|&yj| keep * yj + t.uniform)),
+            Some(w) => scratch.extend(y.iter().zip(w).map(|(&yj, &wj)| wj * (keep * yj + t.uniform))),
         }
-    }
-    let (total, others, gap): (F, F, F) = (total.value(), others.value(), gap.value());
+        &scratch[..]
+    };
+    let (others, gap) = target_sums(k, targets, z, s.max, s.argmax);
+    let total = others + targets[s.argmax];
     let loss = gap + total * s.log_rest;
     if let Some(Grad { out, scale }) = grad {
         let inv = (F::one() + s.rest).recip();

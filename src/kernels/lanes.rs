@@ -27,15 +27,16 @@ pub struct TileStats {
     pub log_rest: [f32; LANES],
 }
 
-/// `exp(x)` for one lane and `x <= 0` (a logit minus its row's maximum): within 1 ulp,
-/// subnormal results correctly rounded, 0 below -103.98, NaN for NaN.
+/// `exp(x)` for one lane and `x <= 0` or `-inf` (a logit minus its row's maximum): within
+/// 1 ulp, subnormal results correctly rounded, 0 below -103.97. NaN never reaches it (rows with
+/// NaN are answered before any exp), so it spends nothing on NaN.
 #[inline(always)]
 fn exp_lane(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_145_751_953_125; // 11 bits: n * LN2_HI is exact
     const LN2_LO: f32 = 1.428_606_765_330_187e-6;
-    // NaN-safe clamp to [-104, 0] (NaN becomes -104; it is restored below).
-    let xc = if x >= -104.0 { x.min(0.0) } else { -104.0 };
+    // Below -104 every result rounds to 0, which the scaling below produces by itself.
+    let xc = x.max(-104.0);
     // n = round(x log2 e) by the 1.5 * 2^23 trick: the integer lands in the low mantissa
     // bits, read without a float-to-int conversion (which would not vectorise).
     const MAGIC: f32 = 12_582_912.0;
@@ -51,14 +52,7 @@ fn exp_lane(x: f32) -> f32 {
     // p * 2^n as p * 2^(n+64) * 2^-64: the first factor is a normal number for every
     // n in [-150, 0], and the last product rounds once, into the subnormals if it must.
     let scale = f32::from_bits(((ni + 64 + 127) as u32) << 23);
-    let y = p * scale * f32::from_bits((127 - 64) << 23);
-    if x != x {
-        x
-    } else if x < -103.972_08 {
-        0.0
-    } else {
-        y
-    }
+    p * scale * f32::from_bits((127 - 64) << 23)
 }
 
 /// `log1p(x)` for `x >= 0` (and NaN, +inf), in f64: `log(1 + x)` by exponent and a series of
@@ -268,8 +262,42 @@ fn exp_scaled_row(z: &[f32], shift: f32, scale: f32, out: &mut [f32]) {
     }
 }
 
+#[inline(always)]
+fn target_sums_row(t: &[f32], z: &[f32], max: f32) -> (f32, f32) {
+    // Both sides of the select are computed, so that it stays a select (a vector blend):
+    // `0 * inf` is NaN, hence the select rather than a plain product.
+    let term = |tj: f32, x: f32| {
+        let g = tj * (max - x);
+        if tj != 0.0 {
+            g
+        } else {
+            0.0
+        }
+    };
+    let (mut sum, mut gap) = ([0.0f32; LANES], [0.0f32; LANES]);
+    let n = t.len().min(z.len());
+    let (t, z) = (&t[..n], &z[..n]);
+    let body = n - n % LANES;
+    for (tc, zc) in t[..body].chunks_exact(LANES).zip(z[..body].chunks_exact(LANES)) {
+        for l in 0..LANES {
+            sum[l] += tc[l];
+            gap[l] += term(tc[l], zc[l]);
+        }
+    }
+    for (l, (&tj, &x)) in t[body..].iter().zip(&z[body..]).enumerate() {
+        sum[l] += tj;
+        gap[l] += term(tj, x);
+    }
+    (sum.iter().sum(), gap.iter().sum())
+}
+
 macro_rules! row_tier {
-    ($table:ident, $tier:expr, $features:literal, $max:ident, $sum:ident, $exp:ident) => {
+    ($table:ident, $tier:expr, $features:literal, $max:ident, $sum:ident, $exp:ident, $targets:ident) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        unsafe fn $targets(t: &[f32], z: &[f32], max: f32) -> (f32, f32) {
+            target_sums_row(t, z, max)
+        }
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = $features)]
         unsafe fn $max(z: &[f32]) -> (f32, usize) {
@@ -294,12 +322,13 @@ macro_rules! row_tier {
             max_argmax: |z| unsafe { $max(z) },
             sum_exp: |z, s| unsafe { $sum(z, s) },
             exp_scaled: |z, s, c, o| unsafe { $exp(z, s, c, o) },
+            target_sums: |t, z, m| unsafe { $targets(t, z, m) },
         };
     };
 }
 
-row_tier!(AVX512_F32, Tier::Avx512, "avx512f,avx512dq,avx512bw,avx512vl,avx2,fma", max512, sum512, exp512);
-row_tier!(AVX2_F32, Tier::Avx2, "avx2,fma", max256, sum256, exp256);
+row_tier!(AVX512_F32, Tier::Avx512, "avx512f,avx512dq,avx512bw,avx512vl,avx2,fma", max512, sum512, exp512, targets512);
+row_tier!(AVX2_F32, Tier::Avx2, "avx2,fma", max256, sum256, exp256, targets256);
 
 #[cfg(test)]
 mod tests {
@@ -327,7 +356,7 @@ mod tests {
         assert_eq!(exp_lane(f32::NEG_INFINITY), 0.0);
         assert_eq!(exp_lane(-200.0), 0.0);
         assert_eq!(exp_lane(0.0), 1.0);
-        assert!(exp_lane(f32::NAN).is_nan());
+        assert_eq!(exp_lane(-103.98), 0.0);
     }
 
     #[test]
@@ -415,6 +444,12 @@ mod tests {
                     let s = (k.sum_exp)(&z, m) as f64;
                     let want: f64 = z.iter().map(|&x| (x as f64 - m as f64).exp()).sum();
                     assert!((s - want).abs() <= 2e-7 * want, "{:?} n={n}: {s} vs {want}", k.tier);
+                    let t: Vec<f32> =
+                        z.iter().map(|&x| if x.is_finite() && x <= 0.0 { -x * 0.01 } else { 0.0 }).collect();
+                    let (ts, gap) = (k.target_sums)(&t, &z, m);
+                    let (want_ts, want_gap) = (scalar.target_sums)(&t, &z, m);
+                    assert!((ts - want_ts).abs() <= 1e-5 * want_ts.abs().max(1.0), "{:?} n={n}", k.tier);
+                    assert!((gap - want_gap).abs() <= 1e-5 * want_gap.abs().max(1.0), "{:?} n={n}", k.tier);
                     let mut out = vec![0.0; n];
                     (k.exp_scaled)(&z, m, 0.5, &mut out);
                     for (&o, &x) in out.iter().zip(&z) {

@@ -49,6 +49,16 @@ pub fn exp_scaled<F: Float>(z: &[F], shift: F, scale: F, out: &mut [F]) {
     }
 }
 
+pub fn target_sums<F: Float>(t: &[F], z: &[F], max: F) -> (F, F) {
+    let mut acc = [(F::zero(), F::zero()); 8];
+    for (i, (&tj, &x)) in t.iter().zip(z).enumerate() {
+        let a = &mut acc[i % 8];
+        a.0 = a.0 + tj;
+        a.1 = a.1 + if tj != F::zero() { tj * (max - x) } else { F::zero() };
+    }
+    acc.iter().fold((F::zero(), F::zero()), |s, a| (s.0 + a.0, s.1 + a.1))
+}
+
 /// `a - b` and its exact rounding error (Knuth's branch-free TwoSum). Where an operand is
 /// not finite the error is NaN; it is replaced by 0, and `a - b` itself carries the NaN or inf.
 #[inline]
@@ -65,6 +75,7 @@ pub static F32: RowKernels<f32> = RowKernels {
     max_argmax: max_argmax::<f32>,
     sum_exp: sum_exp::<f32>,
     exp_scaled: exp_scaled::<f32>,
+    target_sums: target_sums::<f32>,
 };
 
 pub static F64: RowKernels<f64> = RowKernels {
@@ -72,4 +83,5 @@ pub static F64: RowKernels<f64> = RowKernels {
     max_argmax: max_argmax::<f64>,
     sum_exp: sum_exp::<f64>,
     exp_scaled: exp_scaled::<f64>,
+    target_sums: target_sums::<f64>,
 };
