@@ -8,7 +8,7 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q "maturin>=1.9.4,<2" numpy ml_dtypes pytest hypothesis mypy
+.venv/bin/python -m pip install -q "maturin>=1.9.4,<2" numpy ml_dtypes pytest hypothesis mypy mpmath
 .venv/bin/maturin develop --release -q
 
 cargo test --quiet
@@ -17,7 +17,7 @@ cargo test --quiet
 # The numerical tests again with each lower SIMD tier forced (FASTXENT_SIMD caps the tier).
 for tier in $(.venv/bin/python -c "import fastxent as f; print(*[t for t in f.simd_tiers() if t != f.simd_tier()])"); do
   echo "--- numerical tests under FASTXENT_SIMD=$tier"
-  FASTXENT_SIMD=$tier .venv/bin/python -m pytest -q -m "not slow" tests/test_values.py tests/test_golden.py
+  FASTXENT_SIMD=$tier .venv/bin/python -m pytest -q -m "not slow" tests/test_values.py tests/test_golden.py tests/test_exactness.py tests/test_grad.py
 done
 
 .venv/bin/python -m mypy.stubtest fastxent --mypy-config-file pyproject.toml

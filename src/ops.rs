@@ -289,6 +289,7 @@ where
                 stats: &RowStats<T::Compute>,
                 s: &mut Scratch<T::Compute>,
                 out: &mut Vec<T::Compute>| {
+        let stats = &stats.refined(z);
         match sink {
             // SAFETY: `r < rows`, and this task is the only one handling row `r`.
             Some(sink) => unsafe { sink.write_row(r, out, |o| f(r, z, stats, s, Some(o))) },

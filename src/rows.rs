@@ -155,6 +155,34 @@ impl<F: Float> RowStats<F> {
         RowStats { max, argmax, rest, log_rest: rest.ln_1p() }
     }
 
+    /// The same statistics, with the off-maximum mass summed again in f64 when it is so small
+    /// (below 2^-96 in f32) that the exps making it up were subnormal and lost their bits.
+    /// Rare (the leader is ahead by ~66 or more), and it keeps those rows' tiny losses, and
+    /// the gradient at the label, within an ulp.
+    pub fn refined(mut self, z: &[F]) -> Self {
+        let narrow = F::epsilon() > F::from_f64(f64::EPSILON);
+        let tiny = F::min_positive_value() * F::from_f64(2f64.powi(30));
+        if narrow && self.is_regular() && self.rest < tiny {
+            let m = <F as Float>::to_f64(self.max);
+            let rest: f64 = z
+                .iter()
+                .enumerate()
+                .filter(|&(j, _)| j != self.argmax)
+                .map(|(_, &x)| (<F as Float>::to_f64(x) - m).exp())
+                .sum();
+            self.rest = F::from_f64(rest);
+            self.log_rest = F::from_f64(rest.ln_1p());
+        }
+        self
+    }
+
+    /// `factor / (1 + rest)`, rounded once (computed in f64): the factor that turns
+    /// `exp(z_j - max)` into `factor * softmax_j`. One rounding here instead of three keeps
+    /// softmax and gradients within a few ulp.
+    pub fn probability_scale(&self, factor: F) -> F {
+        F::from_f64(<F as Float>::to_f64(factor) / (1.0 + <F as Float>::to_f64(self.rest)))
+    }
+
     /// A row with a finite maximum: no NaN, no +inf, not all -inf.
     pub fn is_regular(&self) -> bool {
         self.max.is_finite()
@@ -184,7 +212,7 @@ pub fn softmax<F: Float>(k: &RowKernels<F>, z: &[F], s: &RowStats<F>, out: &mut 
     if !s.is_regular() {
         return out.fill(F::nan());
     }
-    exp_scaled(k, z, s.max, (F::one() + s.rest).recip(), out);
+    exp_scaled(k, z, s.max, s.probability_scale(F::one()), out);
 }
 
 /// Per-call constants of the target distribution: class weights and label smoothing.
@@ -261,7 +289,7 @@ pub fn sparse<F: Float>(
     if let Some(Grad { out, scale }) = grad {
         let inv = (F::one() + s.rest).recip();
         let total = a + b * t.weight_sum;
-        exp_scaled(k, z, s.max, scale * total * inv, out);
+        exp_scaled(k, z, s.max, s.probability_scale(scale * total), out);
         if b != F::zero() {
             for (j, o) in out.iter_mut().enumerate() {
                 *o = *o - scale * b * t.weight(j);
@@ -325,7 +353,7 @@ pub fn dense<F: Float>(
     let loss = gap + total * s.log_rest;
     if let Some(Grad { out, scale }) = grad {
         let inv = (F::one() + s.rest).recip();
-        exp_scaled(k, z, s.max, scale * total * inv, out);
+        exp_scaled(k, z, s.max, s.probability_scale(scale * total), out);
         for (o, &tj) in out.iter_mut().zip(targets) {
             *o = *o - scale * tj;
         }

@@ -17,26 +17,26 @@ pub fn max_argmax<F: Float>(z: &[F]) -> (F, usize) {
 }
 
 pub fn sum_exp<F: Float>(z: &[F], shift: F) -> F {
-    // Eight accumulators, like a SIMD tier: shorter dependency chains and smaller rounding
-    // error than one running sum. Each term carries the rounding error of `x - shift`, as in
-    // `exp_scaled`: it is what keeps confident rows (every `d` far below 0) exact.
-    let mut acc = [F::zero(); 8];
-    let chunks = z.chunks_exact(8);
-    let tail = chunks.remainder();
+    // Eight partial sums in f64: the portable tier has time to spare, and f32 rows get a sum
+    // as good as the SIMD tiers' 64 lanes. Each term carries the rounding error of
+    // `x - shift`, as in `exp_scaled`: it is what keeps confident rows (every `d` far below
+    // 0) exact.
+    let mut acc = [0.0f64; 8];
     let term = |x: F| {
         let (d, err) = two_diff(x, shift);
         let e = d.exp();
-        e + e * err
+        (e + e * err).to_f64()
     };
+    let chunks = z.chunks_exact(8);
+    for (a, &x) in acc.iter_mut().zip(chunks.remainder()) {
+        *a += term(x);
+    }
     for c in chunks {
         for (a, &x) in acc.iter_mut().zip(c) {
-            *a = *a + term(x);
+            *a += term(x);
         }
     }
-    for (a, &x) in acc.iter_mut().zip(tail) {
-        *a = *a + term(x);
-    }
-    ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
+    F::from_f64(((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])))
 }
 
 pub fn exp_scaled<F: Float>(z: &[F], shift: F, scale: F, out: &mut [F]) {
