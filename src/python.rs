@@ -97,7 +97,9 @@ fn check_layout<T>(a: &Bound<PyUntypedArray>, name: &str) -> PyResult<()> {
     }
     // SAFETY: `a` is a live ndarray (we hold a reference to it).
     let data = unsafe { (*a.as_array_ptr()).data } as usize;
-    let aligned = data % std::mem::align_of::<T>() == 0 && a.strides().iter().all(|s| s % size as isize == 0);
+    // A stride along an axis of length 0 or 1 is never stepped: any value is harmless there.
+    let strides_ok = a.strides().iter().zip(a.shape()).all(|(s, &n)| n <= 1 || s % size as isize == 0);
+    let aligned = data % std::mem::align_of::<T>() == 0 && strides_ok;
     if !aligned {
         return Err(value_error(format!(
             "{name} is not aligned to its {size}-byte elements (data or strides): expected an aligned array"
@@ -504,22 +506,20 @@ fn dense<'py>(
     out: &Bound<'py, PyAny>,
     grad_out: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let (logits, mut labels) = (as_ndarray(logits, "logits")?, as_ndarray(labels, "labels")?);
+    let (logits, labels) = (as_ndarray(logits, "logits")?, as_ndarray(labels, "labels")?);
     let outs = Outputs::new(&logits, out, grad_out, with_grad)?;
     let kind = logits_kind(&logits)?;
-    let mut label_kind = float_kind(&labels).ok_or_else(|| {
+    let label_kind = float_kind(&labels).ok_or_else(|| {
         value_error(format!(
             "labels has dtype {}: expected a floating dtype ({FLOATS}) of class probabilities",
             dtype_name(&labels)
         ))
     })?;
-    // Labels whose compute type differs from the logits' are converted once, to the logits'
-    // compute type; all other combinations are read as they are.
+    // The Python layer converts labels to the logits' compute type where it differs.
     let compute = if kind == FloatKind::F64 { FloatKind::F64 } else { FloatKind::F32 };
     if (label_kind == FloatKind::F64) != (compute == FloatKind::F64) {
-        let target = if compute == FloatKind::F64 { "float64" } else { "float32" };
-        labels = as_ndarray(&labels.call_method1("astype", (target,))?, "labels")?;
-        label_kind = compute;
+        let expected = if compute == FloatKind::F64 { "float64" } else { "float16, bfloat16 or float32" };
+        return Err(value_error(format!("labels has dtype {}: expected {expected}", dtype_name(&labels))));
     }
     let axis = axis_arg(axis)?;
     let none = py.None().into_bound(py);

@@ -57,17 +57,21 @@ def ref_sparse(z, labels, axis=-1, reduction="none", label_smoothing=0.0, weight
     w = np.ones(c) if weight is None else np.asarray(weight, np.float64)
     onehot = np.zeros(yy.shape + (c,))
     np.put_along_axis(onehot, yy[..., None], 1.0, axis=-1)
-    t = (1 - label_smoothing) * onehot * w[yy][..., None] + label_smoothing / c * w
+    t = (1 - label_smoothing) * onehot * w[yy][..., None] + label_smoothing / max(c, 1) * w
     t = np.where(ignored[..., None], 0.0, t)
     with np.errstate(invalid="ignore"):
         loss = -np.where(t != 0, t * logp, 0.0).sum(-1)
         p = np.exp(logp)
         grad = t.sum(-1, keepdims=True) * p - t
+    # Ignored rows: 0 loss and 0 gradient, whatever their logits.
+    loss = np.where(ignored, 0.0, loss)
+    grad = np.where(ignored[..., None], 0.0, grad)
     if reduction == "sum":
         loss = loss.sum()
     elif reduction == "mean":
         den = np.where(ignored, 0.0, w[yy]).sum()
-        loss, grad = loss.sum() / den, grad / den
+        with np.errstate(invalid="ignore", divide="ignore"):
+            loss, grad = loss.sum() / den, np.where(ignored[..., None], 0.0, grad / den)
     return loss, np.moveaxis(grad, -1, axis)
 
 
@@ -80,7 +84,7 @@ def ref_dense(z, labels, axis=-1, reduction="none", label_smoothing=0.0, weight=
     y = np.moveaxis(np.broadcast_to(np.asarray(labels, np.float64), shape), ax, -1)
     c = logp.shape[-1]
     w = np.ones(c) if weight is None else np.asarray(weight, np.float64)
-    t = w * ((1 - label_smoothing) * y + label_smoothing / c)
+    t = w * ((1 - label_smoothing) * y + label_smoothing / max(c, 1))
     with np.errstate(invalid="ignore"):
         loss = -np.where(t != 0, t * logp, 0.0).sum(-1)
         grad = t.sum(-1, keepdims=True) * np.exp(logp) - t
@@ -88,7 +92,8 @@ def ref_dense(z, labels, axis=-1, reduction="none", label_smoothing=0.0, weight=
         loss = loss.sum()
     elif reduction == "mean":
         n = loss.size
-        loss, grad = loss.sum() / n, grad / n
+        with np.errstate(invalid="ignore", divide="ignore"):
+            loss, grad = loss.sum() / n, grad / n
     return loss, np.moveaxis(grad, -1, ax)
 
 

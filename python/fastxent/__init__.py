@@ -89,7 +89,8 @@ def _as_array(x: Any, name: str) -> np.ndarray:
         raise ValueError(f"{name} has dtype {arr.dtype}: expected a numeric array")
     if not arr.dtype.isnative:
         arr = arr.astype(arr.dtype.newbyteorder("="))
-    if not arr.flags.aligned:
+    # NumPy calls an empty array aligned whatever its pointer; the core checks the pointer too.
+    if not arr.flags.aligned or arr.ctypes.data % arr.dtype.alignment:
         arr = arr.copy()
     return arr
 
@@ -110,7 +111,8 @@ def _weight(weight: Any) -> Any:
     w = _as_array(weight, "weight")
     if w.dtype.kind not in "fiu" and w.dtype.name != "bfloat16":
         raise ValueError(f"weight has dtype {w.dtype}: expected a floating dtype")
-    return w.astype(np.float64, copy=False)
+    with np.errstate(over="ignore", invalid="ignore"):  # out-of-range weights are reported by the core
+        return w.astype(np.float64, copy=False)
 
 
 def _ignore_index(value: Any) -> Any:
@@ -152,8 +154,21 @@ def _outputs(options: dict[str, Any], logits: np.ndarray, inputs: list[Any]) -> 
     return out, grad_out
 
 
+def _dense_labels(y: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """Dense labels in a dtype the core reads with these logits: float64 with float64 logits,
+    any of float16/bfloat16/float32 otherwise (converted once when not)."""
+    if y.dtype.kind not in "f" and y.dtype.name != "bfloat16":
+        return y  # the core names the bad dtype
+    wide = z.dtype == np.float64
+    if (y.dtype == np.float64) != wide:
+        with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+            return y.astype(np.float64 if wide else np.float32)
+    return y
+
+
 def _dense(labels: Any, logits: Any, axis: Any, dim: Any, options: dict[str, Any], grad: bool) -> Any:
-    z, y, w = _as_array(logits, "logits"), _as_array(labels, "labels"), _weight(options["weight"])
+    z, w = _as_array(logits, "logits"), _weight(options["weight"])
+    y = _dense_labels(_as_array(labels, "labels"), z)
     out, grad_out = _outputs(options, z, [y, w])
     return _core.dense(
         z, y, _axis(axis, dim), options["reduction"], options["label_smoothing"], w, grad, out, grad_out
