@@ -80,6 +80,10 @@ pub(crate) fn kernels_f32() -> &'static RowKernels<f32> {
 
 pub(crate) fn kernels_f64() -> &'static RowKernels<f64> {
     match tier() {
+        #[cfg(target_arch = "x86_64")]
+        Tier::Avx512 => &crate::kernels::lanes::AVX512_F64,
+        #[cfg(target_arch = "x86_64")]
+        Tier::Avx2 => &crate::kernels::lanes::AVX2_F64,
         _ => &scalar::F64,
     }
 }

@@ -733,12 +733,11 @@ pub fn softmax_cross_entropy_grad_in_place<T: Element, Y: Element<Compute = T::C
     dense_run(LossIo::InPlace(logits), labels, axis, options, Some(out)).map(drop)
 }
 
+/// A row-to-row operation: `rows::log_softmax` or `rows::softmax`.
+type RowOp<F> = fn(&crate::kernels::RowKernels<F>, &[F], &RowStats<F>, &mut [F]);
+
 /// Runs a row-to-row operation (`log_softmax`, `softmax`) over every row.
-fn map_rows<T: Element>(
-    logits: ArrayViewD<T>,
-    axis: isize,
-    op: fn(&crate::kernels::RowKernels<T::Compute>, &[T::Compute], &RowStats<T::Compute>, &mut [T::Compute]),
-) -> Result<ArrayD<T>> {
+fn map_rows<T: Element>(logits: ArrayViewD<T>, axis: isize, op: RowOp<T::Compute>) -> Result<ArrayD<T>> {
     let axis = class_axis(axis, logits.ndim())?;
     let view = RowView::new(&logits, axis);
     let mut out = row_major_like(&without(logits.shape(), axis), view.layout.classes, axis);

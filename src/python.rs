@@ -99,7 +99,7 @@ fn check_layout<T>(a: &Bound<PyUntypedArray>, name: &str) -> PyResult<()> {
     let data = unsafe { (*a.as_array_ptr()).data } as usize;
     // A stride along an axis of length 0 or 1 is never stepped: any value is harmless there.
     let strides_ok = a.strides().iter().zip(a.shape()).all(|(s, &n)| n <= 1 || s % size as isize == 0);
-    let aligned = data % std::mem::align_of::<T>() == 0 && strides_ok;
+    let aligned = data.is_multiple_of(std::mem::align_of::<T>()) && strides_ok;
     if !aligned {
         return Err(value_error(format!(
             "{name} is not aligned to its {size}-byte elements (data or strides): expected an aligned array"
@@ -136,7 +136,7 @@ fn self_overlapping(shape: &[usize], strides: &[isize], itemsize: usize) -> bool
         if stride < extent {
             return true;
         }
-        extent = stride * (n - 1) + extent;
+        extent += stride * (n - 1);
     }
     false
 }

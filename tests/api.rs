@@ -89,7 +89,7 @@ fn row_ops_match_reference_on_strided_views() {
 fn f32_and_half_types_agree_with_f64() {
     let z64 = logits(&[7, 33], 5);
     let z32 = z64.mapv(|x| x as f32);
-    let zh = z64.mapv(|x| fastxent::bf16::from_f64(x));
+    let zh = z64.mapv(fastxent::bf16::from_f64);
     let labels = Array::from_shape_fn(IxDyn(&[7]), |i| (i[0] * 5 % 33) as u8);
     let opts = Options::default();
     let want = sparse_softmax_cross_entropy(z32.mapv(|x| x as f64).view(), labels.view(), -1, &opts).unwrap();

@@ -33,8 +33,8 @@ pub struct TileStats {
 #[inline(always)]
 fn exp_lane(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_145_751_953_125; // 11 bits: n * LN2_HI is exact
-    const LN2_LO: f32 = 1.428_606_765_330_187e-6;
+    const LN2_HI: f32 = 0.693_145_75; // 11 bits: n * LN2_HI is exact
+    const LN2_LO: f32 = 1.428_606_8e-6;
     // Below -104 every result rounds to 0, which the scaling below produces by itself.
     let xc = x.max(-104.0);
     // n = round(x log2 e) by the 1.5 * 2^23 trick: the integer lands in the low mantissa
@@ -74,7 +74,7 @@ fn log1p_lane(x: f32) -> f32 {
     let s2 = s * s;
     let log_f = 2.0 * s * (1.0 + s2 * (1.0 / 3.0 + s2 * (1.0 / 5.0 + s2 * (1.0 / 7.0 + s2 * (1.0 / 9.0)))));
     let y = e as f64 * std::f64::consts::LN_2 + log_f + correction;
-    (if x != x || x == f64::INFINITY { x } else { y }) as f32
+    (if x.is_nan() || x == f64::INFINITY { x } else { y }) as f32
 }
 
 /// A tile transposed: `tile[j][r]` is element `j` of row `r`.
@@ -184,24 +184,65 @@ pub fn tile_stats(z: &[f32], classes: usize, out: &mut TileStats) {
     }
 }
 
-// ---- Whole rows, sixteen elements per step: the f32 row kernels of every tier. ----
+// ---- Whole rows, sixteen elements per step: the row kernels of the SIMD tiers. ----
+
+/// The element types of the lane-wise row kernels, with their vectorisable `exp`.
+pub trait LaneFloat: num_traits::Float + Default + Send + Sync + 'static {
+    /// `exp(x)` for `x <= 0` or `-inf`, within 1 ulp; NaN never reaches it.
+    fn exp_nonpositive(x: Self) -> Self;
+}
+
+impl LaneFloat for f32 {
+    #[inline(always)]
+    fn exp_nonpositive(x: f32) -> f32 {
+        exp_lane(x)
+    }
+}
+
+impl LaneFloat for f64 {
+    /// Two-constant Cody-Waite reduction and a degree-13 Taylor polynomial (truncation below
+    /// 5e-18, a twentieth of an ulp); subnormal results scaled exactly, 0 below -745.2.
+    #[inline(always)]
+    fn exp_nonpositive(x: f64) -> f64 {
+        const LOG2E: f64 = std::f64::consts::LOG2_E;
+        const LN2_HI: f64 = 6.931_471_803_691_238e-1; // 32 bits: n * LN2_HI is exact
+        const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
+        const MAGIC: f64 = 6_755_399_441_055_744.0; // 1.5 * 2^52
+        let xc = x.max(-746.0);
+        let shifted = xc * LOG2E + MAGIC;
+        let n = shifted - MAGIC;
+        let ni = shifted.to_bits() as i64 - MAGIC.to_bits() as i64;
+        let r = (xc - n * LN2_HI) - n * LN2_LO;
+        let mut p = 1.0 / 6_227_020_800.0; // 1/13!
+        for k in (1..13).rev() {
+            p = p * r + 1.0 / FACTORIALS[k];
+        }
+        p = p * r + 1.0;
+        let scale = f64::from_bits(((ni + 600 + 1023) as u64) << 52);
+        p * scale * f64::from_bits((1023 - 600) << 52)
+    }
+}
+
+/// `k!` for `k` in `0..13`.
+const FACTORIALS: [f64; 13] =
+    [1.0, 1.0, 2.0, 6.0, 24.0, 120.0, 720.0, 5040.0, 40320.0, 362_880.0, 3_628_800.0, 39_916_800.0, 479_001_600.0];
 
 /// `exp(x - shift)` with the rounding error of `x - shift` folded back in (TwoSum), for
-/// `x <= shift`: what every f32 row kernel sums or writes.
+/// `x <= shift`: what every row kernel sums or writes.
 #[inline(always)]
-fn exp_shifted(x: f32, shift: f32) -> f32 {
+fn exp_shifted<F: LaneFloat>(x: F, shift: F) -> F {
     let d = x - shift;
     let bv = d - x;
     let av = d - bv;
     let err = (x - av) - (shift + bv);
-    let err = if err.is_finite() { err } else { 0.0 };
-    let e = exp_lane(d);
+    let err = if err.is_finite() { err } else { F::zero() };
+    let e = F::exp_nonpositive(d);
     e + e * err
 }
 
 #[inline(always)]
-fn max_argmax_row(z: &[f32]) -> (f32, usize) {
-    let mut max = [f32::NEG_INFINITY; LANES];
+fn max_argmax_row<F: LaneFloat>(z: &[F]) -> (F, usize) {
+    let mut max = [F::neg_infinity(); LANES];
     let mut nan = [false; LANES];
     let chunks = z.chunks_exact(LANES);
     let tail = chunks.remainder();
@@ -216,9 +257,9 @@ fn max_argmax_row(z: &[f32]) -> (f32, usize) {
         max[l] = if x > max[l] { x } else { max[l] };
     }
     if nan.iter().any(|&n| n) {
-        return (f32::NAN, 0);
+        return (F::nan(), 0);
     }
-    let m = max.iter().fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
+    let m = max.iter().fold(F::neg_infinity(), |a, &b| if b > a { b } else { a });
     // The first index of the maximum: a block-wise search, then a look inside the block.
     let block = z.chunks(LANES).position(|c| c.iter().fold(false, |hit, &x| hit | (x == m))).unwrap_or(0);
     let j = z[block * LANES..].iter().position(|&x| x == m).unwrap_or(0);
@@ -226,29 +267,29 @@ fn max_argmax_row(z: &[f32]) -> (f32, usize) {
 }
 
 #[inline(always)]
-fn sum_exp_row(z: &[f32], shift: f32) -> f32 {
+fn sum_exp_row<F: LaneFloat>(z: &[F], shift: F) -> F {
     // Four accumulators of sixteen lanes: 64 partial sums, each of few terms.
-    let mut acc = [[0.0f32; LANES]; 4];
+    let mut acc = [[F::zero(); LANES]; 4];
     let chunks = z.chunks_exact(4 * LANES);
     let tail = chunks.remainder();
     for c in chunks {
         for (a, part) in acc.iter_mut().zip(c.chunks_exact(LANES)) {
             for l in 0..LANES {
-                a[l] += exp_shifted(part[l], shift);
+                a[l] = a[l] + exp_shifted(part[l], shift);
             }
         }
     }
     for (i, &x) in tail.iter().enumerate() {
-        acc[i / LANES][i % LANES] += exp_shifted(x, shift);
+        acc[i / LANES][i % LANES] = acc[i / LANES][i % LANES] + exp_shifted(x, shift);
     }
-    let mut lanes = [0.0f32; LANES];
+    let mut lanes = [F::zero(); LANES];
     for l in 0..LANES {
         lanes[l] = (acc[0][l] + acc[1][l]) + (acc[2][l] + acc[3][l]);
     }
     let mut width = LANES / 2;
     while width > 0 {
         for l in 0..width {
-            lanes[l] += lanes[l + width];
+            lanes[l] = lanes[l] + lanes[l + width];
         }
         width /= 2;
     }
@@ -256,69 +297,70 @@ fn sum_exp_row(z: &[f32], shift: f32) -> f32 {
 }
 
 #[inline(always)]
-fn exp_scaled_row(z: &[f32], shift: f32, scale: f32, out: &mut [f32]) {
+fn exp_scaled_row<F: LaneFloat>(z: &[F], shift: F, scale: F, out: &mut [F]) {
     for (o, &x) in out.iter_mut().zip(z) {
         *o = exp_shifted(x, shift) * scale;
     }
 }
 
 #[inline(always)]
-fn target_sums_row(t: &[f32], z: &[f32], max: f32) -> (f32, f32) {
+fn target_sums_row<F: LaneFloat>(t: &[F], z: &[F], max: F) -> (F, F) {
     // Both sides of the select are computed, so that it stays a select (a vector blend):
     // `0 * inf` is NaN, hence the select rather than a plain product.
-    let term = |tj: f32, x: f32| {
+    let term = |tj: F, x: F| {
         let g = tj * (max - x);
-        if tj != 0.0 {
+        if tj != F::zero() {
             g
         } else {
-            0.0
+            F::zero()
         }
     };
-    let (mut sum, mut gap) = ([0.0f32; LANES], [0.0f32; LANES]);
+    let (mut sum, mut gap) = ([F::zero(); LANES], [F::zero(); LANES]);
     let n = t.len().min(z.len());
     let (t, z) = (&t[..n], &z[..n]);
     let body = n - n % LANES;
     for (tc, zc) in t[..body].chunks_exact(LANES).zip(z[..body].chunks_exact(LANES)) {
         for l in 0..LANES {
-            sum[l] += tc[l];
-            gap[l] += term(tc[l], zc[l]);
+            sum[l] = sum[l] + tc[l];
+            gap[l] = gap[l] + term(tc[l], zc[l]);
         }
     }
     for (l, (&tj, &x)) in t[body..].iter().zip(&z[body..]).enumerate() {
-        sum[l] += tj;
-        gap[l] += term(tj, x);
+        sum[l] = sum[l] + tj;
+        gap[l] = gap[l] + term(tj, x);
     }
-    (sum.iter().sum(), gap.iter().sum())
+    (sum.iter().fold(F::zero(), |a, &b| a + b), gap.iter().fold(F::zero(), |a, &b| a + b))
 }
 
 macro_rules! row_tier {
-    ($table:ident, $tier:expr, $features:literal, $max:ident, $sum:ident, $exp:ident, $targets:ident) => {
+    ($table:ident, $t:ty, $tier:expr, $features:literal, $max:ident, $sum:ident, $exp:ident, $targets:ident) => {
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = $features)]
-        unsafe fn $targets(t: &[f32], z: &[f32], max: f32) -> (f32, f32) {
+        unsafe fn $targets(t: &[$t], z: &[$t], max: $t) -> ($t, $t) {
             target_sums_row(t, z, max)
         }
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = $features)]
-        unsafe fn $max(z: &[f32]) -> (f32, usize) {
+        unsafe fn $max(z: &[$t]) -> ($t, usize) {
             max_argmax_row(z)
         }
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = $features)]
-        unsafe fn $sum(z: &[f32], shift: f32) -> f32 {
+        unsafe fn $sum(z: &[$t], shift: $t) -> $t {
             sum_exp_row(z, shift)
         }
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = $features)]
-        unsafe fn $exp(z: &[f32], shift: f32, scale: f32, out: &mut [f32]) {
+        unsafe fn $exp(z: &[$t], shift: $t, scale: $t, out: &mut [$t]) {
             exp_scaled_row(z, shift, scale, out)
         }
-        /// The f32 row kernels compiled for this tier. Only reachable through
-        /// `dispatch::kernels_f32`, which hands it out when the CPU has the features.
+        /// The row kernels compiled for this tier. Only reachable through
+        /// `dispatch::kernels_f32` / `kernels_f64`, which hand them out when the CPU has the
+        /// features.
         #[cfg(target_arch = "x86_64")]
-        pub static $table: RowKernels<f32> = RowKernels {
+        pub static $table: RowKernels<$t> = RowKernels {
             tier: $tier,
-            // SAFETY (all three): the table is only used when the CPU has `$features`.
+            // SAFETY (all four): the table is only used when the CPU has `$features`.
             max_argmax: |z| unsafe { $max(z) },
             sum_exp: |z, s| unsafe { $sum(z, s) },
             exp_scaled: |z, s, c, o| unsafe { $exp(z, s, c, o) },
@@ -327,8 +369,28 @@ macro_rules! row_tier {
     };
 }
 
-row_tier!(AVX512_F32, Tier::Avx512, "avx512f,avx512dq,avx512bw,avx512vl,avx2,fma", max512, sum512, exp512, targets512);
-row_tier!(AVX2_F32, Tier::Avx2, "avx2,fma", max256, sum256, exp256, targets256);
+row_tier!(
+    AVX512_F32,
+    f32,
+    Tier::Avx512,
+    "avx512f,avx512dq,avx512bw,avx512vl,avx2,fma",
+    max512,
+    sum512,
+    exp512,
+    targets512
+);
+row_tier!(AVX2_F32, f32, Tier::Avx2, "avx2,fma", max256, sum256, exp256, targets256);
+row_tier!(
+    AVX512_F64,
+    f64,
+    Tier::Avx512,
+    "avx512f,avx512dq,avx512bw,avx512vl,avx2,fma",
+    max512d,
+    sum512d,
+    exp512d,
+    targets512d
+);
+row_tier!(AVX2_F64, f64, Tier::Avx2, "avx2,fma", max256d, sum256d, exp256d, targets256d);
 
 #[cfg(test)]
 mod tests {
@@ -456,6 +518,54 @@ mod tests {
                         let want = ((x as f64 - m as f64).exp() * 0.5) as f32;
                         assert!(ulp_diff(o, want) <= 1, "{:?}: exp_scaled({x}) = {o} vs {want}", k.tier);
                     }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn f64_exp_is_within_one_ulp_of_std() {
+        // std's exp is itself within an ulp: at most 1 apart means within 2 of the truth (the
+        // mpmath tests in tests/test_exactness.py bound the end results more tightly).
+        let mut worst = 0u64;
+        let mut x = -745.0f64;
+        while x <= 0.0 {
+            let (got, want) = (f64::exp_nonpositive(x), x.exp());
+            let d = (got.to_bits() as i64 - want.to_bits() as i64).unsigned_abs();
+            worst = worst.max(d);
+            x += 0.000_713_1;
+        }
+        assert!(worst <= 1, "worst {worst} ulp");
+        assert_eq!(f64::exp_nonpositive(f64::NEG_INFINITY), 0.0);
+        assert_eq!(f64::exp_nonpositive(-746.0), 0.0);
+        assert_eq!(f64::exp_nonpositive(-740.0), (-740.0f64).exp()); // subnormal, exactly rounded
+    }
+
+    #[test]
+    fn f64_row_kernels_match_the_scalar_tier() {
+        let scalar = &crate::kernels::scalar::F64;
+        let mut tables = vec![];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                tables.push(&AVX512_F64);
+            }
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                tables.push(&AVX2_F64);
+            }
+        }
+        for k in tables {
+            for n in (1..100).chain([1000, 4099]) {
+                let z: Vec<f64> = (0..n).map(|i| ((i * 7919 % 1013) as f64 - 500.0) * 0.05).collect();
+                let (m, j) = (k.max_argmax)(&z);
+                assert_eq!((m, j), (scalar.max_argmax)(&z), "{:?} n={n}", k.tier);
+                let (s, want) = ((k.sum_exp)(&z, m), (scalar.sum_exp)(&z, m));
+                assert!((s - want).abs() <= 1e-15 * want, "{:?} n={n}: {s} vs {want}", k.tier);
+                let (mut out, mut want_out) = (vec![0.0; n], vec![0.0; n]);
+                (k.exp_scaled)(&z, m, 0.5, &mut out);
+                (scalar.exp_scaled)(&z, m, 0.5, &mut want_out);
+                for (o, w) in out.iter().zip(&want_out) {
+                    assert!((o - w).abs() <= 3e-16 * w.abs(), "{:?}: {o} vs {w}", k.tier);
                 }
             }
         }

@@ -11,18 +11,23 @@ use crate::dispatch::Tier;
 /// The three primitives every tier implements. Contracts (all tiers):
 /// - `max_argmax(z)`: `(max, index of its first occurrence)`, or `(NaN, _)` if any element is
 ///   NaN. `z` is never empty.
-/// - `sum_exp(z, shift)`: `Σ exp(z_j - shift)`; NaN in, NaN out; `exp(-inf) = 0`.
+/// - `sum_exp(z, shift)`: `Σ exp(z_j - shift)`, with `exp(-inf) = 0`.
 /// - `exp_scaled(z, shift, scale, out)`: `out_j = exp(z_j - shift) * scale`; `out.len() == z.len()`.
 /// - `target_sums(t, z, max)`: `(Σ t_j, Σ_{t_j≠0} t_j (max - z_j))`, the two sums of a dense
 ///   target row (a zero target on a -inf logit counts 0); `t.len() == z.len()`.
-/// `sum_exp` and `exp_scaled` are only called with a finite `shift` not below any `z_j`.
+///
+/// `sum_exp` and `exp_scaled` are only called on rows without NaN, with a finite `shift` not
+/// below any `z_j` (the row's maximum).
 pub struct RowKernels<F> {
     pub tier: Tier,
     pub max_argmax: fn(&[F]) -> (F, usize),
     pub sum_exp: fn(&[F], F) -> F,
     pub exp_scaled: fn(&[F], F, F, &mut [F]),
-    pub target_sums: fn(&[F], &[F], F) -> (F, F),
+    pub target_sums: TargetSums<F>,
 }
+
+/// The signature of [`RowKernels::target_sums`].
+pub type TargetSums<F> = fn(&[F], &[F], F) -> (F, F);
 
 /// The compute types: `f32` (for f16, bf16 and f32 data) and `f64`.
 pub trait Float:
