@@ -91,7 +91,8 @@ def one_call(rng: random.Random) -> str:
     except ValueError:
         return "ValueError"
     except Exception as e:  # noqa: BLE001 - the whole point: report anything else
-        return f"{type(e).__name__}: {e} in {fn.__name__}"
+        shown = {k: (type(v).__name__, getattr(v, "dtype", None), getattr(v, "shape", None)) for k, v in kwargs.items()}
+        return f"{type(e).__name__}: {e} in {fn.__name__}{args and ' (positional)' or ''} {shown}"
     parts = result if isinstance(result, tuple) else (result,)
     return "ok" if all(isinstance(p, np.ndarray) for p in parts) else f"bad result type {type(result)}"
 

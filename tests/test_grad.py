@@ -8,6 +8,7 @@ the forward loss bit for bit.
 from __future__ import annotations
 
 import itertools
+import zlib
 
 import ml_dtypes
 import numpy as np
@@ -46,7 +47,7 @@ def _moved(shape, axis):
     list(itertools.product(REDUCTIONS, SMOOTHING, [False, True], [False, True], AXES)),
 )
 def test_sparse_gradient_matches_finite_differences(reduction, smoothing, weighted, ignore, axis):
-    rng = np.random.default_rng(hash((reduction, smoothing, weighted, ignore, axis)) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(repr((reduction, smoothing, weighted, ignore, axis)).encode()))
     z = rng.normal(0, 2, _moved(None, axis))
     batch = tuple(n for d, n in enumerate(z.shape) if d != axis % 3)
     labels = rng.integers(0, 5, batch)
@@ -58,7 +59,7 @@ def test_sparse_gradient_matches_finite_differences(reduction, smoothing, weight
         kw["ignore_index"] = -100
     loss, grad = fx.sparse_softmax_cross_entropy_with_logits_and_grad(logits=z, **kw)
     want = _finite_differences(fx.sparse_softmax_cross_entropy_with_logits, z, **kw)
-    np.testing.assert_allclose(grad, want, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(grad, want, rtol=1e-6, atol=1e-7)  # FD error ~ eps * |loss| / h
     assert grad.shape == z.shape and grad.dtype == z.dtype
     if ignore:
         ignored = np.expand_dims(labels == -100, axis % 3)
@@ -70,7 +71,7 @@ def test_sparse_gradient_matches_finite_differences(reduction, smoothing, weight
     list(itertools.product(REDUCTIONS, SMOOTHING, [False, True], AXES)),
 )
 def test_dense_gradient_matches_finite_differences(reduction, smoothing, weighted, axis):
-    rng = np.random.default_rng(hash((reduction, smoothing, weighted, axis)) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(repr((reduction, smoothing, weighted, axis)).encode()))
     z = rng.normal(0, 2, _moved(None, axis))
     labels = rng.uniform(0, 1, z.shape)  # not normalised: the true derivative differs from TF's
     kw: dict = dict(labels=labels, axis=axis, reduction=reduction, label_smoothing=smoothing)
@@ -78,7 +79,7 @@ def test_dense_gradient_matches_finite_differences(reduction, smoothing, weighte
         kw["weight"] = rng.uniform(0.2, 2.0, 5)
     loss, grad = fx.softmax_cross_entropy_with_logits_and_grad(logits=z, **kw)
     want = _finite_differences(fx.softmax_cross_entropy_with_logits, z, **kw)
-    np.testing.assert_allclose(grad, want, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(grad, want, rtol=1e-6, atol=1e-7)  # FD error ~ eps * |loss| / h
 
 
 def test_dense_gradient_equals_tf_rule_for_distributions():

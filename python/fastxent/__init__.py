@@ -95,13 +95,28 @@ def _as_array(x: Any, name: str) -> np.ndarray:
     return arr
 
 
-def _axis(axis: Any, dim: Any = None) -> Any:
+def _show(value: Any) -> str:
+    """A short description of a user value (whose repr may be long, or may raise)."""
+    try:
+        text = repr(value)
+    except Exception:  # a user object's __repr__ may fail: describe it by its type
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= 60 else f"<{type(value).__name__}>"
+
+
+def _integer(value: Any, name: str) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} = {_show(value)} is invalid: expected an integer")
+    return int(value)
+
+
+def _axis(axis: Any, dim: Any = None) -> int:
+    axis = _integer(axis, "axis")
     if dim is not None:
+        dim = _integer(dim, "dim")
         if axis != -1 and axis != dim:
-            raise ValueError(f"axis = {axis!r} and dim = {dim!r} disagree: give one of them")
+            raise ValueError(f"axis = {axis} and dim = {dim} disagree: give one of them")
         axis = dim
-    if isinstance(axis, (bool, np.bool_)):
-        raise ValueError(f"axis = {axis!r} is invalid: expected an integer")
     return axis
 
 
@@ -116,11 +131,7 @@ def _weight(weight: Any) -> Any:
 
 
 def _ignore_index(value: Any) -> Any:
-    if value is not None and (
-        isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer))
-    ):
-        raise ValueError(f"ignore_index = {value!r} is invalid: expected None or an integer")
-    return value
+    return None if value is None else _integer(value, "ignore_index")
 
 
 def _same_layout(a: np.ndarray, b: np.ndarray) -> bool:
