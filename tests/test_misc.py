@@ -56,15 +56,25 @@ def test_many_threads_agree_with_serial_calls():
         assert got == serial[i]
 
 
-def test_thread_count_does_not_change_results():
-    z = np.random.default_rng(1).normal(size=(3000, 300)).astype(np.float32)
-    y = np.arange(3000) % 300
+@pytest.mark.parametrize("shape", [(3000, 300), (8, 262144), (100_000, 10)], ids=str)
+def test_thread_count_does_not_change_results(shape):
+    # Wide rows are split across threads, narrow ones go sixteen at a time: neither split may
+    # depend on how many threads there are.
+    rng = np.random.default_rng(1)
+    z = rng.normal(0, 3, shape).astype(np.float32)
+    y = rng.integers(0, shape[1], shape[0])
+    p = rng.random(shape).astype(np.float32)
     try:
         outs = []
-        for n in (1, 2, 5):
+        for n in (1, 2, 16):
             fx.set_num_threads(n)
             assert fx.get_num_threads() == n
-            outs.append(_bytes(fx.sparse_softmax_cross_entropy_with_logits_and_grad(labels=y, logits=z, reduction="sum")))
+            outs.append(
+                _bytes(fx.sparse_softmax_cross_entropy_with_logits_and_grad(labels=y, logits=z, reduction="sum"))
+                + _bytes(fx.softmax_cross_entropy_with_logits(labels=p, logits=z, reduction="mean"))
+                + _bytes(fx.logsumexp(z))
+                + _bytes(fx.softmax(z))
+            )
         assert outs[0] == outs[1] == outs[2]
     finally:
         fx.set_num_threads(0)
