@@ -12,6 +12,8 @@ fi
 .venv/bin/maturin develop --release -q
 
 cargo test --quiet
+# Exhaustive check of the f32 exp and log1p over their whole domain (release mode: seconds).
+cargo test --quiet --release --lib -- --ignored exhaustive
 
 .venv/bin/python -m pytest -q
 # The numerical tests again with each lower SIMD tier forced (FASTXENT_SIMD caps the tier).

@@ -570,4 +570,30 @@ mod tests {
             }
         }
     }
+
+    /// Every f32 in [-104, 0] against f64's exp rounded to f32, and every non-negative f32
+    /// against f64's log1p: `cargo test --release -- --ignored exhaustive`.
+    #[test]
+    #[ignore = "exhaustive: about a minute in release mode"]
+    fn exhaustive_f32_exp_and_log1p() {
+        use rayon::prelude::*;
+        let exp_worst = ((-0.0f32).to_bits()..=(-104.0f32).to_bits())
+            .into_par_iter()
+            .map(|b| {
+                let x = f32::from_bits(b);
+                ulp_diff(exp_lane(x), ((x as f64).exp()) as f32)
+            })
+            .max()
+            .unwrap();
+        let log1p_worst = (0u32..f32::INFINITY.to_bits())
+            .into_par_iter()
+            .map(|b| {
+                let x = f32::from_bits(b);
+                ulp_diff(log1p_lane(x), (x as f64).ln_1p() as f32)
+            })
+            .max()
+            .unwrap();
+        println!("exhaustive: exp within {exp_worst} ulp, log1p within {log1p_worst} ulp");
+        assert!(exp_worst <= 1 && log1p_worst <= 1);
+    }
 }
