@@ -93,3 +93,37 @@ def test_set_num_threads_rejects_nonsense():
     for bad in (-1, "two", 1.5, 10**30):
         with pytest.raises(ValueError):
             fx.set_num_threads(bad)
+
+
+def test_gil_is_released_while_computing():
+    # While another thread runs one long call, the main thread keeps running Python code: with
+    # the GIL held through the call, the main thread would stall for the call's whole length.
+    import threading
+    import time
+
+    z = np.random.default_rng(2).normal(size=(4096, 16384)).astype(np.float32)
+    y = np.arange(4096) % 16384
+    fx.set_num_threads(1)  # leave a core to the main thread
+    try:
+        started, done = threading.Event(), threading.Event()
+        seconds = []
+
+        def work():
+            started.set()
+            t0 = time.perf_counter()
+            fx.sparse_softmax_cross_entropy_with_logits_and_grad(labels=y, logits=z)
+            seconds.append(time.perf_counter() - t0)
+            done.set()
+
+        worker = threading.Thread(target=work)
+        worker.start()
+        started.wait()
+        stamps = [time.perf_counter()]
+        while not done.is_set():
+            stamps.append(time.perf_counter())
+        worker.join()
+    finally:
+        fx.set_num_threads(0)
+    longest_stall = max(np.diff(stamps), default=0.0)
+    assert seconds[0] > 0.05, "the call is long enough to tell"
+    assert longest_stall < 0.5 * seconds[0], f"main thread stalled {longest_stall:.3f}s of {seconds[0]:.3f}s"
