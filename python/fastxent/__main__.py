@@ -198,6 +198,14 @@ def _median_time(fn: Callable[[], Any], repeat: int) -> float:
     return float(np.median(times))
 
 
+def _dtype(name: str) -> Any:
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return ml_dtypes.bfloat16
+    return np.dtype(name)
+
+
 def bench(cases: list[tuple[str, int, int]], repeat: int, dtype: str, plot: str | None) -> list[dict[str, Any]]:
     rng = np.random.default_rng(1)
     results = []
@@ -208,9 +216,9 @@ def bench(cases: list[tuple[str, int, int]], repeat: int, dtype: str, plot: str 
         header += f" {name:>11s} {'ratio':>6s}"
     print(header)
     for op, rows, classes in cases:
-        z = rng.standard_normal((rows, classes), dtype=np.float32).astype(dtype)
+        z = rng.standard_normal((rows, classes), dtype=np.float32).astype(_dtype(dtype))
         y = rng.integers(0, classes, rows)
-        p = rng.random((rows, classes), dtype=np.float32).astype(dtype) if op.startswith("dense") else None
+        p = rng.random((rows, classes), dtype=np.float32).astype(_dtype(dtype)) if op.startswith("dense") else None
         if p is not None:
             p /= p.sum(axis=-1, keepdims=True)
         ours = _median_time(lambda: _fastxent(op)(z, y, p), repeat)
@@ -276,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shapes", help="comma-separated ROWSxCLASSES (default: design notes' cases)")
     parser.add_argument("--ops", default="sparse,dense,sparse_grad", help=f"comma-separated, of {', '.join(OPS)}")
     parser.add_argument("--repeat", type=int, default=7)
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    parser.add_argument("--dtype", default="float32", choices=["float16", "bfloat16", "float32", "float64"])
     parser.add_argument("--plot", help="write a PNG bar chart here (needs matplotlib)")
     args = parser.parse_args(argv)
     ok = self_check()

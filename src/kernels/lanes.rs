@@ -392,6 +392,35 @@ row_tier!(
 );
 row_tier!(AVX2_F64, f64, Tier::Avx2, "avx2,fma", max256d, sum256d, exp256d, targets256d);
 
+/// float16 bits to f32, eight at a time with F16C where the CPU has it (`half`'s own slice
+/// conversion calls a function per eight elements, which costs a third of a pass).
+pub fn widen_f16(src: &[u16], dst: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("f16c") && std::arch::is_x86_feature_detected!("avx") {
+        // SAFETY: the CPU has F16C and AVX (checked just above).
+        return unsafe { widen_f16_f16c(src, dst) };
+    }
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = half::f16::from_bits(s).to_f32();
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx,f16c")]
+unsafe fn widen_f16_f16c(src: &[u16], dst: &mut [f32]) {
+    use std::arch::x86_64::{__m128i, _mm256_cvtph_ps, _mm256_storeu_ps, _mm_loadu_si128};
+    let n = src.len().min(dst.len());
+    let body = n - n % 8;
+    for i in (0..body).step_by(8) {
+        // SAFETY: i + 8 <= n for both slices.
+        let halves = _mm_loadu_si128(src.as_ptr().add(i) as *const __m128i);
+        _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_cvtph_ps(halves));
+    }
+    for i in body..n {
+        dst[i] = half::f16::from_bits(src[i]).to_f32();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -595,5 +624,16 @@ mod tests {
             .unwrap();
         println!("exhaustive: exp within {exp_worst} ulp, log1p within {log1p_worst} ulp");
         assert!(exp_worst <= 1 && log1p_worst <= 1);
+    }
+
+    #[test]
+    fn widen_f16_is_exact() {
+        let bits: Vec<u16> = (0..=u16::MAX).collect();
+        let mut out = vec![0.0f32; bits.len()];
+        widen_f16(&bits, &mut out);
+        for (&b, &o) in bits.iter().zip(&out) {
+            let want = half::f16::from_bits(b).to_f32();
+            assert!(o.to_bits() == want.to_bits() || (o.is_nan() && want.is_nan()), "{b:#x}");
+        }
     }
 }
