@@ -3,10 +3,11 @@
 //! conversion live in `python/fastxent/__init__.py`.
 
 use half::{bf16, f16};
-use ndarray::{ArrayD, ArrayView1, ArrayViewD, Ix1};
+use ndarray::{ArrayD, ArrayViewD, Ix1};
 use numpy::{
     Element as NpElement, PyArrayDescrMethods, PyArrayDyn, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods,
 };
+use pyo3::conversion::FromPyObjectOwned;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
@@ -168,11 +169,13 @@ fn extract<'py, T: FromPyObjectOwned<'py>>(obj: &Bound<'py, PyAny>, name: &str, 
     obj.extract::<T>().map_err(|_| value_error(format!("{name} = {} is invalid: expected {expected}", repr(obj))))
 }
 
+/// A short description of a user value: its repr, or its type when that is long or fails.
 fn repr(obj: &Bound<PyAny>) -> String {
-    obj.repr().map(|r| r.to_string()).unwrap_or_else(|_| "<unprintable>".into())
+    match obj.repr() {
+        Ok(r) if r.to_string().chars().count() <= 60 => r.to_string(),
+        _ => format!("<{}>", type_name(obj)),
+    }
 }
-
-use pyo3::conversion::FromPyObjectOwned;
 
 /// Everything the options keywords say, checked, with the weights viewed as `f64`.
 struct PyOptions<'py> {
@@ -223,13 +226,17 @@ impl<'py> PyOptions<'py> {
         let weight = match &self.weight {
             None => None,
             Some(w) => Some(w.as_array().into_dimensionality::<Ix1>().map_err(|_| {
-                value_error(format!("weight has shape {:?}: expected a 1-d array of one weight per class", w.shape()))
+                let shape: Vec<String> = w.shape().iter().map(|n| n.to_string()).collect();
+                value_error(format!(
+                    "weight has shape ({}): expected one weight per class, a 1-d array",
+                    shape.join(", ")
+                ))
             })?),
         };
         Ok(Options {
             reduction: self.reduction,
             label_smoothing: self.label_smoothing,
-            weight: weight.map(|w: ArrayView1<f64>| w),
+            weight,
             ignore_index: self.ignore_index,
         })
     }
