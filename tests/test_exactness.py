@@ -142,3 +142,23 @@ def test_confident_row_every_peer_gets_wrong():
     want = float(mpmath.log1p(mpmath.exp(-40) + mpmath.exp(-39.5) + mpmath.exp(-41)))
     assert loss[0] != 0.0 and ulps(loss, np.array([want]), np.float32) <= 1.0
     assert ulps(grad[:, :1], np.array([[-want]]), np.float32) <= 2.0
+
+
+def test_float64_flat_wide_row(capsys):
+    # 262,144 classes in float64 against mpmath: the loss, and the gradient at 64 entries.
+    rng = np.random.default_rng(30)
+    z = rng.normal(0, 0.01, (1, 262144))
+    y = np.array([12345])
+    loss, grad = fx.sparse_softmax_cross_entropy_with_logits_and_grad(labels=y, logits=z)
+    mpmath.mp.dps = 40
+    row = [mpmath.mpf(float(x)) for x in z[0]]
+    lse = mpmath.log(mpmath.fsum(mpmath.exp(x) for x in row))
+    want_loss = float(lse - row[12345])
+    picks = rng.choice(262144, 64, replace=False)
+    want_grad = np.array([float(mpmath.exp(row[j] - lse)) for j in picks])
+    loss_ulp = ulps(loss, np.array([want_loss]), np.float64)
+    grad_ulp = ulps(grad[0, picks], want_grad - (picks == 12345), np.float64)
+    with capsys.disabled():
+        print(f"\n  [{fx.simd_tier()}] float64 flat-wide        loss {loss_ulp:5.2f} ulp  grad {grad_ulp:5.2f} ulp", end="")
+    assert loss_ulp <= LOSS_ULP
+    assert grad_ulp <= GRAD_ULP
