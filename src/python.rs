@@ -3,7 +3,7 @@
 //! conversion live in `python/fastxent/__init__.py`.
 
 use half::{bf16, f16};
-use ndarray::{ArrayD, ArrayViewD, Ix1};
+use ndarray::{ArrayD, ArrayViewD, ArrayViewMutD, Ix1};
 use numpy::{
     Element as NpElement, PyArrayDescrMethods, PyArrayDyn, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods,
 };
@@ -368,6 +368,121 @@ impl<'py> Outputs<'py> {
     }
 }
 
+/// The entry points of one loss (sparse or dense) with its labels bound: what the shared
+/// driver [`run_loss`] calls.
+trait Loss<T>: Sync {
+    fn forward(&self, z: ArrayViewD<T>, o: &Options) -> crate::Result<ArrayD<T>>;
+    fn with_grad(&self, z: ArrayViewD<T>, o: &Options) -> crate::Result<(ArrayD<T>, ArrayD<T>)>;
+    fn into(
+        &self,
+        z: ArrayViewD<T>,
+        o: &Options,
+        out: ArrayViewMutD<T>,
+        grad: Option<ArrayViewMutD<T>>,
+    ) -> crate::Result<()>;
+    fn in_place(&self, z: ArrayViewMutD<T>, o: &Options, out: ArrayViewMutD<T>) -> crate::Result<()>;
+    fn loss_shape(&self, logits_shape: &[usize], reduction: Reduction) -> crate::Result<Vec<usize>>;
+}
+
+struct Sparse<'a, L> {
+    labels: ArrayViewD<'a, L>,
+    axis: isize,
+}
+
+impl<T: Element, L: crate::Label> Loss<T> for Sparse<'_, L> {
+    fn forward(&self, z: ArrayViewD<T>, o: &Options) -> crate::Result<ArrayD<T>> {
+        crate::sparse_softmax_cross_entropy(z, self.labels.view(), self.axis, o)
+    }
+    fn with_grad(&self, z: ArrayViewD<T>, o: &Options) -> crate::Result<(ArrayD<T>, ArrayD<T>)> {
+        crate::sparse_softmax_cross_entropy_with_grad(z, self.labels.view(), self.axis, o)
+    }
+    fn into(
+        &self,
+        z: ArrayViewD<T>,
+        o: &Options,
+        out: ArrayViewMutD<T>,
+        grad: Option<ArrayViewMutD<T>>,
+    ) -> crate::Result<()> {
+        crate::sparse_softmax_cross_entropy_into(z, self.labels.view(), self.axis, o, out, grad)
+    }
+    fn in_place(&self, z: ArrayViewMutD<T>, o: &Options, out: ArrayViewMutD<T>) -> crate::Result<()> {
+        crate::sparse_softmax_cross_entropy_grad_in_place(z, self.labels.view(), self.axis, o, out)
+    }
+    fn loss_shape(&self, logits_shape: &[usize], reduction: Reduction) -> crate::Result<Vec<usize>> {
+        crate::sparse_loss_shape(logits_shape, self.axis, reduction)
+    }
+}
+
+struct Dense<'a, Y> {
+    labels: ArrayViewD<'a, Y>,
+    axis: isize,
+}
+
+impl<T: Element, Y: Element<Compute = T::Compute>> Loss<T> for Dense<'_, Y> {
+    fn forward(&self, z: ArrayViewD<T>, o: &Options) -> crate::Result<ArrayD<T>> {
+        crate::softmax_cross_entropy(z, self.labels.view(), self.axis, o)
+    }
+    fn with_grad(&self, z: ArrayViewD<T>, o: &Options) -> crate::Result<(ArrayD<T>, ArrayD<T>)> {
+        crate::softmax_cross_entropy_with_grad(z, self.labels.view(), self.axis, o)
+    }
+    fn into(
+        &self,
+        z: ArrayViewD<T>,
+        o: &Options,
+        out: ArrayViewMutD<T>,
+        grad: Option<ArrayViewMutD<T>>,
+    ) -> crate::Result<()> {
+        crate::softmax_cross_entropy_into(z, self.labels.view(), self.axis, o, out, grad)
+    }
+    fn in_place(&self, z: ArrayViewMutD<T>, o: &Options, out: ArrayViewMutD<T>) -> crate::Result<()> {
+        crate::softmax_cross_entropy_grad_in_place(z, self.labels.view(), self.axis, o, out)
+    }
+    fn loss_shape(&self, logits_shape: &[usize], reduction: Reduction) -> crate::Result<Vec<usize>> {
+        crate::dense_loss_shape(logits_shape, self.labels.shape(), self.axis, reduction)
+    }
+}
+
+/// Runs a loss with the GIL released: into fresh arrays, into the caller's buffers, or with
+/// the gradient over the logits.
+fn run_loss<'py, T: Element + NpElement>(
+    py: Python<'py>,
+    logits: &Bound<'py, PyUntypedArray>,
+    loss: &impl Loss<T>,
+    options: &PyOptions<'py>,
+    with_grad: bool,
+    outs: &Outputs<'py>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let options = options.options()?;
+    if !outs.given() {
+        let z = view::<T>(logits, "logits")?;
+        let z = z.as_array();
+        let result = py.detach(|| {
+            if with_grad {
+                loss.with_grad(z, &options).map(|(l, g)| (l, Some(g)))
+            } else {
+                loss.forward(z, &options).map(|l| (l, None))
+            }
+        })?;
+        return loss_result(py, result);
+    }
+    let out = outs.loss::<T>(py, &loss.loss_shape(logits.shape(), options.reduction)?);
+    let mut out_view = view_mut::<T>(&out, "out")?;
+    let out_mut = out_view.as_array_mut();
+    if outs.in_place {
+        let mut z = view_mut::<T>(logits, "grad_out")?;
+        let z = z.as_array_mut();
+        py.detach(|| loss.in_place(z, &options, out_mut))?;
+        return buffers_result(py, out, Some(logits.clone()));
+    }
+    let z = view::<T>(logits, "logits")?;
+    let grad = with_grad.then(|| outs.grad::<T>(py, logits.shape()));
+    let mut grad_view = grad.as_ref().map(|g| view_mut::<T>(g, "grad_out")).transpose()?;
+    let grad_mut = grad_view.as_mut().map(|g| g.as_array_mut());
+    let z = z.as_array();
+    py.detach(|| loss.into(z, &options, out_mut, grad_mut))?;
+    buffers_result(py, out, grad)
+}
+
 fn sparse_impl<'py, T: Element + NpElement, L: crate::Label + NpElement>(
     py: Python<'py>,
     logits: &Bound<'py, PyUntypedArray>,
@@ -378,36 +493,7 @@ fn sparse_impl<'py, T: Element + NpElement, L: crate::Label + NpElement>(
     outs: &Outputs<'py>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let y = view::<L>(labels, "labels")?;
-    let options = options.options()?;
-    let y = y.as_array();
-    if !outs.given() {
-        let z = view::<T>(logits, "logits")?;
-        let z = z.as_array();
-        let result = py.detach(|| {
-            if with_grad {
-                crate::sparse_softmax_cross_entropy_with_grad(z, y, axis, &options).map(|(l, g)| (l, Some(g)))
-            } else {
-                crate::sparse_softmax_cross_entropy(z, y, axis, &options).map(|l| (l, None))
-            }
-        })?;
-        return loss_result(py, result);
-    }
-    let out = outs.loss::<T>(py, &crate::sparse_loss_shape(logits.shape(), axis, options.reduction)?);
-    let mut out_view = view_mut::<T>(&out, "out")?;
-    let out_mut = out_view.as_array_mut();
-    if outs.in_place {
-        let mut z = view_mut::<T>(logits, "grad_out")?;
-        let z = z.as_array_mut();
-        py.detach(|| crate::sparse_softmax_cross_entropy_grad_in_place(z, y, axis, &options, out_mut))?;
-        return buffers_result(py, out, Some(logits.clone()));
-    }
-    let z = view::<T>(logits, "logits")?;
-    let grad = with_grad.then(|| outs.grad::<T>(py, logits.shape()));
-    let mut grad_view = grad.as_ref().map(|g| view_mut::<T>(g, "grad_out")).transpose()?;
-    let grad_mut = grad_view.as_mut().map(|g| g.as_array_mut());
-    let z = z.as_array();
-    py.detach(|| crate::sparse_softmax_cross_entropy_into(z, y, axis, &options, out_mut, grad_mut))?;
-    buffers_result(py, out, grad)
+    run_loss::<T>(py, logits, &Sparse { labels: y.as_array(), axis }, options, with_grad, outs)
 }
 
 /// The loss, or `(loss, grad)`, when they were written into buffers.
@@ -466,37 +552,7 @@ where
     Y: Element<Compute = T::Compute> + NpElement,
 {
     let y = view::<Y>(labels, "labels")?;
-    let options = options.options()?;
-    let y = y.as_array();
-    if !outs.given() {
-        let z = view::<T>(logits, "logits")?;
-        let z = z.as_array();
-        let result = py.detach(|| {
-            if with_grad {
-                crate::softmax_cross_entropy_with_grad(z, y, axis, &options).map(|(l, g)| (l, Some(g)))
-            } else {
-                crate::softmax_cross_entropy(z, y, axis, &options).map(|l| (l, None))
-            }
-        })?;
-        return loss_result(py, result);
-    }
-    let shape = crate::dense_loss_shape(logits.shape(), labels.shape(), axis, options.reduction)?;
-    let out = outs.loss::<T>(py, &shape);
-    let mut out_view = view_mut::<T>(&out, "out")?;
-    let out_mut = out_view.as_array_mut();
-    if outs.in_place {
-        let mut z = view_mut::<T>(logits, "grad_out")?;
-        let z = z.as_array_mut();
-        py.detach(|| crate::softmax_cross_entropy_grad_in_place(z, y, axis, &options, out_mut))?;
-        return buffers_result(py, out, Some(logits.clone()));
-    }
-    let z = view::<T>(logits, "logits")?;
-    let grad = with_grad.then(|| outs.grad::<T>(py, logits.shape()));
-    let mut grad_view = grad.as_ref().map(|g| view_mut::<T>(g, "grad_out")).transpose()?;
-    let grad_mut = grad_view.as_mut().map(|g| g.as_array_mut());
-    let z = z.as_array();
-    py.detach(|| crate::softmax_cross_entropy_into(z, y, axis, &options, out_mut, grad_mut))?;
-    buffers_result(py, out, grad)
+    run_loss::<T>(py, logits, &Dense { labels: y.as_array(), axis }, options, with_grad, outs)
 }
 
 #[pyfunction]
