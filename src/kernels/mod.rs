@@ -1,6 +1,6 @@
 //! Row kernels over contiguous slices of the compute type (`f32` or `f64`).
 //!
-//! Each SIMD tier provides the same three primitives; the row math in `crate::rows` is written
+//! Each SIMD tier provides the same four primitives; the row math in `crate::rows` is written
 //! once on top of them. Every tier has the scalar tier as its reference twin.
 
 pub mod lanes;
@@ -8,7 +8,7 @@ pub mod scalar;
 
 use crate::dispatch::Tier;
 
-/// The three primitives every tier implements. Contracts (all tiers):
+/// The four primitives every tier implements. Contracts (all tiers):
 /// - `max_argmax(z)`: `(max, index of its first occurrence)`, or `(NaN, _)` if any element is
 ///   NaN. `z` is never empty.
 /// - `sum_exp(z, shift)`: `Σ exp(z_j - shift)`, with `exp(-inf) = 0`.
