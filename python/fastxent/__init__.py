@@ -37,28 +37,41 @@ __version__: str = _core.__version__
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
-def _keywords_only(func: _F) -> _F:
-    """Make every argument keyword-only, with misuse reported as ValueError.
+def _checked_call(positional: int) -> Callable[[_F], _F]:
+    """Report every misuse of a call's signature as ValueError.
 
-    TensorFlow's losses reject positional arguments (its ``_sentinel`` rule) with ValueError;
-    Python itself would raise TypeError, so the check happens here, before the call.
+    Python would raise TypeError for a missing, unknown or extra argument. TensorFlow's losses
+    take keyword arguments only (its ``_sentinel`` rule) and raise ValueError for a positional
+    one: those get ``positional=0``; the row functions take their logits positionally.
     """
-    signature = inspect.signature(func)
 
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if args:
-            raise ValueError(
-                f"{func.__name__}() takes keyword arguments only "
-                f"(labels=..., logits=..., ...); got {len(args)} positional argument(s)"
-            )
-        try:
-            signature.bind(**kwargs)
-        except TypeError as e:
-            raise ValueError(f"{func.__name__}(): {e}") from None
-        return func(**kwargs)
+    def decorate(func: _F) -> _F:
+        signature = inspect.signature(func)
 
-    return wrapper  # type: ignore[return-value]
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if len(args) > positional:
+                if positional == 0:
+                    raise ValueError(
+                        f"{func.__name__}() takes keyword arguments only "
+                        f"(labels=..., logits=..., ...); got {len(args)} positional argument(s)"
+                    )
+                raise ValueError(
+                    f"{func.__name__}() takes {positional} positional argument (the logits); "
+                    f"got {len(args)}: pass the others by keyword"
+                )
+            try:
+                signature.bind(*args, **kwargs)
+            except TypeError as e:
+                raise ValueError(f"{func.__name__}(): {e}") from None
+            return func(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+_keywords_only = _checked_call(0)
 
 
 def _as_array(x: Any, name: str) -> np.ndarray:
@@ -110,12 +123,16 @@ def _integer(value: Any, name: str) -> int:
     return int(value)
 
 
-def _axis(axis: Any, dim: Any = None) -> int:
+def _axis(axis: Any, dim: Any = None, rank: int = 0) -> int:
     axis = _integer(axis, "axis")
     if dim is not None:
         dim = _integer(dim, "dim")
         if axis != -1 and axis != dim:
             raise ValueError(f"axis = {axis} and dim = {dim} disagree: give one of them")
+        if not -rank <= dim < rank:
+            raise ValueError(
+                f"dim {dim} is out of range for logits of rank {rank}: expected a dim in [{-rank}, {rank})"
+            )
         axis = dim
     return axis
 
@@ -182,7 +199,7 @@ def _dense(labels: Any, logits: Any, axis: Any, dim: Any, options: dict[str, Any
     y = _dense_labels(_as_array(labels, "labels"), z)
     out, grad_out = _outputs(options, z, [y, w])
     return _core.dense(
-        z, y, _axis(axis, dim), options["reduction"], options["label_smoothing"], w, grad, out, grad_out
+        z, y, _axis(axis, dim, z.ndim), options["reduction"], options["label_smoothing"], w, grad, out, grad_out
     )
 
 
@@ -346,18 +363,21 @@ def sparse_softmax_cross_entropy_with_logits_and_grad(
     return _sparse(labels, logits, axis, locals(), True)  # type: ignore[no-any-return]
 
 
+@_checked_call(1)
 def log_softmax(logits: Any, *, axis: int = -1) -> np.ndarray:
     """``logits - logsumexp(logits)`` along ``axis``, in the logits' dtype. Rows with NaN or
     +inf, and rows of all ``-inf``, give NaN."""
     return _core.log_softmax(_as_array(logits, "logits"), _axis(axis))
 
 
+@_checked_call(1)
 def softmax(logits: Any, *, axis: int = -1) -> np.ndarray:
     """``exp(logits - logsumexp(logits))`` along ``axis``, in the logits' dtype. Rows with NaN
     or +inf, and rows of all ``-inf``, give NaN."""
     return _core.softmax(_as_array(logits, "logits"), _axis(axis))
 
 
+@_checked_call(1)
 def logsumexp(logits: Any, *, axis: int = -1) -> np.ndarray:
     """``log(sum(exp(logits)))`` along ``axis``, computed without overflow; the logits' shape
     without ``axis``. A row of ``-inf`` gives ``-inf``, a row with ``+inf`` gives ``+inf``, a
