@@ -633,7 +633,7 @@ row_op!(log_softmax);
 row_op!(softmax);
 row_op!(logsumexp);
 
-/// The SIMD tier in use: "avx512", "avx2" or "scalar".
+/// The SIMD tier in use: "avx512", "avx2", "neon" or "scalar".
 #[pyfunction]
 fn simd_tier() -> &'static str {
     crate::simd_tier().name()

@@ -50,7 +50,7 @@ const SPLIT_BLOCK: usize = 1 << 16;
 /// blocks of `SUM_BLOCK`, and a compensated sum adds the blocks. While a block is summed (from
 /// cache: the max pass just read it), the same stretch of `next`, the row to come, is
 /// prefetched, so that memory works while the exps are computed.
-fn sum_exp<F: Float>(k: &RowKernels<F>, z: &[F], shift: F, skip: usize, next: Option<&[F]>) -> F {
+fn sum_exp<F: Float>(k: &RowKernels<F>, z: &[F], shift: F, skip: usize, next: Option<&[F]>) -> f64 {
     let block_sum = |i: usize, block: &[F]| {
         let start = i * SUM_BLOCK;
         if (start..start + block.len()).contains(&skip) {
@@ -62,7 +62,7 @@ fn sum_exp<F: Float>(k: &RowKernels<F>, z: &[F], shift: F, skip: usize, next: Op
     };
     let mut total = CompensatedSum::default();
     if z.len() >= SPLIT_MIN {
-        let sums: Vec<F> = z
+        let sums: Vec<f64> = z
             .par_chunks(SUM_BLOCK)
             .enumerate()
             .with_min_len(SPLIT_BLOCK / SUM_BLOCK)
@@ -134,8 +134,9 @@ pub fn exp_scaled<F: Float>(k: &RowKernels<F>, z: &[F], shift: F, scale: F, out:
 pub struct RowStats<F> {
     pub max: F,
     pub argmax: usize,
-    /// `Σ_{j≠argmax} exp(z_j - max)`; only meaningful when `max` is finite.
-    pub rest: F,
+    /// `Σ_{j≠argmax} exp(z_j - max)`; only meaningful when `max` is finite. In f64, as summed:
+    /// `log1p` and the probabilities take it without a rounding to `F` first.
+    pub rest: f64,
     /// `log1p(rest)`, so that `lse = max + log_rest`.
     pub log_rest: F,
 }
@@ -148,11 +149,11 @@ impl<F: Float> RowStats<F> {
     /// [`RowStats::of`], prefetching `next` (the row that comes after) on the way.
     pub fn of_before(k: &RowKernels<F>, z: &[F], next: Option<&[F]>) -> Self {
         if z.is_empty() {
-            return RowStats { max: F::neg_infinity(), argmax: 0, rest: F::nan(), log_rest: F::nan() };
+            return RowStats { max: F::neg_infinity(), argmax: 0, rest: f64::NAN, log_rest: F::nan() };
         }
         let (max, argmax) = max_argmax(k, z);
-        let rest = if max.is_finite() { sum_exp(k, z, max, argmax, next) } else { F::nan() };
-        RowStats { max, argmax, rest, log_rest: rest.ln_1p() }
+        let rest = if max.is_finite() { sum_exp(k, z, max, argmax, next) } else { f64::NAN };
+        RowStats { max, argmax, rest, log_rest: F::from_f64(rest.ln_1p()) }
     }
 
     /// The same statistics, with the off-maximum mass summed again in f64 when it is so small
@@ -161,7 +162,7 @@ impl<F: Float> RowStats<F> {
     /// the gradient at the label, within an ulp.
     pub fn refined(mut self, z: &[F]) -> Self {
         let narrow = F::epsilon() > F::from_f64(f64::EPSILON);
-        let tiny = F::min_positive_value() * F::from_f64(2f64.powi(30));
+        let tiny = <F as Float>::to_f64(F::min_positive_value()) * 2f64.powi(30);
         if narrow && self.is_regular() && self.rest < tiny {
             let m = <F as Float>::to_f64(self.max);
             let rest: f64 = z
@@ -170,7 +171,7 @@ impl<F: Float> RowStats<F> {
                 .filter(|&(j, _)| j != self.argmax)
                 .map(|(_, &x)| (<F as Float>::to_f64(x) - m).exp())
                 .sum();
-            self.rest = F::from_f64(rest);
+            self.rest = rest;
             self.log_rest = F::from_f64(rest.ln_1p());
         }
         self
@@ -180,7 +181,7 @@ impl<F: Float> RowStats<F> {
     /// `exp(z_j - max)` into `factor * softmax_j`. One rounding here instead of three keeps
     /// softmax and gradients within a few ulp.
     pub fn probability_scale(&self, factor: F) -> F {
-        F::from_f64(<F as Float>::to_f64(factor) / (1.0 + <F as Float>::to_f64(self.rest)))
+        F::from_f64(<F as Float>::to_f64(factor) / (1.0 + self.rest))
     }
 
     /// A row with a finite maximum: no NaN, no +inf, not all -inf.
@@ -202,9 +203,13 @@ pub fn log_softmax<F: Float>(_k: &RowKernels<F>, z: &[F], s: &RowStats<F>, out: 
     if !s.is_regular() {
         return out.fill(F::nan());
     }
-    let l = s.log_rest;
+    // In f64, rounded once: `x - max` exactly (with its rounding error added back) less the
+    // row's log-sum, which is not rounded to F first. f32 results are then within half an ulp
+    // plus the error of the row's sum.
+    let l = s.rest.ln_1p();
     for (o, &x) in out.iter_mut().zip(z) {
-        *o = (x - s.max) - l;
+        let (d, err) = crate::kernels::scalar::two_diff(x, s.max);
+        *o = F::from_f64((<F as Float>::to_f64(d) - l) + <F as Float>::to_f64(err));
     }
 }
 
@@ -287,7 +292,7 @@ pub fn sparse<F: Float>(
         loss = loss + b * (weighted_gap(t, z, s.max) + t.weight_sum * l);
     }
     if let Some(Grad { out, scale }) = grad {
-        let inv = (F::one() + s.rest).recip();
+        let inv = F::from_f64(1.0 / (1.0 + s.rest));
         let total = a + b * t.weight_sum;
         exp_scaled(k, z, s.max, s.probability_scale(scale * total), out);
         if b != F::zero() {
@@ -297,7 +302,7 @@ pub fn sparse<F: Float>(
         }
         // The label's entry, without the cancellation of `p_y - 1`: minus the other classes' mass.
         let e_y = if label == s.argmax { F::one() } else { (z[label] - s.max).exp() };
-        let off = if label == s.argmax { s.rest } else { F::one() + (s.rest - e_y) };
+        let off = F::from_f64(if label == s.argmax { s.rest } else { 1.0 + (s.rest - <F as Float>::to_f64(e_y)) });
         let p_y = e_y * inv;
         out[label] = scale * (b * (t.weight_sum * p_y - t.weight(label)) - a * off * inv);
     }
@@ -352,7 +357,7 @@ pub fn dense<F: Float>(
     let total = others + targets[s.argmax];
     let loss = gap + total * s.log_rest;
     if let Some(Grad { out, scale }) = grad {
-        let inv = (F::one() + s.rest).recip();
+        let inv = F::from_f64(1.0 / (1.0 + s.rest));
         exp_scaled(k, z, s.max, s.probability_scale(scale * total), out);
         for (o, &tj) in out.iter_mut().zip(targets) {
             *o = *o - scale * tj;
@@ -360,7 +365,7 @@ pub fn dense<F: Float>(
         // At the maximum, `Σt p_k - t_k = (Σ_{j≠k} t_j - t_k rest) / (1 + rest)`: exact for
         // confident rows, where the direct form cancels.
         let tk = targets[s.argmax];
-        out[s.argmax] = scale * (others - tk * s.rest) * inv;
+        out[s.argmax] = scale * (others - tk * F::from_f64(s.rest)) * inv;
     }
     loss
 }

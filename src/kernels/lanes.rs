@@ -1,20 +1,20 @@
-//! The SIMD tiers, written as plain Rust over fixed-width lanes (`[f32; 16]`, `[f64; 16]`)
-//! and compiled once per tier under `#[target_feature]`, so that LLVM vectorises the same code
-//! for AVX-512 and for AVX2. Three parts:
+//! Code written as plain Rust over fixed-width lanes (`[f32; 16]`) and compiled once per tier
+//! under `#[target_feature]`, so that LLVM vectorises the same code for AVX-512 and for AVX2.
+//! (The row kernels of the SIMD tiers are hand-written: `super::x86`.) Two parts:
 //!
-//! - Row kernels (the tiers' [`RowKernels`] tables): a row at a time, sixteen elements a step.
 //! - Narrow rows, sixteen at a time: a row of ten classes gives a SIMD loop nothing to do (its
 //!   setup, tail and horizontal sums cost more than its arithmetic), so a tile of 16 rows is
 //!   transposed in L1 (`tile[j][r]` is element `j` of row `r`) and the max, the exps, the sums
 //!   and the `log1p` run across rows.
 //! - Widening float16 rows to f32 with F16C.
 //!
-//! Accuracy: `exp` is within 1 ulp (f32: a degree-7 Taylor polynomial after a two-constant
-//! Cody-Waite reduction, exact subnormal scaling, checked exhaustively; f64: degree 13), and the
-//! tiles' `log1p` is computed in f64 (within 1 ulp of every f32, checked exhaustively).
+//! Accuracy: the tiles' `exp` is within 1 ulp (a degree-7 Taylor polynomial after a
+//! two-constant Cody-Waite reduction, exact subnormal scaling, checked exhaustively), and their
+//! `log1p` is computed in f64 (within 1 ulp of every f32, checked exhaustively).
 
-use super::RowKernels;
-use crate::dispatch::{tier, Tier};
+use crate::dispatch::tier;
+#[cfg(target_arch = "x86_64")]
+use crate::dispatch::Tier;
 
 /// Rows per tile: one AVX-512 vector of f32.
 pub const LANES: usize = 16;
@@ -26,7 +26,7 @@ pub const MAX_CLASSES: usize = 32;
 pub struct TileStats {
     pub max: [f32; LANES],
     pub argmax: [u32; LANES],
-    pub rest: [f32; LANES],
+    pub rest: [f64; LANES],
     pub log_rest: [f32; LANES],
 }
 
@@ -62,8 +62,7 @@ fn exp_lane(x: f32) -> f32 {
 /// `atanh` on the mantissa, plus the rounding error of `1 + x`. Branch-free, so it
 /// vectorises.
 #[inline(always)]
-fn log1p_lane(x: f32) -> f32 {
-    let x = x as f64;
+fn log1p_lane(x: f64) -> f32 {
     let u = 1.0 + x;
     let correction = (x - (u - 1.0)) / u;
     let bits = u.to_bits();
@@ -113,7 +112,9 @@ fn stats_of_tile(tile: &Tile, classes: usize, out: &mut TileStats) {
             argmax[r] = if col[r] == max[r] { j as u32 } else { argmax[r] };
         }
     }
-    let mut rest = [0.0f32; LANES];
+    // Summed in f64: a sum of up to 31 terms in f32 adds up to ~2 ulp to the exps' 1 (the
+    // loss of a confident row is this sum), and the f64 sum feeds the f64 `log1p` as it is.
+    let mut rest = [0.0f64; LANES];
     for (j, col) in tile.iter().enumerate() {
         for r in 0..LANES {
             // `x - max` and its rounding error, as in the row kernels (TwoSum).
@@ -124,7 +125,7 @@ fn stats_of_tile(tile: &Tile, classes: usize, out: &mut TileStats) {
             let err = if err.is_finite() { err } else { 0.0 };
             let e = exp_lane(d);
             let term = e + e * err;
-            rest[r] += if argmax[r] == j as u32 { 0.0 } else { term };
+            rest[r] += if argmax[r] == j as u32 { 0.0 } else { term as f64 };
         }
     }
     for r in 0..LANES {
@@ -187,214 +188,6 @@ pub fn tile_stats(z: &[f32], classes: usize, out: &mut TileStats) {
     }
 }
 
-// ---- Whole rows, sixteen elements per step: the row kernels of the SIMD tiers. ----
-
-/// The element types of the lane-wise row kernels, with their vectorisable `exp`.
-pub trait LaneFloat: num_traits::Float + Default + Send + Sync + 'static {
-    /// `exp(x)` for `x <= 0` or `-inf`, within 1 ulp; NaN never reaches it.
-    fn exp_nonpositive(x: Self) -> Self;
-}
-
-impl LaneFloat for f32 {
-    #[inline(always)]
-    fn exp_nonpositive(x: f32) -> f32 {
-        exp_lane(x)
-    }
-}
-
-impl LaneFloat for f64 {
-    /// Two-constant Cody-Waite reduction and a degree-13 Taylor polynomial (truncation below
-    /// 5e-18, a twentieth of an ulp); subnormal results scaled exactly, 0 below -745.2.
-    #[inline(always)]
-    fn exp_nonpositive(x: f64) -> f64 {
-        const LOG2E: f64 = std::f64::consts::LOG2_E;
-        const LN2_HI: f64 = 6.931_471_803_691_238e-1; // 32 bits: n * LN2_HI is exact
-        const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
-        const MAGIC: f64 = 6_755_399_441_055_744.0; // 1.5 * 2^52
-        let xc = x.max(-746.0);
-        let shifted = xc * LOG2E + MAGIC;
-        let n = shifted - MAGIC;
-        let ni = shifted.to_bits() as i64 - MAGIC.to_bits() as i64;
-        let r = (xc - n * LN2_HI) - n * LN2_LO;
-        let mut p = 1.0 / 6_227_020_800.0; // 1/13!
-        for k in (1..13).rev() {
-            p = p * r + 1.0 / FACTORIALS[k];
-        }
-        p = p * r + 1.0;
-        let scale = f64::from_bits(((ni + 600 + 1023) as u64) << 52);
-        p * scale * f64::from_bits((1023 - 600) << 52)
-    }
-}
-
-/// `k!` for `k` in `0..13`.
-const FACTORIALS: [f64; 13] =
-    [1.0, 1.0, 2.0, 6.0, 24.0, 120.0, 720.0, 5040.0, 40320.0, 362_880.0, 3_628_800.0, 39_916_800.0, 479_001_600.0];
-
-/// `exp(x - shift)` with the rounding error of `x - shift` folded back in (TwoSum), for
-/// `x <= shift`: what every row kernel sums or writes.
-#[inline(always)]
-fn exp_shifted<F: LaneFloat>(x: F, shift: F) -> F {
-    let d = x - shift;
-    let bv = d - x;
-    let av = d - bv;
-    let err = (x - av) - (shift + bv);
-    let err = if err.is_finite() { err } else { F::zero() };
-    let e = F::exp_nonpositive(d);
-    e + e * err
-}
-
-#[inline(always)]
-fn max_argmax_row<F: LaneFloat>(z: &[F]) -> (F, usize) {
-    let mut max = [F::neg_infinity(); LANES];
-    let mut nan = [false; LANES];
-    let chunks = z.chunks_exact(LANES);
-    let tail = chunks.remainder();
-    for c in chunks {
-        for l in 0..LANES {
-            nan[l] |= c[l].is_nan();
-            max[l] = if c[l] > max[l] { c[l] } else { max[l] };
-        }
-    }
-    for (l, &x) in tail.iter().enumerate() {
-        nan[l] |= x.is_nan();
-        max[l] = if x > max[l] { x } else { max[l] };
-    }
-    if nan.iter().any(|&n| n) {
-        return (F::nan(), 0);
-    }
-    let m = max.iter().fold(F::neg_infinity(), |a, &b| if b > a { b } else { a });
-    // The first index of the maximum: a block-wise search, then a look inside the block.
-    let block = z.chunks(LANES).position(|c| c.iter().fold(false, |hit, &x| hit | (x == m))).unwrap_or(0);
-    let j = z[block * LANES..].iter().position(|&x| x == m).unwrap_or(0);
-    (m, block * LANES + j)
-}
-
-#[inline(always)]
-fn sum_exp_row<F: LaneFloat>(z: &[F], shift: F) -> F {
-    // Four accumulators of sixteen lanes: 64 partial sums, each of few terms.
-    let mut acc = [[F::zero(); LANES]; 4];
-    let chunks = z.chunks_exact(4 * LANES);
-    let tail = chunks.remainder();
-    for c in chunks {
-        for (a, part) in acc.iter_mut().zip(c.chunks_exact(LANES)) {
-            for l in 0..LANES {
-                a[l] = a[l] + exp_shifted(part[l], shift);
-            }
-        }
-    }
-    for (i, &x) in tail.iter().enumerate() {
-        acc[i / LANES][i % LANES] = acc[i / LANES][i % LANES] + exp_shifted(x, shift);
-    }
-    let mut lanes = [F::zero(); LANES];
-    for l in 0..LANES {
-        lanes[l] = (acc[0][l] + acc[1][l]) + (acc[2][l] + acc[3][l]);
-    }
-    let mut width = LANES / 2;
-    while width > 0 {
-        for l in 0..width {
-            lanes[l] = lanes[l] + lanes[l + width];
-        }
-        width /= 2;
-    }
-    lanes[0]
-}
-
-#[inline(always)]
-fn exp_scaled_row<F: LaneFloat>(z: &[F], shift: F, scale: F, out: &mut [F]) {
-    for (o, &x) in out.iter_mut().zip(z) {
-        *o = exp_shifted(x, shift) * scale;
-    }
-}
-
-#[inline(always)]
-fn target_sums_row<F: LaneFloat>(t: &[F], z: &[F], max: F) -> (F, F) {
-    // Both sides of the select are computed, so that it stays a select (a vector blend):
-    // `0 * inf` is NaN, hence the select rather than a plain product.
-    let term = |tj: F, x: F| {
-        let g = tj * (max - x);
-        if tj != F::zero() {
-            g
-        } else {
-            F::zero()
-        }
-    };
-    let (mut sum, mut gap) = ([F::zero(); LANES], [F::zero(); LANES]);
-    let n = t.len().min(z.len());
-    let (t, z) = (&t[..n], &z[..n]);
-    let body = n - n % LANES;
-    for (tc, zc) in t[..body].chunks_exact(LANES).zip(z[..body].chunks_exact(LANES)) {
-        for l in 0..LANES {
-            sum[l] = sum[l] + tc[l];
-            gap[l] = gap[l] + term(tc[l], zc[l]);
-        }
-    }
-    for (l, (&tj, &x)) in t[body..].iter().zip(&z[body..]).enumerate() {
-        sum[l] = sum[l] + tj;
-        gap[l] = gap[l] + term(tj, x);
-    }
-    (sum.iter().fold(F::zero(), |a, &b| a + b), gap.iter().fold(F::zero(), |a, &b| a + b))
-}
-
-macro_rules! row_tier {
-    ($table:ident, $t:ty, $tier:expr, $features:literal, $max:ident, $sum:ident, $exp:ident, $targets:ident) => {
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = $features)]
-        unsafe fn $targets(t: &[$t], z: &[$t], max: $t) -> ($t, $t) {
-            target_sums_row(t, z, max)
-        }
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = $features)]
-        unsafe fn $max(z: &[$t]) -> ($t, usize) {
-            max_argmax_row(z)
-        }
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = $features)]
-        unsafe fn $sum(z: &[$t], shift: $t) -> $t {
-            sum_exp_row(z, shift)
-        }
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = $features)]
-        unsafe fn $exp(z: &[$t], shift: $t, scale: $t, out: &mut [$t]) {
-            exp_scaled_row(z, shift, scale, out)
-        }
-        /// The row kernels compiled for this tier. Only reachable through
-        /// `dispatch::kernels_f32` / `kernels_f64`, which hand them out when the CPU has the
-        /// features.
-        #[cfg(target_arch = "x86_64")]
-        pub static $table: RowKernels<$t> = RowKernels {
-            tier: $tier,
-            // SAFETY (all four): the table is only used when the CPU has `$features`.
-            max_argmax: |z| unsafe { $max(z) },
-            sum_exp: |z, s| unsafe { $sum(z, s) },
-            exp_scaled: |z, s, c, o| unsafe { $exp(z, s, c, o) },
-            target_sums: |t, z, m| unsafe { $targets(t, z, m) },
-        };
-    };
-}
-
-row_tier!(
-    AVX512_F32,
-    f32,
-    Tier::Avx512,
-    "avx512f,avx512dq,avx512bw,avx512vl,avx2,fma",
-    max512,
-    sum512,
-    exp512,
-    targets512
-);
-row_tier!(AVX2_F32, f32, Tier::Avx2, "avx2,fma", max256, sum256, exp256, targets256);
-row_tier!(
-    AVX512_F64,
-    f64,
-    Tier::Avx512,
-    "avx512f,avx512dq,avx512bw,avx512vl,avx2,fma",
-    max512d,
-    sum512d,
-    exp512d,
-    targets512d
-);
-row_tier!(AVX2_F64, f64, Tier::Avx2, "avx2,fma", max256d, sum256d, exp256d, targets256d);
-
 /// float16 bits to f32, eight at a time with F16C where the CPU has it (`half`'s own slice
 /// conversion calls a function per eight elements, which costs a third of a pass).
 pub fn widen_f16(src: &[u16], dst: &mut [f32]) {
@@ -455,17 +248,17 @@ mod tests {
 
     #[test]
     fn log1p_lane_is_within_one_ulp() {
+        // f64 arguments (the tiles' sums), most of them between two f32 values.
         let mut worst = 0;
-        let mut x = 1e-30f32;
+        let mut x = 1e-30f64;
         while x < 1e30 {
-            let want = (x as f64).ln_1p() as f32;
-            worst = worst.max(ulp_diff(log1p_lane(x), want));
-            x *= 1.0007;
+            worst = worst.max(ulp_diff(log1p_lane(x), x.ln_1p() as f32));
+            x *= 1.000_700_3;
         }
         assert!(worst <= 1, "worst {worst} ulp");
         assert_eq!(log1p_lane(0.0), 0.0);
-        assert!(log1p_lane(f32::NAN).is_nan());
-        assert_eq!(log1p_lane(f32::INFINITY), f32::INFINITY);
+        assert!(log1p_lane(f64::NAN).is_nan());
+        assert_eq!(log1p_lane(f64::INFINITY), f32::INFINITY);
     }
 
     #[test]
@@ -500,105 +293,7 @@ mod tests {
                 assert_eq!((stats.max[r], stats.argmax[r] as usize), (m, k));
                 let rest: f64 =
                     row.iter().enumerate().filter(|&(j, _)| j != k).map(|(_, &x)| (x as f64 - m as f64).exp()).sum();
-                assert!((stats.rest[r] as f64 - rest).abs() <= 4e-7 * rest.max(f64::MIN_POSITIVE));
-            }
-        }
-    }
-
-    #[test]
-    fn row_kernels_match_the_scalar_tier() {
-        let scalar = &crate::kernels::scalar::F32;
-        let mut tables = vec![];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                tables.push(&AVX512_F32);
-            }
-            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-                tables.push(&AVX2_F32);
-            }
-        }
-        for k in tables {
-            for n in (1..140).chain([1000, 4099]) {
-                let mut z: Vec<f32> = (0..n).map(|i| ((i * 7919 % 1013) as f32 - 500.0) * 0.05).collect();
-                for special in [None, Some(f32::NEG_INFINITY), Some(f32::NAN)] {
-                    if let Some(v) = special {
-                        z[n / 2] = v;
-                    }
-                    let (m, j) = (k.max_argmax)(&z);
-                    let (ms, js) = (scalar.max_argmax)(&z);
-                    if ms.is_nan() {
-                        assert!(m.is_nan(), "{:?} n={n}", k.tier);
-                        continue;
-                    }
-                    assert_eq!((m, j), (ms, js), "{:?} n={n}", k.tier);
-                    if !m.is_finite() {
-                        continue; // the kernels' contract: a finite shift
-                    }
-                    let s = (k.sum_exp)(&z, m) as f64;
-                    let want: f64 = z.iter().map(|&x| (x as f64 - m as f64).exp()).sum();
-                    assert!((s - want).abs() <= 2e-7 * want, "{:?} n={n}: {s} vs {want}", k.tier);
-                    let t: Vec<f32> =
-                        z.iter().map(|&x| if x.is_finite() && x <= 0.0 { -x * 0.01 } else { 0.0 }).collect();
-                    let (ts, gap) = (k.target_sums)(&t, &z, m);
-                    let (want_ts, want_gap) = (scalar.target_sums)(&t, &z, m);
-                    assert!((ts - want_ts).abs() <= 1e-5 * want_ts.abs().max(1.0), "{:?} n={n}", k.tier);
-                    assert!((gap - want_gap).abs() <= 1e-5 * want_gap.abs().max(1.0), "{:?} n={n}", k.tier);
-                    let mut out = vec![0.0; n];
-                    (k.exp_scaled)(&z, m, 0.5, &mut out);
-                    for (&o, &x) in out.iter().zip(&z) {
-                        let want = ((x as f64 - m as f64).exp() * 0.5) as f32;
-                        assert!(ulp_diff(o, want) <= 1, "{:?}: exp_scaled({x}) = {o} vs {want}", k.tier);
-                    }
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn f64_exp_is_within_one_ulp_of_std() {
-        // std's exp is itself within an ulp: at most 1 apart means within 2 of the truth (the
-        // mpmath tests in tests/test_exactness.py bound the end results more tightly).
-        let mut worst = 0u64;
-        let mut x = -745.0f64;
-        while x <= 0.0 {
-            let (got, want) = (f64::exp_nonpositive(x), x.exp());
-            let d = (got.to_bits() as i64 - want.to_bits() as i64).unsigned_abs();
-            worst = worst.max(d);
-            x += 0.000_713_1;
-        }
-        assert!(worst <= 1, "worst {worst} ulp");
-        assert_eq!(f64::exp_nonpositive(f64::NEG_INFINITY), 0.0);
-        assert_eq!(f64::exp_nonpositive(-746.0), 0.0);
-        assert_eq!(f64::exp_nonpositive(-740.0), (-740.0f64).exp()); // subnormal, exactly rounded
-    }
-
-    #[test]
-    fn f64_row_kernels_match_the_scalar_tier() {
-        let scalar = &crate::kernels::scalar::F64;
-        let mut tables = vec![];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                tables.push(&AVX512_F64);
-            }
-            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-                tables.push(&AVX2_F64);
-            }
-        }
-        for k in tables {
-            for n in (1..100).chain([1000, 4099]) {
-                let z: Vec<f64> = (0..n).map(|i| ((i * 7919 % 1013) as f64 - 500.0) * 0.05).collect();
-                let (m, j) = (k.max_argmax)(&z);
-                assert_eq!((m, j), (scalar.max_argmax)(&z), "{:?} n={n}", k.tier);
-                let (s, want) = ((k.sum_exp)(&z, m), (scalar.sum_exp)(&z, m));
-                assert!((s - want).abs() <= 1e-15 * want, "{:?} n={n}: {s} vs {want}", k.tier);
-                let (mut out, mut want_out) = (vec![0.0; n], vec![0.0; n]);
-                (k.exp_scaled)(&z, m, 0.5, &mut out);
-                (scalar.exp_scaled)(&z, m, 0.5, &mut want_out);
-                for (o, w) in out.iter().zip(&want_out) {
-                    assert!((o - w).abs() <= 3e-16 * w.abs(), "{:?}: {o} vs {w}", k.tier);
-                }
+                assert!((stats.rest[r] - rest).abs() <= 4e-7 * rest.max(f64::MIN_POSITIVE));
             }
         }
     }
@@ -621,7 +316,7 @@ mod tests {
             .into_par_iter()
             .map(|b| {
                 let x = f32::from_bits(b);
-                ulp_diff(log1p_lane(x), (x as f64).ln_1p() as f32)
+                ulp_diff(log1p_lane(x as f64), (x as f64).ln_1p() as f32)
             })
             .max()
             .unwrap();

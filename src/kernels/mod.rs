@@ -4,14 +4,21 @@
 //! once on top of them. Every tier has the scalar tier as its reference twin.
 
 pub mod lanes;
+#[cfg(target_arch = "aarch64")]
+pub mod neon;
 pub mod scalar;
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+mod simd;
+#[cfg(target_arch = "x86_64")]
+pub mod x86;
 
 use crate::dispatch::Tier;
 
 /// The four primitives every tier implements. Contracts (all tiers):
 /// - `max_argmax(z)`: `(max, index of its first occurrence)`, or `(NaN, _)` if any element is
 ///   NaN. `z` is never empty.
-/// - `sum_exp(z, shift)`: `Σ exp(z_j - shift)`, with `exp(-inf) = 0`.
+/// - `sum_exp(z, shift)`: `Σ exp(z_j - shift)`, with `exp(-inf) = 0`, in f64 (not rounded to
+///   `F`: the callers add partial sums, and `log1p` of the total keeps its extra bits).
 /// - `exp_scaled(z, shift, scale, out)`: `out_j = exp(z_j - shift) * scale`; `out.len() == z.len()`.
 /// - `target_sums(t, z, max)`: `(Σ t_j, Σ_{t_j≠0} t_j (max - z_j))`, the two sums of a dense
 ///   target row (a zero target on a -inf logit counts 0); `t.len() == z.len()`.
@@ -21,7 +28,7 @@ use crate::dispatch::Tier;
 pub struct RowKernels<F> {
     pub tier: Tier,
     pub max_argmax: fn(&[F]) -> (F, usize),
-    pub sum_exp: fn(&[F], F) -> F,
+    pub sum_exp: fn(&[F], F) -> f64,
     pub exp_scaled: fn(&[F], F, F, &mut [F]),
     pub target_sums: TargetSums<F>,
 }

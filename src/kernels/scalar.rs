@@ -16,27 +16,31 @@ pub fn max_argmax<F: Float>(z: &[F]) -> (F, usize) {
     best
 }
 
-pub fn sum_exp<F: Float>(z: &[F], shift: F) -> F {
-    // Eight partial sums in f64: the portable tier has time to spare, and f32 rows get a sum
-    // as good as the SIMD tiers' 64 lanes. Each term carries the rounding error of
-    // `x - shift`, as in `exp_scaled`: it is what keeps confident rows (every `d` far below
-    // 0) exact.
-    let mut acc = [0.0f64; 8];
-    let term = |x: F| {
+pub fn sum_exp<F: Float>(z: &[F], shift: F) -> f64 {
+    // Eight partial sums in f64 with Kahan's compensation: the portable tier has time to
+    // spare, and a plain sum of L equal f64 terms is up to L/2 ulp off (rows whose other
+    // classes are all equal). Each term carries the rounding error of `x - shift`, as in
+    // `exp_scaled`: it is what keeps confident rows (every `d` far below 0) exact.
+    let mut acc = [(0.0f64, 0.0f64); 8];
+    let add = |(sum, carry): &mut (f64, f64), x: F| {
         let (d, err) = two_diff(x, shift);
         let e = d.exp();
-        (e + e * err).to_f64()
+        let y = (e + e * err).to_f64() - *carry;
+        let t = *sum + y;
+        *carry = (t - *sum) - y;
+        *sum = t;
     };
     let chunks = z.chunks_exact(8);
     for (a, &x) in acc.iter_mut().zip(chunks.remainder()) {
-        *a += term(x);
+        add(a, x);
     }
     for c in chunks {
         for (a, &x) in acc.iter_mut().zip(c) {
-            *a += term(x);
+            add(a, x);
         }
     }
-    F::from_f64(((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])))
+    let v = acc.map(|(sum, carry)| sum - carry);
+    ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]))
 }
 
 pub fn exp_scaled<F: Float>(z: &[F], shift: F, scale: F, out: &mut [F]) {

@@ -1,0 +1,577 @@
+//! Every tier this CPU has against the scalar tier and against `std`'s `exp`.
+
+use crate::kernels::scalar;
+
+use crate::kernels::RowKernels;
+
+pub(crate) type ExpFn<F> = unsafe fn(&[F], &mut [F]);
+
+/// A tier under test: its name, row kernels, vector `exp` (over a slice) and lanes.
+#[derive(Clone, Copy)]
+pub(crate) struct TestTier<F: 'static> {
+    pub name: &'static str,
+    pub k: &'static RowKernels<F>,
+    pub exp: ExpFn<F>,
+    pub lanes: usize,
+}
+
+/// The f32 tiers this CPU runs.
+fn tiers_f32() -> Vec<TestTier<f32>> {
+    #[cfg(target_arch = "x86_64")]
+    return crate::kernels::x86::test_tiers_f32();
+    #[cfg(target_arch = "aarch64")]
+    return crate::kernels::neon::test_tiers_f32();
+}
+
+fn tiers_f64() -> Vec<TestTier<f64>> {
+    #[cfg(target_arch = "x86_64")]
+    return crate::kernels::x86::test_tiers_f64();
+    #[cfg(target_arch = "aarch64")]
+    return crate::kernels::neon::test_tiers_f64();
+}
+
+/// xorshift64*: deterministic, no dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    /// Uniform in [0, 1).
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    fn range(&mut self, lo: f64, hi: f64) -> f64 {
+        lo + (hi - lo) * self.unit()
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// Distance in ulps (NaN equals NaN; 0 and -0 are 0 apart).
+fn ulps32(a: f32, b: f32) -> u64 {
+    if a.is_nan() || b.is_nan() {
+        return if a.is_nan() && b.is_nan() { 0 } else { u64::MAX };
+    }
+    let key = |x: f32| {
+        let b = x.to_bits() as i32 as i64;
+        if b < 0 {
+            i32::MIN as i64 - b
+        } else {
+            b
+        }
+    };
+    (key(a) - key(b)).unsigned_abs()
+}
+
+fn ulps64(a: f64, b: f64) -> u64 {
+    if a.is_nan() || b.is_nan() {
+        return if a.is_nan() && b.is_nan() { 0 } else { u64::MAX };
+    }
+    let key = |x: f64| {
+        let b = x.to_bits() as i64 as i128;
+        if b < 0 {
+            i64::MIN as i128 - b
+        } else {
+            b
+        }
+    };
+    (key(a) - key(b)).unsigned_abs() as u64
+}
+
+/// The error of `got` in ulps of the f32 nearest to `want` (subnormal ulps below 2^-126).
+fn ulp_error32(got: f32, want: f64) -> f64 {
+    if got.is_nan() || want.is_nan() {
+        return if got.is_nan() && want.is_nan() { 0.0 } else { f64::INFINITY };
+    }
+    if got as f64 == want {
+        return 0.0;
+    }
+    let w = (want as f32).abs();
+    let exponent = if w == 0.0 { -126 } else { (((w.to_bits() >> 23) & 0xff) as i32 - 127).max(-126) };
+    if exponent > 127 {
+        return if got.is_infinite() { 0.0 } else { f64::INFINITY };
+    }
+    (got as f64 - want).abs() / 2f64.powi(exponent - 23)
+}
+
+/// Rows of many kinds and lengths, with NaN, ±inf and repeated maxima mixed in.
+fn rows(seed: u64) -> Vec<Vec<f64>> {
+    let mut rng = Rng(seed);
+    let mut out = vec![];
+    let lengths: Vec<usize> = (0..100).chain([127, 128, 129, 1000, 1024, 4099, 32768 + 5]).collect();
+    for &n in &lengths {
+        for kind in 0..8 {
+            let mut z: Vec<f64> = (0..n)
+                .map(|_| match kind {
+                    0 => rng.range(-10.0, 10.0),
+                    1 => rng.range(-200.0, 50.0),
+                    // Far from 0: `x - max` rounds, and the kernels must fold the error back.
+                    2 => 1000.0 + rng.range(-30.0, 30.0),
+                    3 => -1.0e4 + rng.range(-100.0, 100.0),
+                    4 => (if rng.unit() < 0.5 { -1.0 } else { 1.0 }) * rng.range(-20.0, 20.0).exp2(),
+                    // Few values: the maximum repeats.
+                    5 => rng.range(0.0, 3.0).floor(),
+                    6 => rng.range(-1.0, 1.0),
+                    _ => rng.range(-1.0e30, 1.0e30),
+                })
+                .collect();
+            if n > 0 {
+                match kind {
+                    // -inf (masked logits) here and there.
+                    1 | 6 => (0..1 + n / 8).for_each(|_| z[rng.below(n)] = f64::NEG_INFINITY),
+                    // A NaN in the first, last or a random place.
+                    3 => z[[0, n - 1, rng.below(n)][rng.below(3)]] = f64::NAN,
+                    7 if n % 3 == 0 => z[rng.below(n)] = f64::INFINITY,
+                    _ => {}
+                }
+            }
+            out.push(z);
+        }
+        if n > 0 {
+            out.push(vec![f64::NEG_INFINITY; n]);
+            let mut z = vec![f64::NEG_INFINITY; n];
+            z[n - 1] = -3.0;
+            out.push(z);
+            let mut z = vec![f64::NAN; n];
+            z[0] = 1.0;
+            out.push(z);
+        }
+    }
+    out
+}
+
+/// Relative error bound of a sum of `n` terms (each within 2 ulp) in `4 * lanes` partial sums.
+fn sum_tolerance(n: usize, lanes: usize, eps: f64) -> f64 {
+    (2.0 + n.div_ceil(4 * lanes) as f64 + 8.0) * eps
+}
+
+#[test]
+fn f32_row_kernels_match_the_scalar_tier() {
+    let s = &scalar::F32;
+    for TestTier { name, k, lanes, .. } in tiers_f32() {
+        for row in rows(1) {
+            let z: Vec<f32> = row.iter().map(|&x| x as f32).collect();
+            let n = z.len();
+            let what = || format!("{} n={n} z[..4]={:?}", name, &z[..n.min(4)]);
+            if n == 0 {
+                assert_eq!((k.sum_exp)(&z, 0.0), 0.0);
+                (k.exp_scaled)(&z, 0.0, 1.0, &mut []);
+                assert_eq!((k.target_sums)(&z, &z, 0.0), (0.0, 0.0));
+                continue;
+            }
+            let (m, j) = (k.max_argmax)(&z);
+            let (ms, js) = (s.max_argmax)(&z);
+            assert_eq!((m.to_bits(), j), (ms.to_bits(), js), "max_argmax {}", what());
+            if !m.is_finite() {
+                continue; // NaN, +inf or all -inf: the kernels below are not called.
+            }
+            let want: f64 = z.iter().map(|&x| (x as f64 - m as f64).exp()).sum();
+            let got = (k.sum_exp)(&z, m);
+            let tol = sum_tolerance(n, lanes, f32::EPSILON as f64 / 2.0);
+            assert!((got - want).abs() <= tol * want, "sum_exp {got} vs {want}: {}", what());
+            for scale in [1.0f32, 0.37, 3.0e-5] {
+                let mut out = vec![f32::NAN; n];
+                let mut out_s = vec![f32::NAN; n];
+                (k.exp_scaled)(&z, m, scale, &mut out);
+                (s.exp_scaled)(&z, m, scale, &mut out_s);
+                for i in 0..n {
+                    let want = ((z[i] as f64 - m as f64).exp() * scale as f64) as f32;
+                    assert!(ulps32(out[i], want) <= 2, "exp_scaled[{i}] {} vs {want}: {}", out[i], what());
+                    assert!(ulps32(out[i], out_s[i]) <= 2, "exp_scaled[{i}] {} vs scalar {}", out[i], out_s[i]);
+                }
+            }
+            let mut rng = Rng(n as u64 + 7);
+            let t: Vec<f32> = z
+                .iter()
+                .map(|&x| if x == f32::NEG_INFINITY || rng.unit() < 0.3 { 0.0 } else { rng.range(-0.5, 1.0) as f32 })
+                .collect();
+            let (ts, gap) = (k.target_sums)(&t, &z, m);
+            let want_ts: f64 = t.iter().map(|&x| x as f64).sum();
+            let abs_ts: f64 = t.iter().map(|&x| x.abs() as f64).sum();
+            let terms = t.iter().zip(&z).filter(|(&t, _)| t != 0.0).map(|(&t, &x)| t as f64 * (m as f64 - x as f64));
+            let (want_gap, abs_gap) = terms.fold((0.0, 0.0), |(a, b), g| (a + g, b + g.abs()));
+            let tol = 4.0 * sum_tolerance(n, lanes, f32::EPSILON as f64);
+            assert!((ts as f64 - want_ts).abs() <= tol * abs_ts, "target sum {ts} vs {want_ts}: {}", what());
+            assert!((gap as f64 - want_gap).abs() <= tol * abs_gap, "gap {gap} vs {want_gap}: {}", what());
+        }
+    }
+}
+
+#[test]
+fn f64_row_kernels_match_the_scalar_tier() {
+    let s = &scalar::F64;
+    for TestTier { name, k, lanes, .. } in tiers_f64() {
+        for z in rows(2) {
+            let n = z.len();
+            let what = || format!("{} n={n} z[..4]={:?}", name, &z[..n.min(4)]);
+            if n == 0 {
+                assert_eq!((k.sum_exp)(&z, 0.0), 0.0);
+                assert_eq!((k.target_sums)(&z, &z, 0.0), (0.0, 0.0));
+                continue;
+            }
+            let (m, j) = (k.max_argmax)(&z);
+            let (ms, js) = (s.max_argmax)(&z);
+            assert_eq!((m.to_bits(), j), (ms.to_bits(), js), "max_argmax {}", what());
+            if !m.is_finite() {
+                continue;
+            }
+            let want = (s.sum_exp)(&z, m);
+            let got = (k.sum_exp)(&z, m);
+            let tol = sum_tolerance(n, lanes, f64::EPSILON / 2.0);
+            assert!((got - want).abs() <= tol * want, "sum_exp {got} vs {want}: {}", what());
+            for scale in [1.0, 0.37, 3.0e-5] {
+                let mut out = vec![f64::NAN; n];
+                let mut want = vec![f64::NAN; n];
+                (k.exp_scaled)(&z, m, scale, &mut out);
+                (s.exp_scaled)(&z, m, scale, &mut want);
+                for i in 0..n {
+                    assert!(ulps64(out[i], want[i]) <= 2, "exp_scaled[{i}] {} vs {}: {}", out[i], want[i], what());
+                }
+            }
+            let t: Vec<f64> = z
+                .iter()
+                .enumerate()
+                .map(|(i, &x)| if x == f64::NEG_INFINITY || i % 3 == 0 { 0.0 } else { 0.25 })
+                .collect();
+            let (ts, gap) = (k.target_sums)(&t, &z, m);
+            let (want_ts, want_gap) = (s.target_sums)(&t, &z, m);
+            let tol = 4.0 * sum_tolerance(n, lanes, f64::EPSILON);
+            assert!((ts - want_ts).abs() <= tol * want_ts.abs().max(1e-300), "target sum: {}", what());
+            assert!((gap - want_gap).abs() <= tol * want_gap.abs().max(1e-300), "gap {gap} vs {want_gap}: {}", what());
+        }
+    }
+}
+
+#[test]
+fn max_argmax_special_rows() {
+    let nan = f32::NAN;
+    let inf = f32::INFINITY;
+    let cases: Vec<(Vec<f32>, (f32, usize))> = vec![
+        (vec![1.0], (1.0, 0)),
+        (vec![f32::NEG_INFINITY; 37], (f32::NEG_INFINITY, 0)),
+        (vec![3.0, 5.0, 5.0, 1.0], (5.0, 1)),
+        (vec![-0.0, 0.0], (-0.0, 0)),
+        (vec![0.0, -0.0], (0.0, 0)),
+        ((0..100).map(|i| (i % 7) as f32).collect(), (6.0, 6)),
+        ((0..100).map(|i| if i == 99 { 2.0 } else { 1.0 }).collect(), (2.0, 99)),
+        ((0..100).map(|i| if i == 70 { inf } else { 1.0 }).collect(), (inf, 70)),
+        ((0..65).map(|i| if i == 64 { nan } else { 1.0 }).collect(), (nan, 64)),
+        ((0..65).map(|i| if i == 3 { nan } else { 1.0 }).collect(), (nan, 3)),
+        (
+            (0..65)
+                .map(|i| {
+                    if i == 40 {
+                        nan
+                    } else if i == 41 {
+                        inf
+                    } else {
+                        1.0
+                    }
+                })
+                .collect(),
+            (nan, 40),
+        ),
+    ];
+    for TestTier { name, k, .. } in tiers_f32() {
+        for (z, (m, j)) in &cases {
+            let got = (k.max_argmax)(z);
+            assert!(got.0.to_bits() == m.to_bits() || (got.0.is_nan() && m.is_nan()), "{} {z:?}: {got:?}", name);
+            assert_eq!(got.1, *j, "{} {z:?}", name);
+            let z64: Vec<f64> = z.iter().map(|&x| x as f64).collect();
+            for TestTier { k: k64, .. } in tiers_f64().into_iter().filter(|t| t.name == name) {
+                let got = (k64.max_argmax)(&z64);
+                assert!(got.0.to_bits() == (*m as f64).to_bits() || (got.0.is_nan() && m.is_nan()));
+                assert_eq!(got.1, *j, "{} {z:?}", name);
+            }
+        }
+        // Every position of a single NaN, and of a single maximum, for every length up to 70.
+        for n in 1..70 {
+            for p in 0..n {
+                let mut z = vec![0.5f32; n];
+                z[p] = 2.0;
+                assert_eq!((k.max_argmax)(&z), (2.0, p));
+                z[p] = nan;
+                let got = (k.max_argmax)(&z);
+                assert!(got.0.is_nan() && got.1 == p, "{} n={n} p={p}", name);
+            }
+        }
+    }
+}
+
+/// Per f32 tier, over `xs`: the worst ulp distance to `f64::exp` rounded to f32, the input
+/// where it occurs, and the worst error in ulps against `f64::exp` itself.
+fn worst_exp_f32(xs: &[f32]) -> Vec<(&'static str, u64, f32, f64)> {
+    let want: Vec<f64> = xs.iter().map(|&x| (x as f64).exp()).collect();
+    let mut got = vec![0.0f32; xs.len()];
+    tiers_f32()
+        .into_iter()
+        .map(|TestTier { name, exp, .. }| {
+            // SAFETY: `tiers_f32` lists only tiers whose features the CPU has.
+            unsafe { exp(xs, &mut got) };
+            let (mut worst, mut at, mut err) = (0, 0.0, 0.0f64);
+            for ((&g, &w), &x) in got.iter().zip(&want).zip(xs) {
+                let d = ulps32(g, w as f32);
+                if d > worst {
+                    (worst, at) = (d, x);
+                }
+                err = err.max(ulp_error32(g, w));
+            }
+            (name, worst, at, err)
+        })
+        .collect()
+}
+
+/// f32 bit patterns from `a` to `b` (same sign), every `step`th.
+fn f32_range(a: f32, b: f32, step: usize) -> Vec<f32> {
+    let (lo, hi) = (a.to_bits().min(b.to_bits()), a.to_bits().max(b.to_bits()));
+    (lo..=hi).step_by(step).map(f32::from_bits).collect()
+}
+
+#[test]
+fn f32_exp_within_one_ulp() {
+    let mut xs = f32_range(-0.0, -104.0, 97);
+    xs.extend(f32_range(0.0, 89.0, 97));
+    // Around the thresholds: 0, |r| = ln2/2, the subnormal boundary, underflow to 0, overflow.
+    for t in [0.0f32, 0.346_573_6, -0.346_573_6, -87.336_55, -103.972_08, 88.722_84, 1e-7, -1e-7] {
+        let b = t.abs().to_bits();
+        for d in 0..4000u32 {
+            let x = f32::from_bits(b.saturating_sub(2000) + d);
+            xs.push(x.copysign(t));
+            xs.push(-x.copysign(t));
+        }
+    }
+    for (tier, worst, at, err) in worst_exp_f32(&xs) {
+        println!("{tier:?}: f32 exp within {worst} ulp of the rounded reference (at {at:e}), error {err:.3} ulp");
+        assert!(worst <= 1 && err < 1.0, "{tier:?}: {worst} ulp at {at:e}, error {err} ulp");
+    }
+    let special = [
+        (f32::NEG_INFINITY, 0.0),
+        (f32::MIN, 0.0),
+        (-104.0, 0.0),
+        (-103.98, 0.0),
+        (-0.0, 1.0),
+        (0.0, 1.0),
+        (88.8, f32::INFINITY),
+        (89.0, f32::INFINITY),
+        (1e30, f32::INFINITY),
+        (f32::MAX, f32::INFINITY),
+        (f32::INFINITY, f32::INFINITY),
+        (-100.0, (-100.0f64).exp() as f32), // subnormal
+    ];
+    for TestTier { exp, .. } in tiers_f32() {
+        let xs: Vec<f32> = special.iter().map(|s| s.0).chain([f32::NAN]).collect();
+        let mut out = vec![0.0; xs.len()];
+        // SAFETY: `tiers_f32` lists only tiers whose features the CPU has.
+        unsafe { exp(&xs, &mut out) };
+        for (&(x, want), &got) in special.iter().zip(&out) {
+            assert_eq!(got.to_bits(), want.to_bits(), "exp({x}) = {got}, want {want}");
+        }
+        assert!(out[xs.len() - 1].is_nan());
+    }
+}
+
+#[test]
+fn f64_exp_within_one_ulp_of_std() {
+    let mut rng = Rng(3);
+    let mut xs: Vec<f64> = (0..400_000).map(|_| rng.range(-746.0, 710.0)).collect();
+    xs.extend((0..100_000).map(|_| rng.range(-1.0, 1.0)));
+    xs.extend((0..50_000).map(|_| -rng.range(-60.0, 3.0).exp()));
+    for t in [0.346_573_590_279_972_65f64, -708.396_418_532_264_1, -745.133_219_101_941_1, 709.782_712_893_384] {
+        let b = t.abs().to_bits();
+        xs.extend((0..4000u64).map(|d| f64::from_bits(b - 2000 + d).copysign(t)));
+    }
+    for TestTier { name, exp, .. } in tiers_f64() {
+        let mut got = vec![0.0; xs.len()];
+        // SAFETY: `tiers_f64` lists only tiers whose features the CPU has.
+        unsafe { exp(&xs, &mut got) };
+        let (worst, at) =
+            xs.iter().zip(&got).map(|(&x, &g)| (ulps64(g, x.exp()), x)).fold(
+                (0, 0.0),
+                |a, b| {
+                    if b.0 > a.0 {
+                        b
+                    } else {
+                        a
+                    }
+                },
+            );
+        println!("{}: f64 exp within {worst} ulp of std (worst at {at:e})", name);
+        assert!(worst <= 1, "{}: {worst} ulp at {at:e}", name);
+        let special = [
+            (f64::NEG_INFINITY, 0.0),
+            (f64::MIN, 0.0),
+            (-746.0, 0.0),
+            (-745.2, 0.0),
+            (0.0, 1.0),
+            (-0.0, 1.0),
+            (709.8, f64::INFINITY),
+            (710.0, f64::INFINITY),
+            (f64::INFINITY, f64::INFINITY),
+            (-740.0, (-740.0f64).exp()),
+        ];
+        let xs: Vec<f64> = special.iter().map(|s| s.0).chain([f64::NAN]).collect();
+        let mut out = vec![0.0; xs.len()];
+        // SAFETY: as above.
+        unsafe { exp(&xs, &mut out) };
+        for (&(x, want), &got) in special.iter().zip(&out) {
+            assert_eq!(got.to_bits(), want.to_bits(), "exp({x}) = {got}, want {want}");
+        }
+        assert!(out[xs.len() - 1].is_nan());
+    }
+}
+
+/// Every f32 in [-104, 89] against `f64::exp` rounded, on every tier:
+/// `cargo test --release --lib -- --ignored exhaustive`.
+#[test]
+#[ignore = "exhaustive: seconds in release mode, long in debug"]
+fn exhaustive_f32_simd_exp() {
+    use rayon::prelude::*;
+    let ranges = [((-0.0f32).to_bits(), (-104.0f32).to_bits()), (0.0f32.to_bits(), 89.0f32.to_bits())];
+    let tiers = tiers_f32();
+    let chunks: Vec<(u32, u32)> = ranges
+        .iter()
+        .flat_map(|&(a, b)| (a..=b).step_by(1 << 16).map(move |lo| (lo, lo.saturating_add((1 << 16) - 1).min(b))))
+        .collect();
+    let worst = chunks
+        .into_par_iter()
+        .map(|(lo, hi)| {
+            let xs: Vec<f32> = (lo..=hi).map(f32::from_bits).collect();
+            let want: Vec<f64> = xs.iter().map(|&x| (x as f64).exp()).collect();
+            let mut got = vec![0.0f32; xs.len()];
+            let worst = |got: &[f32]| {
+                got.iter()
+                    .zip(&want)
+                    .fold((0, 0.0f64), |(d, e), (&g, &w)| (d.max(ulps32(g, w as f32)), e.max(ulp_error32(g, w))))
+            };
+            tiers
+                .iter()
+                .flat_map(|&TestTier { k, exp, .. }| {
+                    // SAFETY: `tiers_f32` lists only tiers whose features the CPU has.
+                    unsafe { exp(&xs, &mut got) };
+                    let standalone = worst(&got);
+                    // The row kernels' form: exp(x - 0) by the split reduction.
+                    (k.exp_scaled)(&xs, 0.0, 1.0, &mut got);
+                    [standalone, worst(&got)]
+                })
+                .collect::<Vec<_>>()
+        })
+        .reduce(
+            || vec![(0, 0.0); 2 * tiers.len()],
+            |a, b| a.iter().zip(&b).map(|(x, y)| (x.0.max(y.0), x.1.max(y.1))).collect(),
+        );
+    for (t, w) in tiers.iter().zip(worst.chunks(2)) {
+        for (form, (d, e)) in ["exp", "exp_scaled(x, 0, 1)"].iter().zip(w) {
+            println!(
+                "exhaustive: {} f32 {form} over [-104, 89]: within {d} ulp of the rounded reference, error {e:.4} ulp",
+                t.name
+            );
+        }
+    }
+    assert!(worst.iter().all(|&(d, e)| d <= 1 && e < 1.1), "{worst:?}");
+}
+
+/// `exp(x - shift)` as the row kernels compute it (scale 1), over `x = shift + d` for `d`
+/// every 97th f32 in [-104, 0] and shifts of every size: the worst ulp distance to the f64
+/// reference (`x - shift` is exact in f64 here) rounded to f32, per tier.
+#[test]
+fn f32_shifted_exp_within_one_ulp() {
+    let mut rng = Rng(5);
+    let mut shifts = vec![0.0f32, -0.0, 0.3, -0.7, 1.0, 5.5, -17.25, 100.1, 1000.37, -9999.9, 65535.0, 65536.0, 3.0e7];
+    shifts.extend((0..6).map(|_| rng.range(-3.0, 3.0).exp2() as f32));
+    shifts.extend((0..6).map(|_| -rng.range(-10.0, 16.0).exp2() as f32));
+    for TestTier { name, k, .. } in tiers_f32() {
+        let (mut hist, mut worst) = ([0u64; 4], 0.0f64);
+        for &s in &shifts {
+            let step = if s.abs() < 2.0 { 97 * 17 } else { 9973 };
+            let mut z: Vec<f32> = f32_range(-0.0, -110.0, step).into_iter().map(|d| s + d).collect();
+            // Small |x| with the shift anywhere: where `x - N LN2_HI` may round.
+            z.extend((0..2000).map(|_| rng.range(-1.0, 1.0) as f32).filter(|&x| x <= s));
+            z.push(s);
+            let mut out = vec![0.0f32; z.len()];
+            (k.exp_scaled)(&z, s, 1.0, &mut out);
+            for (&x, &got) in z.iter().zip(&out) {
+                let want = (x as f64 - s as f64).exp();
+                let d = ulps32(got, want as f32);
+                hist[(d as usize).min(3)] += 1;
+                worst = worst.max(ulp_error32(got, want));
+                assert!(d <= 1, "{}: exp({x} - {s}) = {got}, want {want}", name);
+            }
+        }
+        println!("{}: shifted f32 exp: ulps to the rounded reference {hist:?}, error {worst:.3} ulp", name);
+        assert!(worst < 1.5, "{}: {worst} ulp", name);
+    }
+}
+
+/// The f64 twin of `f32_shifted_exp_within_one_ulp`, on a random sample, against `std`'s
+/// `exp(d) (1 + err)` (`d + err = x - shift` exactly, by TwoSum).
+#[test]
+fn f64_shifted_exp_within_one_ulp_of_std() {
+    let mut rng = Rng(6);
+    let mut shifts = vec![0.0f64, 0.3, -0.7, 1.0, 5.5, -17.25, 100.1, 1000.37, -9999.9, 524_287.0, 524_288.0, 3.0e12];
+    shifts.extend((0..6).map(|_| rng.range(-3.0, 3.0).exp2()));
+    shifts.extend((0..6).map(|_| -rng.range(-10.0, 19.0).exp2()));
+    for TestTier { name, k, .. } in tiers_f64() {
+        let mut hist = [0u64; 4];
+        for &s in &shifts {
+            let mut z: Vec<f64> = (0..40_000).map(|_| s + rng.range(-750.0, 0.0)).collect();
+            z.extend((0..20_000).map(|_| s - rng.range(-40.0, 3.0).exp2()));
+            z.extend((0..5_000).map(|_| rng.range(-1.0, 1.0)).filter(|&x| x <= s));
+            z.push(s);
+            let mut out = vec![0.0; z.len()];
+            (k.exp_scaled)(&z, s, 1.0, &mut out);
+            for (&x, &got) in z.iter().zip(&out) {
+                let (d, err) = scalar::two_diff(x, s);
+                let want = d.exp() + d.exp() * err;
+                let u = ulps64(got, want);
+                hist[(u as usize).min(3)] += 1;
+                assert!(u <= 1, "{}: exp({x} - {s}) = {got}, want {want}", name);
+            }
+        }
+        println!("{}: shifted f64 exp ulp histogram (vs std) {hist:?}", name);
+    }
+}
+
+/// `exp_scaled` outside its contract (`z_j > shift`), up to overflow: the same bounds, +inf
+/// where `exp(z_j - shift)` itself overflows (it is scaled after).
+#[test]
+fn exp_scaled_takes_positive_arguments() {
+    let mut rng = Rng(8);
+    for shift in [0.0f64, -50.0, 3.25, -1000.0, 1.0e6] {
+        let mut z: Vec<f64> = (0..3000).map(|_| shift + rng.range(-120.0, 100.0)).collect();
+        z.extend([
+            shift + 88.7,
+            shift + 88.8,
+            shift + 709.7,
+            shift + 709.8,
+            f64::INFINITY,
+            f64::NAN,
+            f64::NEG_INFINITY,
+        ]);
+        let z32: Vec<f32> = z.iter().map(|&x| x as f32).collect();
+        let s32 = shift as f32;
+        for TestTier { name, k, .. } in tiers_f32() {
+            let mut out = vec![0.0f32; z32.len()];
+            (k.exp_scaled)(&z32, s32, 0.5, &mut out);
+            for (&x, &got) in z32.iter().zip(&out) {
+                let e = (x as f64 - s32 as f64).exp();
+                let want = if e as f32 == f32::INFINITY { e } else { e * 0.5 };
+                assert!(ulps32(got, want as f32) <= 2, "{}: exp({x} - {s32}) / 2 = {got}, want {want}", name);
+            }
+        }
+        for TestTier { name, k, .. } in tiers_f64() {
+            let mut out = vec![0.0f64; z.len()];
+            (k.exp_scaled)(&z, shift, 0.5, &mut out);
+            for (&x, &got) in z.iter().zip(&out) {
+                let (d, err) = scalar::two_diff(x, shift);
+                let e = if d.exp().is_finite() { d.exp() + d.exp() * err } else { d.exp() };
+                let want = if e.is_infinite() { e } else { e * 0.5 };
+                assert!(ulps64(got, want) <= 2, "{}: exp({x} - {shift}) / 2 = {got}, want {want}", name);
+            }
+        }
+    }
+}

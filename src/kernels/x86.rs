@@ -1,0 +1,525 @@
+//! The x86-64 SIMD tiers, hand-written with `std::arch` intrinsics: AVX-512F (16 f32 / 8 f64
+//! lanes, `vscalefps/pd` for `2^n`, masked tails) and AVX2+FMA (8 f32 / 4 f64 lanes, `2^n`
+//! from exponent bits, `vmaskmov` tails). The kernels themselves are written once
+//! in `super::simd`; this file gives them their vectors and wraps them in
+//! `#[target_feature]` functions, reachable only through the tables below, which
+//! `dispatch::kernels_f32`/`kernels_f64` hand out when `dispatch::tier()` says the CPU has the
+//! features.
+
+use std::arch::x86_64::*;
+
+use super::simd::{self, ExpConsts, Vector};
+use super::RowKernels;
+use crate::dispatch::Tier;
+
+/// The mask of the first `n` (< 64) lanes.
+#[inline(always)]
+fn first_lanes(n: usize) -> u64 {
+    (1u64 << n) - 1
+}
+
+// ---- AVX-512F ----
+
+unsafe impl Vector for __m512 {
+    type E = f32;
+    const N: usize = 16;
+    const CHEAP_FULL: bool = true;
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> Self {
+        _mm512_set1_ps(x)
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        _mm512_loadu_ps(p)
+    }
+    #[inline(always)]
+    unsafe fn load_partial(p: *const f32, n: usize, fill: f32) -> Self {
+        // Masked-off lanes are not read (no fault past the end of the slice).
+        _mm512_mask_loadu_ps(_mm512_set1_ps(fill), first_lanes(n) as __mmask16, p)
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: Self) {
+        _mm512_storeu_ps(p, v)
+    }
+    #[inline(always)]
+    unsafe fn store_partial(p: *mut f32, n: usize, v: Self) {
+        _mm512_mask_storeu_ps(p, first_lanes(n) as __mmask16, v)
+    }
+    #[inline(always)]
+    unsafe fn add(a: Self, b: Self) -> Self {
+        _mm512_add_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn sub(a: Self, b: Self) -> Self {
+        _mm512_sub_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn mul(a: Self, b: Self) -> Self {
+        _mm512_mul_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self {
+        _mm512_fmadd_ps(a, b, c)
+    }
+    #[inline(always)]
+    unsafe fn fnmadd(a: Self, b: Self, c: Self) -> Self {
+        _mm512_fnmadd_ps(a, b, c)
+    }
+    // x86 max and min return their second operand where either is NaN.
+    #[inline(always)]
+    unsafe fn max_nan(lo: Self, x: Self) -> Self {
+        _mm512_max_ps(lo, x)
+    }
+    #[inline(always)]
+    unsafe fn min_nan(hi: Self, x: Self) -> Self {
+        _mm512_min_ps(hi, x)
+    }
+    #[inline(always)]
+    unsafe fn max_num(x: Self, m: Self) -> Self {
+        _mm512_max_ps(x, m)
+    }
+    #[inline(always)]
+    unsafe fn ldexp<const FULL: bool>(p: Self, n: Self, _t: Self) -> Self {
+        // Exact scaling with one rounding, into the subnormals or to inf if it must.
+        _mm512_scalef_ps(p, n)
+    }
+    #[inline(always)]
+    unsafe fn fmadd_or_keep(e: Self, err: Self) -> Self {
+        let t = _mm512_fmadd_ps(e, err, e);
+        _mm512_mask_mov_ps(t, _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(t, t), e)
+    }
+    #[inline(always)]
+    unsafe fn fmadd_nonzero(t: Self, d: Self, acc: Self) -> Self {
+        let nonzero = _mm512_cmp_ps_mask::<_CMP_NEQ_UQ>(t, _mm512_setzero_ps());
+        _mm512_mask3_fmadd_ps(t, d, acc, nonzero)
+    }
+    #[inline(always)]
+    unsafe fn unord_mask(a: Self, b: Self) -> u64 {
+        _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(a, b) as u64
+    }
+    #[inline(always)]
+    unsafe fn eq_mask(a: Self, b: Self) -> u64 {
+        _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(a, b) as u64
+    }
+    #[inline(always)]
+    unsafe fn gt_mask(a: Self, b: Self) -> u64 {
+        _mm512_cmp_ps_mask::<_CMP_GT_OQ>(a, b) as u64
+    }
+    #[inline(always)]
+    unsafe fn hsum(v: Self) -> f32 {
+        _mm512_reduce_add_ps(v)
+    }
+    #[inline(always)]
+    unsafe fn hmax(v: Self) -> f32 {
+        _mm512_reduce_max_ps(v)
+    }
+}
+
+unsafe impl Vector for __m512d {
+    type E = f64;
+    const N: usize = 8;
+    const CHEAP_FULL: bool = true;
+    #[inline(always)]
+    unsafe fn splat(x: f64) -> Self {
+        _mm512_set1_pd(x)
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f64) -> Self {
+        _mm512_loadu_pd(p)
+    }
+    #[inline(always)]
+    unsafe fn load_partial(p: *const f64, n: usize, fill: f64) -> Self {
+        _mm512_mask_loadu_pd(_mm512_set1_pd(fill), first_lanes(n) as __mmask8, p)
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f64, v: Self) {
+        _mm512_storeu_pd(p, v)
+    }
+    #[inline(always)]
+    unsafe fn store_partial(p: *mut f64, n: usize, v: Self) {
+        _mm512_mask_storeu_pd(p, first_lanes(n) as __mmask8, v)
+    }
+    #[inline(always)]
+    unsafe fn add(a: Self, b: Self) -> Self {
+        _mm512_add_pd(a, b)
+    }
+    #[inline(always)]
+    unsafe fn sub(a: Self, b: Self) -> Self {
+        _mm512_sub_pd(a, b)
+    }
+    #[inline(always)]
+    unsafe fn mul(a: Self, b: Self) -> Self {
+        _mm512_mul_pd(a, b)
+    }
+    #[inline(always)]
+    unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self {
+        _mm512_fmadd_pd(a, b, c)
+    }
+    #[inline(always)]
+    unsafe fn fnmadd(a: Self, b: Self, c: Self) -> Self {
+        _mm512_fnmadd_pd(a, b, c)
+    }
+    // x86 max and min return their second operand where either is NaN.
+    #[inline(always)]
+    unsafe fn max_nan(lo: Self, x: Self) -> Self {
+        _mm512_max_pd(lo, x)
+    }
+    #[inline(always)]
+    unsafe fn min_nan(hi: Self, x: Self) -> Self {
+        _mm512_min_pd(hi, x)
+    }
+    #[inline(always)]
+    unsafe fn max_num(x: Self, m: Self) -> Self {
+        _mm512_max_pd(x, m)
+    }
+    #[inline(always)]
+    unsafe fn ldexp<const FULL: bool>(p: Self, n: Self, _t: Self) -> Self {
+        _mm512_scalef_pd(p, n)
+    }
+    #[inline(always)]
+    unsafe fn fmadd_or_keep(e: Self, err: Self) -> Self {
+        let t = _mm512_fmadd_pd(e, err, e);
+        _mm512_mask_mov_pd(t, _mm512_cmp_pd_mask::<_CMP_UNORD_Q>(t, t), e)
+    }
+    #[inline(always)]
+    unsafe fn fmadd_nonzero(t: Self, d: Self, acc: Self) -> Self {
+        let nonzero = _mm512_cmp_pd_mask::<_CMP_NEQ_UQ>(t, _mm512_setzero_pd());
+        _mm512_mask3_fmadd_pd(t, d, acc, nonzero)
+    }
+    #[inline(always)]
+    unsafe fn unord_mask(a: Self, b: Self) -> u64 {
+        _mm512_cmp_pd_mask::<_CMP_UNORD_Q>(a, b) as u64
+    }
+    #[inline(always)]
+    unsafe fn eq_mask(a: Self, b: Self) -> u64 {
+        _mm512_cmp_pd_mask::<_CMP_EQ_OQ>(a, b) as u64
+    }
+    #[inline(always)]
+    unsafe fn gt_mask(a: Self, b: Self) -> u64 {
+        _mm512_cmp_pd_mask::<_CMP_GT_OQ>(a, b) as u64
+    }
+    #[inline(always)]
+    unsafe fn hsum(v: Self) -> f64 {
+        _mm512_reduce_add_pd(v)
+    }
+    #[inline(always)]
+    unsafe fn hmax(v: Self) -> f64 {
+        _mm512_reduce_max_pd(v)
+    }
+}
+
+// ---- AVX2 + FMA ----
+
+/// The lanes below `n` of an AVX2 vector of `32 / 8 * lanes`-bit elements: all ones in those
+/// lanes (as 32-bit integers, two per f64 lane).
+#[inline(always)]
+unsafe fn lanes_below(n: usize, lanes: i32) -> __m256i {
+    let lane =
+        if lanes == 8 { _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7) } else { _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3) };
+    _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), lane)
+}
+
+/// `2^k` from a `MAGIC`-shifted `t` whose low mantissa bits hold the biased exponent `k`.
+#[inline(always)]
+unsafe fn pow2_ps(t: __m256) -> __m256 {
+    _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_castps_si256(t)))
+}
+
+/// `2^k` from a `MAGIC`-shifted `t` whose low mantissa bits hold the biased exponent `k`.
+#[inline(always)]
+unsafe fn pow2_pd(t: __m256d) -> __m256d {
+    _mm256_castsi256_pd(_mm256_slli_epi64::<52>(_mm256_castpd_si256(t)))
+}
+
+unsafe impl Vector for __m256 {
+    type E = f32;
+    const N: usize = 8;
+    const CHEAP_FULL: bool = false;
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> Self {
+        _mm256_set1_ps(x)
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        _mm256_loadu_ps(p)
+    }
+    #[inline(always)]
+    unsafe fn load_partial(p: *const f32, n: usize, fill: f32) -> Self {
+        // Masked-off lanes are not read (no fault past the end of the slice).
+        let mask = lanes_below(n, 8);
+        _mm256_blendv_ps(_mm256_set1_ps(fill), _mm256_maskload_ps(p, mask), _mm256_castsi256_ps(mask))
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: Self) {
+        _mm256_storeu_ps(p, v)
+    }
+    #[inline(always)]
+    unsafe fn store_partial(p: *mut f32, n: usize, v: Self) {
+        _mm256_maskstore_ps(p, lanes_below(n, 8), v)
+    }
+    #[inline(always)]
+    unsafe fn add(a: Self, b: Self) -> Self {
+        _mm256_add_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn sub(a: Self, b: Self) -> Self {
+        _mm256_sub_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn mul(a: Self, b: Self) -> Self {
+        _mm256_mul_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self {
+        _mm256_fmadd_ps(a, b, c)
+    }
+    #[inline(always)]
+    unsafe fn fnmadd(a: Self, b: Self, c: Self) -> Self {
+        _mm256_fnmadd_ps(a, b, c)
+    }
+    // x86 max and min return their second operand where either is NaN.
+    #[inline(always)]
+    unsafe fn max_nan(lo: Self, x: Self) -> Self {
+        _mm256_max_ps(lo, x)
+    }
+    #[inline(always)]
+    unsafe fn min_nan(hi: Self, x: Self) -> Self {
+        _mm256_min_ps(hi, x)
+    }
+    #[inline(always)]
+    unsafe fn max_num(x: Self, m: Self) -> Self {
+        _mm256_max_ps(x, m)
+    }
+    #[inline(always)]
+    unsafe fn ldexp<const FULL: bool>(p: Self, n: Self, t: Self) -> Self {
+        if FULL {
+            // n in [-159, 129]: 2^n as 2^n1 · 2^n2, both normal; p · 2^n1 is exact and the
+            // second product rounds once (to a subnormal or inf if it must).
+            let bias = _mm256_set1_ps(f32::MAGIC_BIAS);
+            let t1 = _mm256_fmadd_ps(n, _mm256_set1_ps(0.5), bias);
+            let n2 = _mm256_sub_ps(n, _mm256_sub_ps(t1, bias));
+            let t2 = _mm256_add_ps(n2, bias);
+            _mm256_mul_ps(_mm256_mul_ps(p, pow2_ps(t1)), pow2_ps(t2))
+        } else {
+            // n in [-159, 0]: t's low bits hold n + 191, i.e. 2^(n + 64), a normal number.
+            _mm256_mul_ps(_mm256_mul_ps(p, pow2_ps(t)), _mm256_set1_ps(f32::UNSCALE))
+        }
+    }
+    #[inline(always)]
+    unsafe fn fmadd_or_keep(e: Self, err: Self) -> Self {
+        let t = _mm256_fmadd_ps(e, err, e);
+        _mm256_blendv_ps(t, e, _mm256_cmp_ps::<_CMP_UNORD_Q>(t, t))
+    }
+    #[inline(always)]
+    unsafe fn fmadd_nonzero(t: Self, d: Self, acc: Self) -> Self {
+        let nonzero = _mm256_cmp_ps::<_CMP_NEQ_UQ>(t, _mm256_setzero_ps());
+        _mm256_blendv_ps(acc, _mm256_fmadd_ps(t, d, acc), nonzero)
+    }
+    #[inline(always)]
+    unsafe fn unord_mask(a: Self, b: Self) -> u64 {
+        _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_UNORD_Q>(a, b)) as u32 as u64
+    }
+    #[inline(always)]
+    unsafe fn eq_mask(a: Self, b: Self) -> u64 {
+        _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(a, b)) as u32 as u64
+    }
+    #[inline(always)]
+    unsafe fn gt_mask(a: Self, b: Self) -> u64 {
+        _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(a, b)) as u32 as u64
+    }
+    #[inline(always)]
+    unsafe fn hsum(v: Self) -> f32 {
+        let x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+        _mm_cvtss_f32(_mm_add_ss(x, _mm_movehdup_ps(x)))
+    }
+    #[inline(always)]
+    unsafe fn hmax(v: Self) -> f32 {
+        let x = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let x = _mm_max_ps(x, _mm_movehl_ps(x, x));
+        _mm_cvtss_f32(_mm_max_ss(x, _mm_movehdup_ps(x)))
+    }
+}
+
+unsafe impl Vector for __m256d {
+    type E = f64;
+    const N: usize = 4;
+    const CHEAP_FULL: bool = false;
+    #[inline(always)]
+    unsafe fn splat(x: f64) -> Self {
+        _mm256_set1_pd(x)
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f64) -> Self {
+        _mm256_loadu_pd(p)
+    }
+    #[inline(always)]
+    unsafe fn load_partial(p: *const f64, n: usize, fill: f64) -> Self {
+        let mask = lanes_below(n, 4);
+        _mm256_blendv_pd(_mm256_set1_pd(fill), _mm256_maskload_pd(p, mask), _mm256_castsi256_pd(mask))
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f64, v: Self) {
+        _mm256_storeu_pd(p, v)
+    }
+    #[inline(always)]
+    unsafe fn store_partial(p: *mut f64, n: usize, v: Self) {
+        _mm256_maskstore_pd(p, lanes_below(n, 4), v)
+    }
+    #[inline(always)]
+    unsafe fn add(a: Self, b: Self) -> Self {
+        _mm256_add_pd(a, b)
+    }
+    #[inline(always)]
+    unsafe fn sub(a: Self, b: Self) -> Self {
+        _mm256_sub_pd(a, b)
+    }
+    #[inline(always)]
+    unsafe fn mul(a: Self, b: Self) -> Self {
+        _mm256_mul_pd(a, b)
+    }
+    #[inline(always)]
+    unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self {
+        _mm256_fmadd_pd(a, b, c)
+    }
+    #[inline(always)]
+    unsafe fn fnmadd(a: Self, b: Self, c: Self) -> Self {
+        _mm256_fnmadd_pd(a, b, c)
+    }
+    // x86 max and min return their second operand where either is NaN.
+    #[inline(always)]
+    unsafe fn max_nan(lo: Self, x: Self) -> Self {
+        _mm256_max_pd(lo, x)
+    }
+    #[inline(always)]
+    unsafe fn min_nan(hi: Self, x: Self) -> Self {
+        _mm256_min_pd(hi, x)
+    }
+    #[inline(always)]
+    unsafe fn max_num(x: Self, m: Self) -> Self {
+        _mm256_max_pd(x, m)
+    }
+    #[inline(always)]
+    unsafe fn ldexp<const FULL: bool>(p: Self, n: Self, t: Self) -> Self {
+        if FULL {
+            // n in [-1083, 1025]: 2^n as 2^n1 · 2^n2, both normal (see the f32 twin).
+            let bias = _mm256_set1_pd(f64::MAGIC_BIAS);
+            let t1 = _mm256_fmadd_pd(n, _mm256_set1_pd(0.5), bias);
+            let n2 = _mm256_sub_pd(n, _mm256_sub_pd(t1, bias));
+            let t2 = _mm256_add_pd(n2, bias);
+            _mm256_mul_pd(_mm256_mul_pd(p, pow2_pd(t1)), pow2_pd(t2))
+        } else {
+            // n in [-1083, 0]: t's low bits hold n + 1623, i.e. 2^(n + 600), a normal number.
+            _mm256_mul_pd(_mm256_mul_pd(p, pow2_pd(t)), _mm256_set1_pd(f64::UNSCALE))
+        }
+    }
+    #[inline(always)]
+    unsafe fn fmadd_or_keep(e: Self, err: Self) -> Self {
+        let t = _mm256_fmadd_pd(e, err, e);
+        _mm256_blendv_pd(t, e, _mm256_cmp_pd::<_CMP_UNORD_Q>(t, t))
+    }
+    #[inline(always)]
+    unsafe fn fmadd_nonzero(t: Self, d: Self, acc: Self) -> Self {
+        let nonzero = _mm256_cmp_pd::<_CMP_NEQ_UQ>(t, _mm256_setzero_pd());
+        _mm256_blendv_pd(acc, _mm256_fmadd_pd(t, d, acc), nonzero)
+    }
+    #[inline(always)]
+    unsafe fn unord_mask(a: Self, b: Self) -> u64 {
+        _mm256_movemask_pd(_mm256_cmp_pd::<_CMP_UNORD_Q>(a, b)) as u32 as u64
+    }
+    #[inline(always)]
+    unsafe fn eq_mask(a: Self, b: Self) -> u64 {
+        _mm256_movemask_pd(_mm256_cmp_pd::<_CMP_EQ_OQ>(a, b)) as u32 as u64
+    }
+    #[inline(always)]
+    unsafe fn gt_mask(a: Self, b: Self) -> u64 {
+        _mm256_movemask_pd(_mm256_cmp_pd::<_CMP_GT_OQ>(a, b)) as u32 as u64
+    }
+    #[inline(always)]
+    unsafe fn hsum(v: Self) -> f64 {
+        let x = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd::<1>(v));
+        _mm_cvtsd_f64(_mm_add_sd(x, _mm_unpackhi_pd(x, x)))
+    }
+    #[inline(always)]
+    unsafe fn hmax(v: Self) -> f64 {
+        let x = _mm_max_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd::<1>(v));
+        _mm_cvtsd_f64(_mm_max_sd(x, _mm_unpackhi_pd(x, x)))
+    }
+}
+
+// ---- The tables ----
+
+macro_rules! tier {
+    ($table:ident, $module:ident, $vector:ty, $t:ty, $tier:expr, $features:literal) => {
+        /// The `#[target_feature]` instances of the kernels. Safety (every function): the CPU
+        /// has the features.
+        mod $module {
+            use super::*;
+
+            #[target_feature(enable = $features)]
+            pub unsafe fn max_argmax(z: &[$t]) -> ($t, usize) {
+                simd::max_argmax::<$vector>(z)
+            }
+            #[target_feature(enable = $features)]
+            pub unsafe fn sum_exp(z: &[$t], shift: $t) -> f64 {
+                simd::sum_exp::<$vector>(z, shift)
+            }
+            #[target_feature(enable = $features)]
+            pub unsafe fn exp_scaled(z: &[$t], shift: $t, scale: $t, out: &mut [$t]) {
+                simd::exp_scaled::<$vector>(z, shift, scale, out)
+            }
+            #[target_feature(enable = $features)]
+            pub unsafe fn target_sums(t: &[$t], z: &[$t], max: $t) -> ($t, $t) {
+                simd::target_sums::<$vector>(t, z, max)
+            }
+            #[cfg(test)]
+            #[target_feature(enable = $features)]
+            pub unsafe fn exp(x: &[$t], out: &mut [$t]) {
+                simd::exp_slice::<$vector>(x, out)
+            }
+        }
+
+        /// The row kernels of this tier. Only to be used on a CPU with the tier's features:
+        /// `dispatch::kernels_f32`/`kernels_f64` hand it out only then.
+        pub static $table: RowKernels<$t> = RowKernels {
+            tier: $tier,
+            // SAFETY (all four): the table is only used when the CPU has the features.
+            max_argmax: |z| unsafe { $module::max_argmax(z) },
+            sum_exp: |z, s| unsafe { $module::sum_exp(z, s) },
+            exp_scaled: |z, s, c, o| unsafe { $module::exp_scaled(z, s, c, o) },
+            target_sums: |t, z, m| unsafe { $module::target_sums(t, z, m) },
+        };
+    };
+}
+
+tier!(AVX512_F32, avx512_f32, __m512, f32, Tier::Avx512, "avx512f,avx2,fma");
+tier!(AVX512_F64, avx512_f64, __m512d, f64, Tier::Avx512, "avx512f,avx2,fma");
+tier!(AVX2_F32, avx2_f32, __m256, f32, Tier::Avx2, "avx2,fma");
+tier!(AVX2_F64, avx2_f64, __m256d, f64, Tier::Avx2, "avx2,fma");
+
+/// The tiers this CPU runs, for the tests in `super::simd`.
+#[cfg(test)]
+pub(super) fn test_tiers_f32() -> Vec<simd::tests::TestTier<f32>> {
+    use simd::tests::TestTier;
+    let mut v = vec![];
+    if is_x86_feature_detected!("avx512f") {
+        v.push(TestTier { name: "avx512", k: &AVX512_F32, exp: avx512_f32::exp, lanes: 16 });
+    }
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        v.push(TestTier { name: "avx2", k: &AVX2_F32, exp: avx2_f32::exp, lanes: 8 });
+    }
+    v
+}
+
+#[cfg(test)]
+pub(super) fn test_tiers_f64() -> Vec<simd::tests::TestTier<f64>> {
+    use simd::tests::TestTier;
+    let mut v = vec![];
+    if is_x86_feature_detected!("avx512f") {
+        v.push(TestTier { name: "avx512", k: &AVX512_F64, exp: avx512_f64::exp, lanes: 8 });
+    }
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        v.push(TestTier { name: "avx2", k: &AVX2_F64, exp: avx2_f64::exp, lanes: 4 });
+    }
+    v
+}
