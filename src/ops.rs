@@ -268,12 +268,15 @@ impl<'a, T: Element> RowSink<'a, T> {
     }
 }
 
+/// How far ahead of the tile in hand the next tiles' rows are prefetched.
+const TILES_AHEAD: usize = 4;
+
 /// Runs `f(r, z, stats, scratch, out)` for every row `r` of `view` in parallel, with the
-/// row `z` in the compute type and its statistics, and collects what it returns in row order.
+/// row `z` in the compute type and its statistics, and puts what it returns in `results[r]`.
 /// With a `sink`, `out` is the row's output in the compute type (half types are rounded once,
 /// at the end of the row). Narrow rows are read sixteen at a time and their statistics
 /// computed across rows (`kernels::lanes`).
-fn for_rows<T, R, Fun>(view: &RowView<T>, sink: Option<&RowSink<T>>, f: Fun) -> Vec<R>
+fn for_rows<T, R, Fun>(view: &RowView<T>, sink: Option<&RowSink<T>>, results: &mut [R], f: Fun)
 where
     T: Element,
     R: Copy + Default + Send,
@@ -296,14 +299,21 @@ where
             None => f(r, z, stats, s, None),
         }
     };
-    let mut results = vec![R::default(); rows];
+    assert_eq!(results.len(), rows, "one result per row");
     results.par_chunks_mut(group).enumerate().with_min_len((min_rows_per_task(classes) / group).max(1)).for_each_init(
         || (Scratch::default(), DriverScratch::default()),
         |(s, d), (g, results)| {
             let first = g * group;
             if tiled && results.len() == LANES {
                 let tile = match view.contiguous_rows(first, LANES) {
-                    Some(rows) => rows,
+                    Some(rows) => {
+                        // The gathers of a tile stall on memory the prefetcher has not
+                        // brought yet: ask for a tile a few ahead.
+                        if let Some(ahead) = view.contiguous_rows(first + TILES_AHEAD * LANES, LANES) {
+                            rows::prefetch(ahead);
+                        }
+                        rows
+                    }
                     None => {
                         d.tile.clear();
                         for r in first..first + LANES {
@@ -326,7 +336,6 @@ where
             }
         },
     );
-    results
 }
 
 /// A zeroed array of the logits' shape whose rows (along `axis`) are contiguous: shape
@@ -385,6 +394,27 @@ fn loss_shape(batch_shape: &[usize], reduction: Reduction) -> Vec<usize> {
         Reduction::None => batch_shape.to_vec(),
         _ => Vec::new(),
     }
+}
+
+/// Runs `run` on a buffer of per-row losses (row order) and puts them into `out`, reduced as
+/// asked (`divisor` is the `Mean` denominator). Without a reduction, `run` writes into `out`
+/// itself where it is contiguous and of the compute type. `out` has the shape of
+/// [`loss_shape`].
+fn fill_losses<T: Element>(
+    out: &mut ArrayViewMutD<T>,
+    rows: usize,
+    reduction: Reduction,
+    divisor: f64,
+    run: impl FnOnce(&mut [T::Compute]),
+) {
+    if reduction == Reduction::None {
+        if let Some(direct) = out.as_slice_mut().and_then(T::as_compute_mut) {
+            return run(direct);
+        }
+    }
+    let mut losses = vec![T::Compute::zero(); rows];
+    run(&mut losses);
+    write_losses(losses, out, reduction, divisor);
 }
 
 /// Writes per-row losses (row order) into `out`, reduced as asked; `divisor` is the `Mean`
@@ -457,28 +487,55 @@ fn unravel(mut r: usize, shape: &[usize]) -> Vec<usize> {
 /// Marks a row whose label is `ignore_index`.
 const IGNORED: usize = usize::MAX;
 
-/// Sparse labels as class indices in row order (`IGNORED` for ignored rows); the first label
-/// out of range is an error naming its position.
-fn class_indices<L: Label>(labels: &ArrayViewD<L>, classes: usize, ignore: Option<i64>) -> Result<Vec<usize>> {
-    let ignore = ignore.map(i128::from);
-    let index = |l: L| {
-        let v = l.to_i128();
-        if Some(v) == ignore {
-            Some(IGNORED)
-        } else if (0..classes as i128).contains(&v) {
-            Some(v as usize)
-        } else {
-            None
+/// Sparse labels as class indices in row order (`IGNORED` for ignored rows), checked once:
+/// read where they lie when they are contiguous, else gathered into a vector.
+enum ClassIndices<'a, L> {
+    Flat { labels: &'a [L], ignore: Option<i128> },
+    Gathered(Vec<usize>),
+}
+
+impl<L: Label> ClassIndices<'_, L> {
+    #[inline]
+    fn get(&self, r: usize) -> usize {
+        match self {
+            ClassIndices::Flat { labels, ignore } => {
+                let v = labels[r].to_i128();
+                if Some(v) == *ignore {
+                    IGNORED
+                } else {
+                    v as usize
+                }
+            }
+            ClassIndices::Gathered(v) => v[r],
         }
+    }
+}
+
+/// The labels' class indices; the first label (in row order) neither in `[0, classes)` nor
+/// `ignore` is an error.
+fn class_indices<'a, L: Label>(
+    labels: &ArrayViewD<'a, L>,
+    classes: usize,
+    ignore: Option<i64>,
+) -> Result<ClassIndices<'a, L>> {
+    let ignore = ignore.map(i128::from);
+    let valid = |l: L| {
+        let v = l.to_i128();
+        Some(v) == ignore || (0..classes as i128).contains(&v)
     };
-    let indices: Option<Vec<usize>> = match labels.as_slice() {
-        Some(flat) => flat.par_iter().with_min_len(1 << 14).map(|&l| index(l)).collect(),
-        None => labels.iter().map(|&l| index(l)).collect(),
+    let all_valid = match labels.as_slice() {
+        Some(flat) => flat.par_iter().with_min_len(1 << 14).all(|&l| valid(l)),
+        None => labels.iter().all(|&l| valid(l)),
     };
-    indices.ok_or_else(|| {
+    if !all_valid {
         // Found serially, so the error names the first bad label whatever the thread count.
-        let (r, &l) = labels.iter().enumerate().find(|&(_, &l)| index(l).is_none()).expect("a label is out of range");
-        Error::LabelOutOfRange { index: unravel(r, labels.shape()), value: l.to_i128(), classes }
+        let (r, &l) = labels.iter().enumerate().find(|&(_, &l)| !valid(l)).expect("a label is out of range");
+        return Err(Error::LabelOutOfRange { index: unravel(r, labels.shape()), value: l.to_i128(), classes });
+    }
+    let index = |l: L| if Some(l.to_i128()) == ignore { IGNORED } else { l.to_i128() as usize };
+    Ok(match labels.to_slice() {
+        Some(labels) => ClassIndices::Flat { labels, ignore },
+        None => ClassIndices::Gathered(labels.iter().map(|&l| index(l)).collect()),
     })
 }
 
@@ -557,27 +614,30 @@ fn sparse_run<T: Element, L: Label>(
     let mut fresh = None;
     let mut loss = loss_buffer(loss, &loss_shape(&batch_shape, options.reduction), &mut fresh)?;
     let indices = in_pool(|| class_indices(&labels, classes, options.ignore_index))?;
-    let divisor: f64 = match &weight {
-        Some(w) => indices.iter().filter(|&&y| y != IGNORED).map(|&y| w[y].to_f64()).sum(),
-        None => indices.iter().filter(|&&y| y != IGNORED).count() as f64,
+    let rows = labels.len();
+    let divisor: f64 = match (&weight, options.reduction) {
+        (_, Reduction::None) => 1.0, // (no divisor, and the gradient takes none)
+        (Some(w), _) => (0..rows).map(|r| indices.get(r)).filter(|&y| y != IGNORED).map(|y| w[y].to_f64()).sum(),
+        (None, _) => (0..rows).filter(|&r| indices.get(r) != IGNORED).count() as f64,
     };
     let scale = gradient_scale::<T::Compute>(options.reduction, divisor);
     let targets = Targets::new(weight.as_deref(), T::Compute::from_f64(options.label_smoothing), classes);
     let k = T::Compute::kernels();
     let (view, sink) = io.rows(&logits_shape, axis)?;
-    let losses = in_pool(|| {
-        for_rows(&view, sink.as_ref(), |r, z, stats, _, out| {
-            let label = indices[r];
-            if label == IGNORED {
-                if let Some(o) = out {
-                    o.fill(T::Compute::zero());
+    fill_losses(&mut loss, rows, options.reduction, divisor, |losses| {
+        in_pool(|| {
+            for_rows(&view, sink.as_ref(), losses, |r, z, stats, _, out| {
+                let label = indices.get(r);
+                if label == IGNORED {
+                    if let Some(o) = out {
+                        o.fill(T::Compute::zero());
+                    }
+                    return T::Compute::zero();
                 }
-                return T::Compute::zero();
-            }
-            rows::sparse(k, z, stats, label, &targets, out.map(|out| Grad { out, scale }))
+                rows::sparse(k, z, stats, label, &targets, out.map(|out| Grad { out, scale }))
+            })
         })
     });
-    write_losses(losses, &mut loss, options.reduction, divisor);
     Ok(fresh)
 }
 
@@ -612,13 +672,14 @@ fn dense_run<T: Element, Y: Element<Compute = T::Compute>>(
     let k = T::Compute::kernels();
     let (z_rows, sink) = io.rows(&shape, axis)?;
     let y_rows = RowView::new(&labels, axis);
-    let losses = in_pool(|| {
-        for_rows(&z_rows, sink.as_ref(), |r, z, stats, s, out| {
-            let y = y_rows.row(r, &mut s.labels);
-            rows::dense(k, z, stats, y, &targets, &mut s.targets, out.map(|out| Grad { out, scale }))
+    fill_losses(&mut loss, rows, options.reduction, divisor, |losses| {
+        in_pool(|| {
+            for_rows(&z_rows, sink.as_ref(), losses, |r, z, stats, s, out| {
+                let y = y_rows.row(r, &mut s.labels);
+                rows::dense(k, z, stats, y, &targets, &mut s.targets, out.map(|out| Grad { out, scale }))
+            })
         })
     });
-    write_losses(losses, &mut loss, options.reduction, divisor);
     Ok(fresh)
 }
 
@@ -768,7 +829,10 @@ fn map_rows<T: Element>(logits: ArrayViewD<T>, axis: isize, op: RowOp<T::Compute
     let mut out = row_major_like(&without(logits.shape(), axis), view.layout.classes, axis);
     let sink = RowSink::new(&mut out.view_mut(), axis);
     let k = T::Compute::kernels();
-    in_pool(|| for_rows(&view, Some(&sink), |_, z, stats, _, o| op(k, z, stats, o.expect("output rows requested"))));
+    let mut done = vec![(); view.layout.rows()];
+    in_pool(|| {
+        for_rows(&view, Some(&sink), &mut done, |_, z, stats, _, o| op(k, z, stats, o.expect("output rows requested")))
+    });
     Ok(out)
 }
 
@@ -787,7 +851,8 @@ pub fn softmax<T: Element>(logits: ArrayViewD<T>, axis: isize) -> Result<ArrayD<
 pub fn logsumexp<T: Element>(logits: ArrayViewD<T>, axis: isize) -> Result<ArrayD<T>> {
     let axis = class_axis(axis, logits.ndim())?;
     let view = RowView::new(&logits, axis);
-    let sums = in_pool(|| for_rows(&view, None, |_, _, stats, _, _| stats.logsumexp()));
+    let mut sums = vec![T::Compute::zero(); view.layout.rows()];
+    in_pool(|| for_rows(&view, None, &mut sums, |_, _, stats, _, _| stats.logsumexp()));
     let data = sums.into_iter().map(T::narrow).collect();
     Ok(ArrayD::from_shape_vec(IxDyn(&without(logits.shape(), axis)), data).expect("one value per row"))
 }

@@ -82,7 +82,7 @@ fn sum_exp<F: Float>(k: &RowKernels<F>, z: &[F], shift: F, skip: usize, next: Op
 
 /// Asks for `data` to be brought into L2, one cache line at a time.
 #[inline]
-fn prefetch<F>(data: &[F]) {
+pub fn prefetch<F>(data: &[F]) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
@@ -266,7 +266,8 @@ pub struct Grad<'g, F> {
 
 /// Loss of one row against class `label`, with weights and smoothing:
 /// targets `t_j = (1-ε) w_y δ_jy + (ε/C) w_j`, loss `Σ_j t_j (lse - z_j)`,
-/// gradient `scale (Σt · p - t)`.
+/// gradient `scale (Σt · p - t)`. Inlined: for narrow rows the call costs as much as the loss.
+#[inline]
 pub fn sparse<F: Float>(
     k: &RowKernels<F>,
     z: &[F],
@@ -291,22 +292,36 @@ pub fn sparse<F: Float>(
     if b != F::zero() {
         loss = loss + b * (weighted_gap(t, z, s.max) + t.weight_sum * l);
     }
-    if let Some(Grad { out, scale }) = grad {
-        let inv = F::from_f64(1.0 / (1.0 + s.rest));
-        let total = a + b * t.weight_sum;
-        exp_scaled(k, z, s.max, s.probability_scale(scale * total), out);
-        if b != F::zero() {
-            for (j, o) in out.iter_mut().enumerate() {
-                *o = *o - scale * b * t.weight(j);
-            }
-        }
-        // The label's entry, without the cancellation of `p_y - 1`: minus the other classes' mass.
-        let e_y = if label == s.argmax { F::one() } else { (z[label] - s.max).exp() };
-        let off = F::from_f64(if label == s.argmax { s.rest } else { 1.0 + (s.rest - <F as Float>::to_f64(e_y)) });
-        let p_y = e_y * inv;
-        out[label] = scale * (b * (t.weight_sum * p_y - t.weight(label)) - a * off * inv);
+    if let Some(g) = grad {
+        sparse_grad(k, z, s, label, t, (a, b), g);
     }
     loss
+}
+
+/// The gradient of [`sparse`], whose target is `a` at `label` plus `b w_j` everywhere.
+#[inline(never)]
+fn sparse_grad<F: Float>(
+    k: &RowKernels<F>,
+    z: &[F],
+    s: &RowStats<F>,
+    label: usize,
+    t: &Targets<F>,
+    (a, b): (F, F),
+    Grad { out, scale }: Grad<F>,
+) {
+    let inv = F::from_f64(1.0 / (1.0 + s.rest));
+    let total = a + b * t.weight_sum;
+    exp_scaled(k, z, s.max, s.probability_scale(scale * total), out);
+    if b != F::zero() {
+        for (j, o) in out.iter_mut().enumerate() {
+            *o = *o - scale * b * t.weight(j);
+        }
+    }
+    // The label's entry, without the cancellation of `p_y - 1`: minus the other classes' mass.
+    let e_y = if label == s.argmax { F::one() } else { (z[label] - s.max).exp() };
+    let off = F::from_f64(if label == s.argmax { s.rest } else { 1.0 + (s.rest - <F as Float>::to_f64(e_y)) });
+    let p_y = e_y * inv;
+    out[label] = scale * (b * (t.weight_sum * p_y - t.weight(label)) - a * off * inv);
 }
 
 /// `(Σ_{j≠skip} t_j, Σ_j t_j (max - z_j))` over a row, by kernel blocks combined with

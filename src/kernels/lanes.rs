@@ -1,19 +1,17 @@
-//! Code written as plain Rust over fixed-width lanes (`[f32; 16]`) and compiled once per tier
-//! under `#[target_feature]`, so that LLVM vectorises the same code for AVX-512 and for AVX2.
-//! (The row kernels of the SIMD tiers are hand-written: `super::x86`.) Two parts:
+//! Narrow rows, sixteen at a time: a row of ten classes gives a SIMD loop along the row nothing
+//! to do (its setup, tail and horizontal sums cost more than its arithmetic), so the max, the
+//! exps and the sums of a tile of 16 rows run across rows, one lane per row. The SIMD tiers
+//! do it on their vectors (`super::simd::tile_lanes`, columns gathered from the rows); the
+//! portable tier here on a tile transposed in L1 (`tile[j][r]` is element `j` of row `r`),
+//! plain Rust over fixed-width lanes. Both finish with the lane-wise `log1p` below. Also here:
+//! widening float16 rows to f32 with F16C.
 //!
-//! - Narrow rows, sixteen at a time: a row of ten classes gives a SIMD loop nothing to do (its
-//!   setup, tail and horizontal sums cost more than its arithmetic), so a tile of 16 rows is
-//!   transposed in L1 (`tile[j][r]` is element `j` of row `r`) and the max, the exps, the sums
-//!   and the `log1p` run across rows.
-//! - Widening float16 rows to f32 with F16C.
-//!
-//! Accuracy: the tiles' `exp` is within 1 ulp (a degree-7 Taylor polynomial after a
-//! two-constant Cody-Waite reduction, exact subnormal scaling, checked exhaustively), and their
+//! Accuracy: the portable tiles' `exp` is within 1 ulp (a degree-7 Taylor polynomial after a
+//! two-constant Cody-Waite reduction, exact subnormal scaling, checked exhaustively), and the
 //! `log1p` is computed in f64 (within 1 ulp of every f32, checked exhaustively).
 
 use crate::dispatch::tier;
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 use crate::dispatch::Tier;
 
 /// Rows per tile: one AVX-512 vector of f32.
@@ -136,40 +134,25 @@ fn stats_of_tile(tile: &Tile, classes: usize, out: &mut TileStats) {
     }
 }
 
+/// A tile's statistics from the SIMD tiers' lanes (`super::simd::tile_lanes`: max, argmax,
+/// Kahan sum and carry of the rest), with the `log1p` of each row's rest.
+#[inline(always)]
+pub(crate) fn finish_tile(lanes: &[[f32; LANES]; 4], out: &mut TileStats) {
+    #[allow(clippy::needless_range_loop)] // (lane r of four arrays: indexing reads best)
+    for r in 0..LANES {
+        let rest = lanes[2][r] as f64 - lanes[3][r] as f64;
+        out.max[r] = lanes[0][r];
+        out.argmax[r] = lanes[1][r] as u32;
+        out.rest[r] = rest;
+        out.log_rest[r] = log1p_lane(rest);
+    }
+}
+
 fn check(z: &[f32], classes: usize) {
     assert!((1..=MAX_CLASSES).contains(&classes) && z.len() == classes * LANES);
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512dq,avx512bw,avx512vl,avx2,fma")]
-unsafe fn tile_stats_avx512(z: &[f32], classes: usize, out: &mut TileStats) {
-    use std::arch::x86_64::*;
-    check(z, classes);
-    let mut tile = [[0.0f32; LANES]; MAX_CLASSES];
-    // One gather per column: lane r reads z[r * classes + j].
-    let index = _mm512_mullo_epi32(
-        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-        _mm512_set1_epi32(classes as i32),
-    );
-    for (j, col) in tile.iter_mut().enumerate().take(classes) {
-        // SAFETY: `check` bounds every index by z.len(); col holds 16 f32.
-        let v = _mm512_i32gather_ps::<4>(index, z.as_ptr().add(j));
-        _mm512_storeu_ps(col.as_mut_ptr(), v);
-    }
-    stats_of_tile(&tile, classes, out)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn tile_stats_avx2(z: &[f32], classes: usize, out: &mut TileStats) {
-    check(z, classes);
-    let mut tile = [[0.0f32; LANES]; MAX_CLASSES];
-    transpose_generic(z, classes, &mut tile);
-    stats_of_tile(&tile, classes, out)
-}
-
 fn tile_stats_portable(z: &[f32], classes: usize, out: &mut TileStats) {
-    check(z, classes);
     let mut tile = [[0.0f32; LANES]; MAX_CLASSES];
     transpose_generic(z, classes, &mut tile);
     stats_of_tile(&tile, classes, out)
@@ -178,12 +161,15 @@ fn tile_stats_portable(z: &[f32], classes: usize, out: &mut TileStats) {
 /// The statistics of 16 rows of `classes` (1 ..= MAX_CLASSES) elements each, stored one
 /// after another in `z`, with the code compiled for the tier in use.
 pub fn tile_stats(z: &[f32], classes: usize, out: &mut TileStats) {
+    check(z, classes);
     match tier() {
-        // SAFETY: `tier()` only reports tiers whose features the CPU has.
+        // SAFETY: `tier()` only reports tiers whose features the CPU has; `check` holds.
         #[cfg(target_arch = "x86_64")]
-        Tier::Avx512 => unsafe { tile_stats_avx512(z, classes, out) },
+        Tier::Avx512 => unsafe { super::x86::tile_stats_avx512(z, classes, out) },
         #[cfg(target_arch = "x86_64")]
-        Tier::Avx2 => unsafe { tile_stats_avx2(z, classes, out) },
+        Tier::Avx2 => unsafe { super::x86::tile_stats_avx2(z, classes, out) },
+        #[cfg(target_arch = "aarch64")]
+        Tier::Neon => unsafe { super::neon::tile_stats_neon(z, classes, out) },
         _ => tile_stats_portable(z, classes, out),
     }
 }
@@ -263,37 +249,48 @@ mod tests {
 
     #[test]
     fn tile_matches_rows() {
-        for classes in [1usize, 2, 3, 10, 17, 32] {
-            let z: Vec<f32> = (0..classes * LANES).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.37).collect();
-            let mut z = z;
+        type TileFn = unsafe fn(&[f32], usize, &mut TileStats);
+        #[allow(unused_mut)]
+        let mut impls: Vec<(&str, TileFn)> = vec![("portable", tile_stats_portable as TileFn)];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                impls.push(("avx512", super::super::x86::tile_stats_avx512));
+            }
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                impls.push(("avx2", super::super::x86::tile_stats_avx2));
+            }
+        }
+        #[cfg(target_arch = "aarch64")]
+        impls.push(("neon", super::super::neon::tile_stats_neon));
+        for classes in [1usize, 2, 3, 10, 17, 31, 32] {
+            let mut z: Vec<f32> = (0..classes * LANES).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.37).collect();
             z[3 * classes] = f32::NAN;
             z[5 * classes] = f32::NEG_INFINITY;
-            let mut stats = TileStats::default();
-            tile_stats_portable(&z, classes, &mut stats);
-            #[cfg(target_arch = "x86_64")]
-            for (feature, f) in [
-                ("avx512f", tile_stats_avx512 as unsafe fn(&[f32], usize, &mut TileStats)),
-                ("avx2", tile_stats_avx2 as unsafe fn(&[f32], usize, &mut TileStats)),
-            ] {
-                if std::arch::is_x86_feature_detected!("avx512f")
-                    || (feature == "avx2" && std::arch::is_x86_feature_detected!("avx2"))
-                {
-                    let mut tiered = TileStats::default();
-                    // SAFETY: the CPU has the features (checked just above).
-                    unsafe { f(&z, classes, &mut tiered) };
-                    assert_eq!(format!("{tiered:?}"), format!("{stats:?}"), "{feature} agrees with the portable tier");
+            // A tie for the maximum: the first occurrence counts, the other is in the rest.
+            z[7 * classes] = 100.0;
+            z[8 * classes - 1] = 100.0;
+            for (name, f) in &impls {
+                let mut stats = TileStats::default();
+                // SAFETY: the CPU has the features (checked above); z holds LANES rows.
+                unsafe { f(&z, classes, &mut stats) };
+                for (r, row) in z.chunks(classes).enumerate() {
+                    let (m, k) = crate::kernels::scalar::max_argmax(row);
+                    if m.is_nan() {
+                        assert!(stats.max[r].is_nan(), "{name}");
+                        continue;
+                    }
+                    assert_eq!((stats.max[r], stats.argmax[r] as usize), (m, k), "{name}, {classes} classes, row {r}");
+                    let rest: f64 = row
+                        .iter()
+                        .enumerate()
+                        .filter(|&(j, _)| j != k)
+                        .map(|(_, &x)| (x as f64 - m as f64).exp())
+                        .sum();
+                    let err = (stats.rest[r] - rest).abs();
+                    assert!(err <= 2e-7 * rest.max(f64::MIN_POSITIVE), "{name}, {classes} classes, row {r}: {err}");
+                    assert_eq!(stats.log_rest[r], log1p_lane(stats.rest[r]), "{name}");
                 }
-            }
-            for (r, row) in z.chunks(classes).enumerate() {
-                let (m, k) = crate::kernels::scalar::max_argmax(row);
-                if m.is_nan() {
-                    assert!(stats.max[r].is_nan());
-                    continue;
-                }
-                assert_eq!((stats.max[r], stats.argmax[r] as usize), (m, k));
-                let rest: f64 =
-                    row.iter().enumerate().filter(|&(j, _)| j != k).map(|(_, &x)| (x as f64 - m as f64).exp()).sum();
-                assert!((stats.rest[r] - rest).abs() <= 4e-7 * rest.max(f64::MIN_POSITIVE));
             }
         }
     }

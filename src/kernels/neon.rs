@@ -131,6 +131,10 @@ unsafe impl Vector for float32x4_t {
     unsafe fn hmax(v: Self) -> f32 {
         vmaxvq_f32(v)
     }
+    #[inline(always)]
+    unsafe fn select_eq(a: Self, b: Self, t: Self, f: Self) -> Self {
+        vbslq_f32(vceqq_f32(a, b), t, f)
+    }
 }
 
 unsafe impl Vector for float64x2_t {
@@ -240,6 +244,22 @@ unsafe impl Vector for float64x2_t {
     unsafe fn hmax(v: Self) -> f64 {
         vmaxvq_f64(v)
     }
+    #[inline(always)]
+    unsafe fn select_eq(a: Self, b: Self, t: Self, f: Self) -> Self {
+        vbslq_f64(vceqq_f64(a, b), t, f)
+    }
+}
+
+/// Narrow rows, sixteen at a time (see `super::lanes`), four per vector.
+///
+/// # Safety
+/// `z` holds `LANES` rows of `classes` (1 ..= 32) elements (NEON is part of every aarch64 CPU).
+pub(super) unsafe fn tile_stats_neon(z: &[f32], classes: usize, out: &mut super::lanes::TileStats) {
+    let mut lanes = [[0.0f32; super::lanes::LANES]; 4];
+    for quarter in 0..4 {
+        simd::tile_lanes::<float32x4_t>(z.as_ptr().add(4 * quarter * classes), classes, &mut lanes, 4 * quarter);
+    }
+    super::lanes::finish_tile(&lanes, out);
 }
 
 macro_rules! tier {

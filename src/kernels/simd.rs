@@ -29,6 +29,7 @@
 
 use num_traits::{Float as _, Zero as _};
 
+use super::lanes::MAX_CLASSES;
 use super::Float;
 
 /// Per-type constants of `exp`.
@@ -153,6 +154,17 @@ pub unsafe trait Vector: Copy {
     unsafe fn hsum(v: Self) -> Self::E;
     /// The largest lane (no lane is NaN).
     unsafe fn hmax(v: Self) -> Self::E;
+    /// `t` in the lanes where `a == b`, `f` elsewhere.
+    unsafe fn select_eq(a: Self, b: Self, t: Self, f: Self) -> Self;
+    /// Lane `i` read from `p + i · stride`.
+    #[inline(always)]
+    unsafe fn gather(p: *const Self::E, stride: usize) -> Self {
+        let mut lanes = [Self::E::zero(); 16];
+        for (i, x) in lanes.iter_mut().enumerate().take(Self::N) {
+            *x = *p.add(i * stride);
+        }
+        Self::load(lanes.as_ptr())
+    }
 }
 
 #[inline(always)]
@@ -479,6 +491,51 @@ pub unsafe fn target_sums<V: Vector>(t: &[V::E], z: &[V::E], max: V::E) -> (V::E
         g1 = V::fmadd_nonzero(t1, V::sub(m, z1), g1);
     }
     (V::hsum(V::add(s0, s1)), V::hsum(V::add(g0, g1)))
+}
+
+/// Per-lane statistics of `V::N` narrow rows (lane `r` is row `r`) of `classes` (1 ..=
+/// [`MAX_CLASSES`]) elements each, stored one after another from `z`: a row of ten classes
+/// gives a loop along the row nothing to do, so the loops run across rows instead, one column
+/// at a time. Writes, per lane, the maximum (NaN for a row with NaN), the index of its first
+/// occurrence (as a float), and the mass off the maximum, `Σ_{j≠argmax} exp(z_j - max)`, as a
+/// Kahan sum and its carry (`sum - carry`): into `out[0..4][lane0..lane0 + V::N]`.
+///
+/// # Safety
+/// `z` is valid for `V::N · classes` reads, `lane0 + V::N <= 16`; the CPU has the tier's
+/// features.
+#[inline(always)]
+pub unsafe fn tile_lanes<V: Vector>(z: *const V::E, classes: usize, out: &mut [[V::E; 16]; 4], lane0: usize) {
+    debug_assert!((1..=MAX_CLASSES).contains(&classes));
+    let mut cols = [std::mem::MaybeUninit::<V>::uninit(); MAX_CLASSES];
+    let mut max = splat::<V>(V::E::neg_infinity());
+    let mut nan = 0u64;
+    for (j, col) in cols.iter_mut().enumerate().take(classes) {
+        let c = V::gather(z.add(j), classes);
+        col.write(c);
+        max = V::max_num(c, max);
+        nan |= V::unord_mask(c, c);
+    }
+    let col = |j: usize| cols[j].assume_init();
+    // Backwards, so that the last match is the first occurrence.
+    let mut argmax = splat::<V>(V::E::zero());
+    for j in (0..classes).rev() {
+        argmax = V::select_eq(col(j), max, splat(V::E::from_f64(j as f64)), argmax);
+    }
+    let zero = splat::<V>(V::E::zero());
+    let mut rest = KahanSum { sum: zero, carry: zero };
+    for j in 0..classes {
+        let term = Compensated { shift: max }.exp::<false>(col(j));
+        rest.add(V::select_eq(splat(V::E::from_f64(j as f64)), argmax, zero, term));
+    }
+    debug_assert!(lane0 + V::N <= 16);
+    V::store(out[0].as_mut_ptr().add(lane0), max);
+    V::store(out[1].as_mut_ptr().add(lane0), argmax);
+    V::store(out[2].as_mut_ptr().add(lane0), rest.sum);
+    V::store(out[3].as_mut_ptr().add(lane0), rest.carry);
+    while nan != 0 {
+        out[0][lane0 + nan.trailing_zeros() as usize] = V::E::nan();
+        nan &= nan - 1;
+    }
 }
 
 /// `out_j = exp(x_j)` over a slice (the vector `exp` on its own, for the tests).

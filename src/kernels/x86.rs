@@ -8,6 +8,7 @@
 
 use std::arch::x86_64::*;
 
+use super::lanes::{finish_tile, TileStats, LANES};
 use super::simd::{self, ExpConsts, Vector};
 use super::RowKernels;
 use crate::dispatch::Tier;
@@ -113,6 +114,18 @@ unsafe impl Vector for __m512 {
     unsafe fn hmax(v: Self) -> f32 {
         _mm512_reduce_max_ps(v)
     }
+    #[inline(always)]
+    unsafe fn select_eq(a: Self, b: Self, t: Self, f: Self) -> Self {
+        _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_EQ_OQ>(a, b), f, t)
+    }
+    #[inline(always)]
+    unsafe fn gather(p: *const f32, stride: usize) -> Self {
+        let index = _mm512_mullo_epi32(
+            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+            _mm512_set1_epi32(stride as i32),
+        );
+        _mm512_i32gather_ps::<4>(index, p)
+    }
 }
 
 unsafe impl Vector for __m512d {
@@ -205,6 +218,10 @@ unsafe impl Vector for __m512d {
     #[inline(always)]
     unsafe fn hmax(v: Self) -> f64 {
         _mm512_reduce_max_pd(v)
+    }
+    #[inline(always)]
+    unsafe fn select_eq(a: Self, b: Self, t: Self, f: Self) -> Self {
+        _mm512_mask_blend_pd(_mm512_cmp_pd_mask::<_CMP_EQ_OQ>(a, b), f, t)
     }
 }
 
@@ -339,6 +356,15 @@ unsafe impl Vector for __m256 {
         let x = _mm_max_ps(x, _mm_movehl_ps(x, x));
         _mm_cvtss_f32(_mm_max_ss(x, _mm_movehdup_ps(x)))
     }
+    #[inline(always)]
+    unsafe fn select_eq(a: Self, b: Self, t: Self, f: Self) -> Self {
+        _mm256_blendv_ps(f, t, _mm256_cmp_ps::<_CMP_EQ_OQ>(a, b))
+    }
+    #[inline(always)]
+    unsafe fn gather(p: *const f32, stride: usize) -> Self {
+        let index = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(stride as i32));
+        _mm256_i32gather_ps::<4>(p, index)
+    }
 }
 
 unsafe impl Vector for __m256d {
@@ -445,6 +471,31 @@ unsafe impl Vector for __m256d {
         let x = _mm_max_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd::<1>(v));
         _mm_cvtsd_f64(_mm_max_sd(x, _mm_unpackhi_pd(x, x)))
     }
+    #[inline(always)]
+    unsafe fn select_eq(a: Self, b: Self, t: Self, f: Self) -> Self {
+        _mm256_blendv_pd(f, t, _mm256_cmp_pd::<_CMP_EQ_OQ>(a, b))
+    }
+}
+
+// ---- Narrow rows, sixteen at a time (see `super::lanes`) ----
+
+/// # Safety
+/// The CPU has AVX-512F; `z` holds `LANES` rows of `classes` (1 ..= 32) elements.
+#[target_feature(enable = "avx512f,avx2,fma")]
+pub(super) unsafe fn tile_stats_avx512(z: &[f32], classes: usize, out: &mut TileStats) {
+    let mut lanes = [[0.0f32; LANES]; 4];
+    simd::tile_lanes::<__m512>(z.as_ptr(), classes, &mut lanes, 0);
+    finish_tile(&lanes, out);
+}
+
+/// # Safety
+/// The CPU has AVX2 and FMA; `z` holds `LANES` rows of `classes` (1 ..= 32) elements.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn tile_stats_avx2(z: &[f32], classes: usize, out: &mut TileStats) {
+    let mut lanes = [[0.0f32; LANES]; 4];
+    simd::tile_lanes::<__m256>(z.as_ptr(), classes, &mut lanes, 0);
+    simd::tile_lanes::<__m256>(z.as_ptr().add(8 * classes), classes, &mut lanes, 8);
+    finish_tile(&lanes, out);
 }
 
 // ---- The tables ----
