@@ -2,6 +2,7 @@
 //! (`Label`).
 
 use half::slice::HalfFloatSliceExt;
+use half::vec::HalfBitsVecExt;
 use half::{bf16, f16};
 
 use crate::kernels::Float;
@@ -32,12 +33,18 @@ pub trait Element: Copy + Send + Sync + 'static {
             *d = Self::narrow(x);
         }
     }
+    /// `len` zeros, from zeroed memory where the allocator has it (fresh pages are not
+    /// touched until written; a fill would fault in every page first).
+    fn zeros(len: usize) -> Vec<Self>;
 }
 
 macro_rules! native_element {
     ($t:ty) => {
         impl Element for $t {
             type Compute = $t;
+            fn zeros(len: usize) -> Vec<$t> {
+                vec![0.0; len]
+            }
             #[inline]
             fn widen(self) -> $t {
                 self
@@ -59,9 +66,13 @@ native_element!(f32);
 native_element!(f64);
 
 macro_rules! half_element {
-    ($t:ty, $widen_slice:expr) => {
+    ($t:ty, $widen_slice:expr, $narrow_slice:expr) => {
         impl Element for $t {
             type Compute = f32;
+            fn zeros(len: usize) -> Vec<$t> {
+                // `vec![<$t>::ZERO; n]` would fill; zeroed u16s are allocated zeroed.
+                vec![0u16; len].reinterpret_into()
+            }
             #[inline]
             fn widen(self) -> f32 {
                 self.to_f32()
@@ -75,19 +86,58 @@ macro_rules! half_element {
                 $widen_slice(src, &mut dst[..]);
             }
             fn narrow_slice(src: &[f32], dst: &mut [$t]) {
-                dst.convert_from_f32_slice(src);
+                $narrow_slice(src, dst);
             }
         }
     };
 }
-// Whole rows at a time: float16 with F16C when the CPU has it; bfloat16 is the top half of a
-// float32, a shift that vectorises as written here.
-half_element!(f16, |src: &[f16], dst: &mut [f32]| crate::kernels::lanes::widen_f16(src.reinterpret_cast(), dst));
-half_element!(bf16, |src: &[bf16], dst: &mut [f32]| {
-    for (d, s) in dst.iter_mut().zip(src) {
-        *d = f32::from_bits((s.to_bits() as u32) << 16);
+// Whole rows at a time: float16 with F16C when the CPU has it (ours to widen, `half`'s to
+// round); bfloat16 is the top half of a float32, bit operations that vectorise as written.
+half_element!(
+    f16,
+    |src: &[f16], dst: &mut [f32]| crate::kernels::lanes::widen_f16(src.reinterpret_cast(), dst),
+    |src: &[f32], dst: &mut [f16]| dst.convert_from_f32_slice(src)
+);
+half_element!(
+    bf16,
+    |src: &[bf16], dst: &mut [f32]| {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = f32::from_bits((s.to_bits() as u32) << 16);
+        }
+    },
+    narrow_bf16
+);
+
+/// f32 to bfloat16, rounded to nearest even (NaN stays NaN, quieted), as `bf16::from_f32`
+/// but without its branches, so that the loop vectorises (`half` converts one at a time).
+fn narrow_bf16(src: &[f32], dst: &mut [bf16]) {
+    for (d, &x) in dst.iter_mut().zip(src) {
+        let b = x.to_bits();
+        let rounded = b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16;
+        let nan = (b >> 16) | 0x40;
+        *d = bf16::from_bits(if x.is_nan() { nan } else { rounded } as u16);
     }
-});
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn narrow_bf16_rounds_as_half_does() {
+        // Every 997th f32 bit pattern (all exponents, signs, NaNs and mantissa tails), and the
+        // halfway cases around every bfloat16 of a few binades.
+        let mut xs: Vec<f32> = (0..=u32::MAX).step_by(997).map(f32::from_bits).collect();
+        xs.extend((0u32..1 << 20).map(|i| f32::from_bits(0x3f00_0000 + (i << 4) + 0x8000 - 8 + (i & 15))));
+        xs.extend([0.0, -0.0, f32::INFINITY, f32::NEG_INFINITY, f32::MAX, f32::MIN_POSITIVE, 1e-45]);
+        let mut got = vec![bf16::ZERO; xs.len()];
+        narrow_bf16(&xs, &mut got);
+        for (&x, g) in xs.iter().zip(got) {
+            let want = bf16::from_f32(x);
+            assert!(g.to_bits() == want.to_bits() || (x.is_nan() && g.is_nan()), "{x:e}: {g} vs {want}");
+        }
+    }
+}
 
 /// A sparse-label element type: any primitive integer, signed or unsigned, 8 to 64 bits.
 pub trait Label: Copy + Send + Sync + 'static {

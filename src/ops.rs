@@ -359,7 +359,7 @@ fn row_major_like<T: Element>(batch_shape: &[usize], classes: usize, axis: usize
 /// than the kernels themselves for a gradient of hundreds of MiB; on Linux, asking for huge
 /// pages before the first touch makes that 512 times fewer faults.
 fn zeroed_output<T: Element>(len: usize) -> Vec<T> {
-    let data = vec![T::narrow(T::Compute::zero()); len];
+    let data = T::zeros(len);
     #[cfg(target_os = "linux")]
     {
         const HUGE: usize = 2 << 20;
