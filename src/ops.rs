@@ -437,7 +437,10 @@ fn loss_buffer<'o, T: Element>(
 ) -> Result<ArrayViewMutD<'o, T>> {
     match given {
         Some(l) => check_out("out", l.shape(), shape).map(|_| l),
-        None => Ok(fresh.insert(ArrayD::from_elem(IxDyn(shape), T::narrow(T::Compute::zero()))).view_mut()),
+        None => {
+            let zeros = ArrayD::from_shape_vec(IxDyn(shape), T::zeros(shape.iter().product())).expect("one per index");
+            Ok(fresh.insert(zeros).view_mut())
+        }
     }
 }
 
