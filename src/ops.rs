@@ -382,7 +382,8 @@ fn zeroed_output<T: Element>(len: usize) -> Vec<T> {
 /// Pairwise sum in `f64`: accurate, and the same bits whatever the thread count.
 fn sum_f64(xs: &[f64]) -> f64 {
     if xs.len() <= 256 {
-        return xs.iter().sum();
+        // (From +0: an empty sum is 0, not the -0 of `Iterator::sum`.)
+        return xs.iter().fold(0.0, |a, &x| a + x);
     }
     let (a, b) = xs.split_at(xs.len() / 2);
     sum_f64(a) + sum_f64(b)
@@ -425,7 +426,7 @@ fn write_losses<T: Element>(losses: Vec<T::Compute>, out: &mut ArrayViewMutD<T>,
     match reduction {
         Reduction::None => out.iter_mut().zip(&losses).for_each(|(o, &l)| *o = T::narrow(l)),
         Reduction::Sum => out.fill(scalar(total())),
-        Reduction::Mean => out.fill(scalar(total() / divisor)),
+        Reduction::Mean => out.fill(scalar(mean(total(), divisor))),
     }
 }
 
@@ -447,8 +448,18 @@ fn loss_buffer<'o, T: Element>(
 /// The factor the reduction puts on every gradient: `1 / divisor` for `Mean`, else 1.
 fn gradient_scale<F: Float>(reduction: Reduction, divisor: f64) -> F {
     match reduction {
-        Reduction::Mean => F::from_f64(1.0 / divisor),
+        Reduction::Mean => F::from_f64(mean(1.0, divisor)),
         _ => F::one(),
+    }
+}
+
+/// `total / divisor`, NaN when nothing is counted (an empty batch, every row ignored or of
+/// weight 0), as PyTorch: not the inf of a smoothed loss over a zero divisor.
+fn mean(total: f64, divisor: f64) -> f64 {
+    if divisor == 0.0 {
+        f64::NAN
+    } else {
+        total / divisor
     }
 }
 

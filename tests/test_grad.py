@@ -156,6 +156,19 @@ def test_all_rows_ignored_mean_is_nan_with_zero_gradient():
     assert np.all(grad == 0)
 
 
+def test_mean_over_zero_weight_is_nan_even_with_smoothing():
+    # The labels' classes weigh 0, so the mean's divisor is 0; smoothing still puts loss on
+    # the other classes. PyTorch: NaN (0/0 on the label term), not inf.
+    z = np.random.default_rng(1).normal(size=(4, 3))
+    y = np.array([0, 0, 1, 1])
+    w = np.array([0.0, 0.0, 2.0])
+    loss, grad = fx.sparse_softmax_cross_entropy_with_logits_and_grad(
+        labels=y, logits=z, reduction="mean", weight=w, label_smoothing=0.3
+    )
+    assert np.isnan(loss)
+    assert np.all(np.isnan(grad))
+
+
 @pytest.mark.parametrize("dtype", [np.float16, ml_dtypes.bfloat16])
 def test_half_reductions_accumulate_in_float64(dtype):
     # 2**16 rows of the same loss (~0.44): a half-type running sum would stall near 1024

@@ -432,6 +432,7 @@ def test_empty_losses(kind, logits_shape, labels_shape, axis, loss_shape, dtype)
         r = fwd(labels=y, logits=z, axis=axis, reduction=reduction)
         assert r.shape == () and r.dtype == dtype
         np.testing.assert_equal(r.astype(np.float64), want, err_msg=reduction)
+        assert not np.signbit(r), f"{reduction} of nothing is +0 (or NaN), not -0"
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
