@@ -283,6 +283,27 @@ where
     Fun: Fn(usize, &[T::Compute], &RowStats<T::Compute>, &mut Scratch<T::Compute>, Option<&mut [T::Compute]>) -> R
         + Sync,
 {
+    for_rows_with(view, sink, results, f, None)
+}
+
+/// Takes a whole tile of narrow rows: `(first row, the tile's rows one after another, their
+/// statistics, their results)`; returns false to leave the tile to the row function.
+type TileFn<'a, F, R> = &'a (dyn Fn(usize, &[F], &[RowStats<F>], &mut [R]) -> bool + Sync);
+
+/// [`for_rows`], with a function that may do a whole tile of narrow rows at once (where the
+/// work per row is so small that calling the row function costs more than it).
+fn for_rows_with<T, R, Fun>(
+    view: &RowView<T>,
+    sink: Option<&RowSink<T>>,
+    results: &mut [R],
+    f: Fun,
+    tile_f: Option<TileFn<T::Compute, R>>,
+) where
+    T: Element,
+    R: Copy + Default + Send,
+    Fun: Fn(usize, &[T::Compute], &RowStats<T::Compute>, &mut Scratch<T::Compute>, Option<&mut [T::Compute]>) -> R
+        + Sync,
+{
     let (rows, classes) = (view.layout.rows(), view.layout.classes);
     let k = T::Compute::kernels();
     let tiled = T::Compute::tiles(classes);
@@ -323,6 +344,9 @@ where
                     }
                 };
                 T::Compute::tile_stats(tile, classes, &mut d.stats);
+                if tile_f.is_some_and(|tf| tf(first, tile, &d.stats, results)) {
+                    return;
+                }
                 for (i, (res, z)) in results.iter_mut().zip(tile.chunks_exact(classes)).enumerate() {
                     *res = call(first + i, z, &d.stats[i], s, &mut d.out);
                 }
@@ -638,9 +662,19 @@ fn sparse_run<T: Element, L: Label>(
     let targets = Targets::new(weight.as_deref(), T::Compute::from_f64(options.label_smoothing), classes);
     let k = T::Compute::kernels();
     let (view, sink) = io.rows(&logits_shape, axis)?;
+    // Without options or a gradient, a tile's losses come straight from its statistics.
+    let plain = sink.is_none() && weight.is_none() && options.label_smoothing == 0.0;
+    let tile_losses = |first: usize, tile: &[T::Compute], stats: &[RowStats<T::Compute>], out: &mut [T::Compute]| {
+        for (i, (o, s)) in out.iter_mut().zip(stats).enumerate() {
+            let label = indices.get(first + i);
+            let z = &tile[i * classes..(i + 1) * classes];
+            *o = if label == IGNORED { T::Compute::zero() } else { rows::sparse_plain(z, &s.refined(z), label) };
+        }
+        true
+    };
     fill_losses(&mut loss, rows, options.reduction, divisor, |losses| {
         in_pool(|| {
-            for_rows(&view, sink.as_ref(), losses, |r, z, stats, _, out| {
+            let row = |r, z: &[T::Compute], stats: &RowStats<T::Compute>, _: &mut Scratch<_>, out: Option<&mut [_]>| {
                 let label = indices.get(r);
                 if label == IGNORED {
                     if let Some(o) = out {
@@ -649,7 +683,8 @@ fn sparse_run<T: Element, L: Label>(
                     return T::Compute::zero();
                 }
                 rows::sparse(k, z, stats, label, &targets, out.map(|out| Grad { out, scale }))
-            })
+            };
+            for_rows_with(&view, sink.as_ref(), losses, row, plain.then_some(&tile_losses as TileFn<_, _>))
         })
     });
     Ok(fresh)

@@ -298,6 +298,16 @@ pub fn sparse<F: Float>(
     loss
 }
 
+/// [`sparse`] without weights, smoothing or gradient: `lse - z_label`.
+#[inline]
+pub fn sparse_plain<F: Float>(z: &[F], s: &RowStats<F>, label: usize) -> F {
+    if s.is_regular() {
+        (s.max - z[label]) + s.log_rest
+    } else {
+        F::nan()
+    }
+}
+
 /// The gradient of [`sparse`], whose target is `a` at `label` plus `b w_j` everywhere.
 #[inline(never)]
 fn sparse_grad<F: Float>(
