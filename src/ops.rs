@@ -219,6 +219,8 @@ impl<F: Float> Default for DriverScratch<F> {
 struct RowSink<'a, T> {
     ptr: *mut T,
     layout: RowLayout,
+    /// Rows written once may be stored past the caches (see [`RowSink::streaming`]).
+    stream: bool,
     _view: PhantomData<&'a mut T>,
 }
 
@@ -232,8 +234,20 @@ impl<'a, T: Element> RowSink<'a, T> {
         RowSink {
             ptr: view.as_mut_ptr(),
             layout: RowLayout::new(view.shape(), view.strides(), axis),
+            stream: false,
             _view: PhantomData,
         }
+    }
+
+    /// Rows stored past the caches where that pays: they are written in place (contiguous, of
+    /// the compute type) and far outnumber what the caches hold, so a line read before it is
+    /// written would be a wasted read.
+    fn streaming(mut self) -> Self {
+        const STREAM_MIN_BYTES: usize = 64 << 20;
+        let l = &self.layout;
+        let direct = l.class_stride == 1 && T::as_compute_mut(&mut []).is_some();
+        self.stream = direct && l.rows() * l.classes * std::mem::size_of::<T>() >= STREAM_MIN_BYTES;
+        self
     }
 
     /// A reader of the same rows, for logits the gradient overwrites: it always copies a row
@@ -588,6 +602,9 @@ enum LossIo<'a, 'g, T> {
     Forward(ArrayViewD<'a, T>),
     /// Gradient written to a separate buffer of the logits' shape.
     Grad(ArrayViewD<'a, T>, ArrayViewMutD<'g, T>),
+    /// Gradient written to a new zeroed buffer, whose pages nothing has touched yet (ordinary
+    /// stores fill them fastest: the kernel hands them over zeroed and in cache).
+    FreshGrad(ArrayViewD<'a, T>, ArrayViewMutD<'g, T>),
     /// Gradient written over the logits.
     InPlace(ArrayViewMutD<'g, T>),
 }
@@ -595,14 +612,14 @@ enum LossIo<'a, 'g, T> {
 impl<T: Element> LossIo<'_, '_, T> {
     fn logits_shape(&self) -> &[usize] {
         match self {
-            LossIo::Forward(z) | LossIo::Grad(z, _) => z.shape(),
+            LossIo::Forward(z) | LossIo::Grad(z, _) | LossIo::FreshGrad(z, _) => z.shape(),
             LossIo::InPlace(z) => z.shape(),
         }
     }
 
     fn check_grad_shape(&self) -> Result<()> {
         match self {
-            LossIo::Grad(z, g) => check_out("grad_out", g.shape(), z.shape()),
+            LossIo::Grad(z, g) | LossIo::FreshGrad(z, g) => check_out("grad_out", g.shape(), z.shape()),
             _ => Ok(()),
         }
     }
@@ -611,9 +628,12 @@ impl<T: Element> LossIo<'_, '_, T> {
     fn rows<'s>(&'s mut self, shape: &[usize], axis: usize) -> Result<(RowView<'s, T>, Option<RowSink<'s, T>>)> {
         Ok(match self {
             LossIo::Forward(z) => (RowView::new(&broadcast(z, shape)?, axis), None),
-            LossIo::Grad(z, g) => (RowView::new(&z.view(), axis), Some(RowSink::new(&mut g.view_mut(), axis))),
+            LossIo::Grad(z, g) => {
+                (RowView::new(&z.view(), axis), Some(RowSink::new(&mut g.view_mut(), axis).streaming()))
+            }
+            LossIo::FreshGrad(z, g) => (RowView::new(&z.view(), axis), Some(RowSink::new(&mut g.view_mut(), axis))),
             LossIo::InPlace(z) => {
-                let sink = RowSink::new(&mut z.view_mut(), axis);
+                let sink = RowSink::new(&mut z.view_mut(), axis).streaming();
                 (sink.reader(), Some(sink))
             }
         })
@@ -662,6 +682,7 @@ fn sparse_run<T: Element, L: Label>(
     let targets = Targets::new(weight.as_deref(), T::Compute::from_f64(options.label_smoothing), classes);
     let k = T::Compute::kernels();
     let (view, sink) = io.rows(&logits_shape, axis)?;
+    let stream = sink.as_ref().is_some_and(|s| s.stream);
     // Without options or a gradient, a tile's losses come straight from its statistics.
     let plain = sink.is_none() && weight.is_none() && options.label_smoothing == 0.0;
     let tile_losses = |first: usize, tile: &[T::Compute], stats: &[RowStats<T::Compute>], out: &mut [T::Compute]| {
@@ -682,7 +703,7 @@ fn sparse_run<T: Element, L: Label>(
                     }
                     return T::Compute::zero();
                 }
-                rows::sparse(k, z, stats, label, &targets, out.map(|out| Grad { out, scale }))
+                rows::sparse(k, z, stats, label, &targets, out.map(|out| Grad { out, scale, stream }))
             };
             for_rows_with(&view, sink.as_ref(), losses, row, plain.then_some(&tile_losses as TileFn<_, _>))
         })
@@ -725,7 +746,7 @@ fn dense_run<T: Element, Y: Element<Compute = T::Compute>>(
         in_pool(|| {
             for_rows(&z_rows, sink.as_ref(), losses, |r, z, stats, s, out| {
                 let y = y_rows.row(r, &mut s.labels);
-                rows::dense(k, z, stats, y, &targets, &mut s.targets, out.map(|out| Grad { out, scale }))
+                rows::dense(k, z, stats, y, &targets, &mut s.targets, out.map(|out| Grad { out, scale, stream: false }))
             })
         })
     });
@@ -783,7 +804,7 @@ pub fn sparse_softmax_cross_entropy_with_grad<T: Element, L: Label>(
     options: &Options,
 ) -> Result<(ArrayD<T>, ArrayD<T>)> {
     let mut grad = fresh_grad(logits.shape(), axis);
-    let loss = sparse_run(LossIo::Grad(logits, grad.view_mut()), labels, axis, options, None)?;
+    let loss = sparse_run(LossIo::FreshGrad(logits, grad.view_mut()), labels, axis, options, None)?;
     Ok((loss.expect("allocated"), grad))
 }
 
@@ -837,7 +858,7 @@ pub fn softmax_cross_entropy_with_grad<T: Element, Y: Element<Compute = T::Compu
     options: &Options,
 ) -> Result<(ArrayD<T>, ArrayD<T>)> {
     let mut grad = fresh_grad(logits.shape(), axis);
-    let loss = dense_run(LossIo::Grad(logits, grad.view_mut()), labels, axis, options, None)?;
+    let loss = dense_run(LossIo::FreshGrad(logits, grad.view_mut()), labels, axis, options, None)?;
     Ok((loss.expect("allocated"), grad))
 }
 

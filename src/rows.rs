@@ -119,14 +119,16 @@ fn max_argmax<F: Float>(k: &RowKernels<F>, z: &[F]) -> (F, usize) {
         .expect("a split row is not empty")
 }
 
-/// `out_j = exp(z_j - shift) * scale`, split over threads for huge rows.
-pub fn exp_scaled<F: Float>(k: &RowKernels<F>, z: &[F], shift: F, scale: F, out: &mut [F]) {
+/// `out_j = exp(z_j - shift) * scale`, split over threads for huge rows; `stream`: stored past
+/// the caches.
+pub fn exp_scaled<F: Float>(k: &RowKernels<F>, z: &[F], shift: F, scale: F, out: &mut [F], stream: bool) {
+    let kernel = if stream { k.exp_scaled_stream } else { k.exp_scaled };
     if z.len() < SPLIT_MIN {
-        return (k.exp_scaled)(z, shift, scale, out);
+        return kernel(z, shift, scale, out);
     }
     out.par_chunks_mut(SPLIT_BLOCK)
         .zip(z.par_chunks(SPLIT_BLOCK))
-        .for_each(|(o, block)| (k.exp_scaled)(block, shift, scale, o));
+        .for_each(|(o, block)| kernel(block, shift, scale, o));
 }
 
 /// Max, its index and the mass off the maximum, for one row.
@@ -217,7 +219,7 @@ pub fn softmax<F: Float>(k: &RowKernels<F>, z: &[F], s: &RowStats<F>, out: &mut 
     if !s.is_regular() {
         return out.fill(F::nan());
     }
-    exp_scaled(k, z, s.max, s.probability_scale(F::one()), out);
+    exp_scaled(k, z, s.max, s.probability_scale(F::one()), out, false);
 }
 
 /// Per-call constants of the target distribution: class weights and label smoothing.
@@ -262,6 +264,9 @@ fn weighted_gap<F: Float>(t: &Targets<F>, z: &[F], m: F) -> F {
 pub struct Grad<'g, F> {
     pub out: &'g mut [F],
     pub scale: F,
+    /// `out` is the destination itself and the whole gradient is far larger than the caches:
+    /// rows written once may be stored past them.
+    pub stream: bool,
 }
 
 /// Loss of one row against class `label`, with weights and smoothing:
@@ -317,11 +322,12 @@ fn sparse_grad<F: Float>(
     label: usize,
     t: &Targets<F>,
     (a, b): (F, F),
-    Grad { out, scale }: Grad<F>,
+    Grad { out, scale, stream }: Grad<F>,
 ) {
     let inv = F::from_f64(1.0 / (1.0 + s.rest));
     let total = a + b * t.weight_sum;
-    exp_scaled(k, z, s.max, s.probability_scale(scale * total), out);
+    // (With smoothing the row is read back at once: then it stays in cache.)
+    exp_scaled(k, z, s.max, s.probability_scale(scale * total), out, stream && b == F::zero());
     if b != F::zero() {
         for (j, o) in out.iter_mut().enumerate() {
             *o = *o - scale * b * t.weight(j);
@@ -381,9 +387,10 @@ pub fn dense<F: Float>(
     let (others, gap) = target_sums(k, targets, z, s.max, s.argmax);
     let total = others + targets[s.argmax];
     let loss = gap + total * s.log_rest;
-    if let Some(Grad { out, scale }) = grad {
+    if let Some(Grad { out, scale, .. }) = grad {
         let inv = F::from_f64(1.0 / (1.0 + s.rest));
-        exp_scaled(k, z, s.max, s.probability_scale(scale * total), out);
+        // (Not streamed: the row is read back at once.)
+        exp_scaled(k, z, s.max, s.probability_scale(scale * total), out, false);
         for (o, &tj) in out.iter_mut().zip(targets) {
             *o = *o - scale * tj;
         }

@@ -30,6 +30,9 @@ pub struct RowKernels<F> {
     pub max_argmax: fn(&[F]) -> (F, usize),
     pub sum_exp: fn(&[F], F) -> f64,
     pub exp_scaled: fn(&[F], F, F, &mut [F]),
+    /// `exp_scaled` with its stores past the caches (where the tier can): for outputs far
+    /// larger than the caches, written once and not read back soon.
+    pub exp_scaled_stream: fn(&[F], F, F, &mut [F]),
     pub target_sums: TargetSums<F>,
 }
 

@@ -276,7 +276,7 @@ macro_rules! tier {
                 simd::sum_exp::<$vector>(z, shift)
             }
             pub unsafe fn exp_scaled(z: &[$t], shift: $t, scale: $t, out: &mut [$t]) {
-                simd::exp_scaled::<$vector>(z, shift, scale, out)
+                simd::exp_scaled::<$vector, false>(z, shift, scale, out)
             }
             pub unsafe fn target_sums(t: &[$t], z: &[$t], max: $t) -> ($t, $t) {
                 simd::target_sums::<$vector>(t, z, max)
@@ -294,6 +294,7 @@ macro_rules! tier {
             max_argmax: |z| unsafe { $module::max_argmax(z) },
             sum_exp: |z, s| unsafe { $module::sum_exp(z, s) },
             exp_scaled: |z, s, c, o| unsafe { $module::exp_scaled(z, s, c, o) },
+            exp_scaled_stream: |z, s, c, o| unsafe { $module::exp_scaled(z, s, c, o) },
             target_sums: |t, z, m| unsafe { $module::target_sums(t, z, m) },
         };
     };

@@ -79,6 +79,7 @@ pub static F32: RowKernels<f32> = RowKernels {
     max_argmax: max_argmax::<f32>,
     sum_exp: sum_exp::<f32>,
     exp_scaled: exp_scaled::<f32>,
+    exp_scaled_stream: exp_scaled::<f32>,
     target_sums: target_sums::<f32>,
 };
 
@@ -87,5 +88,6 @@ pub static F64: RowKernels<f64> = RowKernels {
     max_argmax: max_argmax::<f64>,
     sum_exp: sum_exp::<f64>,
     exp_scaled: exp_scaled::<f64>,
+    exp_scaled_stream: exp_scaled::<f64>,
     target_sums: target_sums::<f64>,
 };

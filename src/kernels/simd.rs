@@ -154,6 +154,15 @@ pub unsafe trait Vector: Copy {
     unsafe fn hsum(v: Self) -> Self::E;
     /// The largest lane (no lane is NaN).
     unsafe fn hmax(v: Self) -> Self::E;
+    /// `v` to `p` (aligned to 64 bytes) past the caches, where the tier can: for outputs far
+    /// larger than the caches, it saves reading each line before it is written.
+    #[inline(always)]
+    unsafe fn stream(p: *mut Self::E, v: Self) {
+        Self::store(p, v)
+    }
+    /// Orders the streamed stores before any that follow.
+    #[inline(always)]
+    unsafe fn fence() {}
     /// `t` in the lanes where `a == b`, `f` elsewhere.
     unsafe fn select_eq(a: Self, b: Self, t: Self, f: Self) -> Self;
     /// Lane `i` read from `p + i · stride`.
@@ -415,12 +424,13 @@ unsafe fn sum_exp_with<V: Vector, S: ShiftedExp<V>>(z: &[V::E], f: S) -> f64 {
     acc.value()
 }
 
-/// `out_j = exp(z_j - shift) · scale`, for any `z_j - shift` (positive ones included).
+/// `out_j = exp(z_j - shift) · scale`, for any `z_j - shift` (positive ones included);
+/// `STREAM`: stored past the caches.
 #[inline(always)]
-pub unsafe fn exp_scaled<V: Vector>(z: &[V::E], shift: V::E, scale: V::E, out: &mut [V::E]) {
+pub unsafe fn exp_scaled<V: Vector, const STREAM: bool>(z: &[V::E], shift: V::E, scale: V::E, out: &mut [V::E]) {
     match Split::<V>::new(shift) {
-        Some(split) => exp_scaled_with(z, split, shift, scale, out),
-        None => exp_scaled_with(z, Compensated { shift: splat::<V>(shift) }, shift, scale, out),
+        Some(split) => exp_scaled_with::<V, _, STREAM>(z, split, shift, scale, out),
+        None => exp_scaled_with::<V, _, STREAM>(z, Compensated { shift: splat::<V>(shift) }, shift, scale, out),
     }
 }
 
@@ -436,16 +446,45 @@ unsafe fn exp_any<V: Vector, S: ShiftedExp<V>>(f: &S, x: V, shift: V) -> V {
 }
 
 #[inline(always)]
-unsafe fn exp_scaled_with<V: Vector, S: ShiftedExp<V>>(z: &[V::E], f: S, shift: V::E, scale: V::E, out: &mut [V::E]) {
+unsafe fn exp_scaled_with<V: Vector, S: ShiftedExp<V>, const STREAM: bool>(
+    z: &[V::E],
+    f: S,
+    shift: V::E,
+    scale: V::E,
+    out: &mut [V::E],
+) {
     let n = z.len().min(out.len());
     let (p, o, w) = (z.as_ptr(), out.as_mut_ptr(), V::N);
     let (s, c) = (splat::<V>(shift), splat::<V>(scale));
     let mut i = 0;
+    if STREAM {
+        // Streamed stores want 64-byte alignment: the elements before it go the usual way.
+        let head = o.align_offset(64).min(n);
+        while i < head {
+            let k = (head - i).min(w);
+            let e = if k == w {
+                exp_any(&f, V::load(p.add(i)), s)
+            } else {
+                exp_any(&f, V::load_partial(p.add(i), k, V::E::neg_infinity()), s)
+            };
+            if k == w {
+                V::store(o.add(i), V::mul(e, c));
+            } else {
+                V::store_partial(o.add(i), k, V::mul(e, c));
+            }
+            i += k;
+        }
+    }
     while i + 2 * w <= n {
         let e0 = exp_any(&f, V::load(p.add(i)), s);
         let e1 = exp_any(&f, V::load(p.add(i + w)), s);
-        V::store(o.add(i), V::mul(e0, c));
-        V::store(o.add(i + w), V::mul(e1, c));
+        if STREAM {
+            V::stream(o.add(i), V::mul(e0, c));
+            V::stream(o.add(i + w), V::mul(e1, c));
+        } else {
+            V::store(o.add(i), V::mul(e0, c));
+            V::store(o.add(i + w), V::mul(e1, c));
+        }
         i += 2 * w;
     }
     while i + w <= n {
@@ -455,6 +494,9 @@ unsafe fn exp_scaled_with<V: Vector, S: ShiftedExp<V>>(z: &[V::E], f: S, shift: 
     if i < n {
         let x = V::load_partial(p.add(i), n - i, V::E::neg_infinity());
         V::store_partial(o.add(i), n - i, V::mul(exp_any(&f, x, s), c));
+    }
+    if STREAM {
+        V::fence();
     }
 }
 

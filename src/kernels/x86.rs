@@ -126,6 +126,14 @@ unsafe impl Vector for __m512 {
         );
         _mm512_i32gather_ps::<4>(index, p)
     }
+    #[inline(always)]
+    unsafe fn stream(p: *mut f32, v: Self) {
+        _mm512_stream_ps(p, v)
+    }
+    #[inline(always)]
+    unsafe fn fence() {
+        _mm_sfence()
+    }
 }
 
 unsafe impl Vector for __m512d {
@@ -222,6 +230,14 @@ unsafe impl Vector for __m512d {
     #[inline(always)]
     unsafe fn select_eq(a: Self, b: Self, t: Self, f: Self) -> Self {
         _mm512_mask_blend_pd(_mm512_cmp_pd_mask::<_CMP_EQ_OQ>(a, b), f, t)
+    }
+    #[inline(always)]
+    unsafe fn stream(p: *mut f64, v: Self) {
+        _mm512_stream_pd(p, v)
+    }
+    #[inline(always)]
+    unsafe fn fence() {
+        _mm_sfence()
     }
 }
 
@@ -365,6 +381,14 @@ unsafe impl Vector for __m256 {
         let index = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(stride as i32));
         _mm256_i32gather_ps::<4>(p, index)
     }
+    #[inline(always)]
+    unsafe fn stream(p: *mut f32, v: Self) {
+        _mm256_stream_ps(p, v)
+    }
+    #[inline(always)]
+    unsafe fn fence() {
+        _mm_sfence()
+    }
 }
 
 unsafe impl Vector for __m256d {
@@ -475,6 +499,14 @@ unsafe impl Vector for __m256d {
     unsafe fn select_eq(a: Self, b: Self, t: Self, f: Self) -> Self {
         _mm256_blendv_pd(f, t, _mm256_cmp_pd::<_CMP_EQ_OQ>(a, b))
     }
+    #[inline(always)]
+    unsafe fn stream(p: *mut f64, v: Self) {
+        _mm256_stream_pd(p, v)
+    }
+    #[inline(always)]
+    unsafe fn fence() {
+        _mm_sfence()
+    }
 }
 
 // ---- Narrow rows, sixteen at a time (see `super::lanes`) ----
@@ -517,7 +549,11 @@ macro_rules! tier {
             }
             #[target_feature(enable = $features)]
             pub unsafe fn exp_scaled(z: &[$t], shift: $t, scale: $t, out: &mut [$t]) {
-                simd::exp_scaled::<$vector>(z, shift, scale, out)
+                simd::exp_scaled::<$vector, false>(z, shift, scale, out)
+            }
+            #[target_feature(enable = $features)]
+            pub unsafe fn exp_scaled_stream(z: &[$t], shift: $t, scale: $t, out: &mut [$t]) {
+                simd::exp_scaled::<$vector, true>(z, shift, scale, out)
             }
             #[target_feature(enable = $features)]
             pub unsafe fn target_sums(t: &[$t], z: &[$t], max: $t) -> ($t, $t) {
@@ -538,6 +574,7 @@ macro_rules! tier {
             max_argmax: |z| unsafe { $module::max_argmax(z) },
             sum_exp: |z, s| unsafe { $module::sum_exp(z, s) },
             exp_scaled: |z, s, c, o| unsafe { $module::exp_scaled(z, s, c, o) },
+            exp_scaled_stream: |z, s, c, o| unsafe { $module::exp_scaled_stream(z, s, c, o) },
             target_sums: |t, z, m| unsafe { $module::target_sums(t, z, m) },
         };
     };

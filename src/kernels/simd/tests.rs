@@ -575,3 +575,31 @@ fn exp_scaled_takes_positive_arguments() {
         }
     }
 }
+
+/// The streamed `exp_scaled` writes the same bits as the plain one, whatever the output's
+/// alignment and length (its head and tail go through the plain stores).
+#[test]
+fn exp_scaled_stream_matches_exp_scaled() {
+    fn check<F: super::ExpConsts>(k: &RowKernels<F>, name: &str) {
+        let z: Vec<F> = (0..300).map(|i| F::from_f64(-((i * 37 % 101) as f64) * 0.21)).collect();
+        let (shift, scale) = (F::from_f64(0.5), F::from_f64(0.75));
+        for len in [0, 1, 7, 15, 16, 17, 31, 33, 64, 100, 255, 256, 280] {
+            for offset in 0..16 {
+                let mut plain = [F::zero(); 300];
+                let mut streamed = [F::zero(); 300];
+                (k.exp_scaled)(&z[..len], shift, scale, &mut plain[offset..offset + len]);
+                (k.exp_scaled_stream)(&z[..len], shift, scale, &mut streamed[offset..offset + len]);
+                let same = plain.iter().zip(&streamed).all(|(a, b)| {
+                    crate::kernels::Float::to_f64(*a).to_bits() == crate::kernels::Float::to_f64(*b).to_bits()
+                });
+                assert!(same, "{name}: length {len}, offset {offset}");
+            }
+        }
+    }
+    for t in tiers_f32() {
+        check(t.k, t.name);
+    }
+    for t in tiers_f64() {
+        check(t.k, t.name);
+    }
+}
