@@ -267,3 +267,13 @@ def test_gil_is_released_while_computing():
     longest_stall = max(np.diff(stamps), default=0.0)
     assert seconds[0] > 0.05, "the call is long enough to tell"
     assert longest_stall < 0.5 * seconds[0], f"main thread stalled {longest_stall:.3f}s of {seconds[0]:.3f}s"
+
+
+def test_bench_command_runs_every_op(capsys):
+    from fastxent.__main__ import main
+
+    assert main(["bench", "--shapes", "64x100", "--ops", "sparse,dense,sparse_grad,dense_grad", "--repeat", "1", "--reuse-grad"]) == 0
+    out = capsys.readouterr().out
+    assert "self-check: passed" in out and "reused grad_out" in out
+    for op in ("sparse", "dense", "sparse_grad", "dense_grad"):
+        assert f"{op} 64x100" in out, out

@@ -5,6 +5,7 @@ PyTorch, TensorFlow and JAX are installed.
     python -m fastxent bench                 # the shapes of the design notes (slow: minutes)
     python -m fastxent bench --shapes 4096x32768,65536x1000 --ops sparse,sparse_grad
     python -m fastxent bench --plot bench.png
+    python -m fastxent bench --ops sparse_grad --reuse-grad   # gradients into one grad_out
 """
 
 from __future__ import annotations
@@ -158,15 +159,17 @@ def _jax_peer(op: str) -> Callable[..., Any] | None:
     return run
 
 
-def _fastxent(op: str) -> Callable[..., Any]:
+def _fastxent(op: str, grad_out: np.ndarray | None = None) -> Callable[..., Any]:
+    """fastxent's call for `op`; gradients into `grad_out` when given (a reused buffer, as in
+    a training loop)."""
     def run(z: np.ndarray, y: np.ndarray, p: np.ndarray) -> Any:
         if op == "sparse":
             return fx.sparse_softmax_cross_entropy_with_logits(labels=y, logits=z)
         if op == "sparse_grad":
-            return fx.sparse_softmax_cross_entropy_with_logits_and_grad(labels=y, logits=z)
+            return fx.sparse_softmax_cross_entropy_with_logits_and_grad(labels=y, logits=z, grad_out=grad_out)
         if op == "dense":
             return fx.softmax_cross_entropy_with_logits(labels=p, logits=z)
-        return fx.softmax_cross_entropy_with_logits_and_grad(labels=p, logits=z)
+        return fx.softmax_cross_entropy_with_logits_and_grad(labels=p, logits=z, grad_out=grad_out)
 
     return run
 
@@ -206,10 +209,13 @@ def _dtype(name: str) -> Any:
     return np.dtype(name)
 
 
-def bench(cases: list[tuple[str, int, int]], repeat: int, dtype: str, plot: str | None) -> list[dict[str, Any]]:
+def bench(
+    cases: list[tuple[str, int, int]], repeat: int, dtype: str, plot: str | None, reuse_grad: bool = False
+) -> list[dict[str, Any]]:
     rng = np.random.default_rng(1)
     results = []
-    print(f"\nmedian of {repeat} runs, {dtype}, SIMD tier {fx.simd_tier()}, {fx.get_num_threads()} threads")
+    reuse = ", fastxent's gradients into one reused grad_out" if reuse_grad else ""
+    print(f"\nmedian of {repeat} runs, {dtype}, SIMD tier {fx.simd_tier()}, {fx.get_num_threads()} threads{reuse}")
     header = f"{'case':28s} {'fastxent':>10s} {'GB/s':>6s}"
     peers = {name: make for name, make in PEERS.items()}
     for name in peers:
@@ -221,7 +227,8 @@ def bench(cases: list[tuple[str, int, int]], repeat: int, dtype: str, plot: str 
         p = rng.random((rows, classes), dtype=np.float32).astype(_dtype(dtype)) if op.startswith("dense") else None
         if p is not None:
             p /= p.sum(axis=-1, keepdims=True)
-        ours = _median_time(lambda: _fastxent(op)(z, y, p), repeat)
+        grad_out = np.empty_like(z) if reuse_grad and op.endswith("_grad") else None
+        ours = _median_time(lambda: _fastxent(op, grad_out)(z, y, p), repeat)
         gbs = z.nbytes / ours / 1e9
         line = f"{op + ' ' + str(rows) + 'x' + str(classes):28s} {ours * 1e3:8.2f}ms {gbs:6.1f}"
         row: dict[str, Any] = {"op": op, "rows": rows, "classes": classes, "fastxent": ours}
@@ -286,13 +293,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--dtype", default="float32", choices=["float16", "bfloat16", "float32", "float64"])
     parser.add_argument("--plot", help="write a PNG bar chart here (needs matplotlib)")
+    parser.add_argument(
+        "--reuse-grad", action="store_true", help="fastxent writes gradients into one reused grad_out (a training loop)"
+    )
     args = parser.parse_args(argv)
     ok = self_check()
     if args.command == "check":
         bench(DEFAULT_CASES, args.repeat, args.dtype, args.plot)
     else:
         cases = _parse_cases(args.shapes, args.ops) if args.shapes else DESIGN_CASES
-        bench(cases, args.repeat, args.dtype, args.plot)
+        bench(cases, args.repeat, args.dtype, args.plot, args.reuse_grad)
     return 0 if ok else 1
 
 
