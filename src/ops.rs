@@ -171,6 +171,17 @@ impl<'a, T: Element> RowView<'a, T> {
         T::as_compute(rows)
     }
 
+    /// Row `r` as it is stored, when its elements lie one after another (and are not about to
+    /// be overwritten).
+    fn stored_row(&self, r: usize) -> Option<&'a [T]> {
+        let l = &self.layout;
+        if self.copy || l.class_stride != 1 || r >= l.rows() {
+            return None;
+        }
+        // SAFETY: row `r` is in the view, its elements one after another.
+        Some(unsafe { std::slice::from_raw_parts(self.ptr.offset(l.offset(r)), l.classes) })
+    }
+
     /// Row `r` in the compute type: borrowed when possible, otherwise widened into `scratch`.
     fn row<'s>(&'s self, r: usize, scratch: &'s mut Vec<T::Compute>) -> &'s [T::Compute] {
         let RowLayout { classes, class_stride, .. } = self.layout;
@@ -368,7 +379,7 @@ fn for_rows_with<T, R, Fun>(
                 for (i, res) in results.iter_mut().enumerate() {
                     let r = first + i;
                     let z = view.row(r, &mut d.row);
-                    let next = if r + 1 < rows { view.contiguous_rows(r + 1, 1) } else { None };
+                    let next = if r + 1 < rows { view.stored_row(r + 1) } else { None };
                     *res = call(r, z, &RowStats::of_before(k, z, next), s, &mut d.out);
                 }
             }

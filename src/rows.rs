@@ -50,7 +50,7 @@ const SPLIT_BLOCK: usize = 1 << 16;
 /// blocks of `SUM_BLOCK`, and a compensated sum adds the blocks. While a block is summed (from
 /// cache: the max pass just read it), the same stretch of `next`, the row to come, is
 /// prefetched, so that memory works while the exps are computed.
-fn sum_exp<F: Float>(k: &RowKernels<F>, z: &[F], shift: F, skip: usize, next: Option<&[F]>) -> f64 {
+fn sum_exp<F: Float, N>(k: &RowKernels<F>, z: &[F], shift: F, skip: usize, next: Option<&[N]>) -> f64 {
     let block_sum = |i: usize, block: &[F]| {
         let start = i * SUM_BLOCK;
         if (start..start + block.len()).contains(&skip) {
@@ -145,11 +145,12 @@ pub struct RowStats<F> {
 
 impl<F: Float> RowStats<F> {
     pub fn of(k: &RowKernels<F>, z: &[F]) -> Self {
-        Self::of_before(k, z, None)
+        Self::of_before::<F>(k, z, None)
     }
 
     /// [`RowStats::of`], prefetching `next` (the row that comes after) on the way.
-    pub fn of_before(k: &RowKernels<F>, z: &[F], next: Option<&[F]>) -> Self {
+    /// `next` is in its stored type (a half type is prefetched as it lies in memory).
+    pub fn of_before<N>(k: &RowKernels<F>, z: &[F], next: Option<&[N]>) -> Self {
         if z.is_empty() {
             return RowStats { max: F::neg_infinity(), argmax: 0, rest: f64::NAN, log_rest: F::nan() };
         }

@@ -1,6 +1,6 @@
 //! Row kernels over contiguous slices of the compute type (`f32` or `f64`).
 //!
-//! Each SIMD tier provides the same four primitives; the row math in `crate::rows` is written
+//! Each SIMD tier provides the same primitives ([`RowKernels`]); the row math in `crate::rows` is written
 //! once on top of them. Every tier has the scalar tier as its reference twin.
 
 pub mod lanes;
@@ -14,12 +14,13 @@ pub mod x86;
 
 use crate::dispatch::Tier;
 
-/// The four primitives every tier implements. Contracts (all tiers):
+/// The primitives every tier implements. Contracts (all tiers):
 /// - `max_argmax(z)`: `(max, index of its first occurrence)`, or `(NaN, _)` if any element is
 ///   NaN. `z` is never empty.
 /// - `sum_exp(z, shift)`: `Σ exp(z_j - shift)`, with `exp(-inf) = 0`, in f64 (not rounded to
 ///   `F`: the callers add partial sums, and `log1p` of the total keeps its extra bits).
 /// - `exp_scaled(z, shift, scale, out)`: `out_j = exp(z_j - shift) * scale`; `out.len() == z.len()`.
+///   `exp_scaled_stream`: the same bits, stored past the caches where the tier can.
 /// - `target_sums(t, z, max)`: `(Σ t_j, Σ_{t_j≠0} t_j (max - z_j))`, the two sums of a dense
 ///   target row (a zero target on a -inf logit counts 0); `t.len() == z.len()`.
 ///
