@@ -158,17 +158,21 @@ impl<'a, T: Element> RowView<'a, T> {
         }
     }
 
-    /// Rows `first..first + n`, when they lie one after another in memory, already in the
-    /// compute type (and are not about to be overwritten).
-    fn contiguous_rows(&self, first: usize, n: usize) -> Option<&'a [T::Compute]> {
+    /// Rows `first..first + n` as they are stored, when they lie one after another in memory
+    /// (and are not about to be overwritten).
+    fn stored_rows(&self, first: usize, n: usize) -> Option<&'a [T]> {
         let l = &self.layout;
         let dense = l.class_stride == 1 && l.batch_strides.len() == 1 && l.batch_strides[0] == l.classes as isize;
         if self.copy || !dense || first + n > l.rows() {
             return None;
         }
         // SAFETY: rows `first..first + n` are in the view, one after another.
-        let rows = unsafe { std::slice::from_raw_parts(self.ptr.offset(l.offset(first)), n * l.classes) };
-        T::as_compute(rows)
+        Some(unsafe { std::slice::from_raw_parts(self.ptr.offset(l.offset(first)), n * l.classes) })
+    }
+
+    /// [`RowView::stored_rows`], when they are already in the compute type.
+    fn contiguous_rows(&self, first: usize, n: usize) -> Option<&'a [T::Compute]> {
+        self.stored_rows(first, n).and_then(T::as_compute)
     }
 
     /// Row `r` as it is stored, when its elements lie one after another (and are not about to
@@ -351,19 +355,23 @@ fn for_rows_with<T, R, Fun>(
         |(s, d), (g, results)| {
             let first = g * group;
             if tiled && results.len() == LANES {
+                // The gathers of a tile stall on memory the prefetcher has not brought yet: ask
+                // for a tile a few ahead.
+                if let Some(ahead) = view.stored_rows(first + TILES_AHEAD * LANES, LANES) {
+                    rows::prefetch(ahead);
+                }
                 let tile = match view.contiguous_rows(first, LANES) {
-                    Some(rows) => {
-                        // The gathers of a tile stall on memory the prefetcher has not
-                        // brought yet: ask for a tile a few ahead.
-                        if let Some(ahead) = view.contiguous_rows(first + TILES_AHEAD * LANES, LANES) {
-                            rows::prefetch(ahead);
-                        }
-                        rows
-                    }
+                    Some(rows) => rows,
                     None => {
-                        d.tile.clear();
-                        for r in first..first + LANES {
-                            d.tile.extend_from_slice(view.row(r, &mut d.row));
+                        match view.stored_rows(first, LANES) {
+                            // Half types: the sixteen rows widened in one go.
+                            Some(stored) => T::widen_slice(stored, &mut d.tile),
+                            None => {
+                                d.tile.clear();
+                                for r in first..first + LANES {
+                                    d.tile.extend_from_slice(view.row(r, &mut d.row));
+                                }
+                            }
                         }
                         &d.tile
                     }
