@@ -122,6 +122,10 @@ impl RowLayout {
         self.batch_shape.iter().product()
     }
 
+    fn elements(&self) -> usize {
+        self.rows() * self.classes
+    }
+
     fn offset(&self, mut r: usize) -> isize {
         let mut off = 0isize;
         for (&n, &s) in self.batch_shape.iter().zip(&self.batch_strides).rev() {
@@ -297,6 +301,9 @@ impl<'a, T: Element> RowSink<'a, T> {
     }
 }
 
+/// Calls on at most this many elements run on the calling thread, not on the pool.
+const SEQUENTIAL_MAX: usize = 1 << 15;
+
 /// How far ahead of the tile in hand the next tiles' rows are prefetched.
 const TILES_AHEAD: usize = 4;
 
@@ -350,49 +357,59 @@ fn for_rows_with<T, R, Fun>(
         }
     };
     assert_eq!(results.len(), rows, "one result per row");
-    results.par_chunks_mut(group).enumerate().with_min_len((min_rows_per_task(classes) / group).max(1)).for_each_init(
-        || (Scratch::default(), DriverScratch::default()),
-        |(s, d), (g, results)| {
-            let first = g * group;
-            if tiled && results.len() == LANES {
-                // The gathers of a tile stall on memory the prefetcher has not brought yet: ask
-                // for a tile a few ahead.
-                if let Some(ahead) = view.stored_rows(first + TILES_AHEAD * LANES, LANES) {
-                    rows::prefetch(ahead);
-                }
-                let tile = match view.contiguous_rows(first, LANES) {
-                    Some(rows) => rows,
-                    None => {
-                        match view.stored_rows(first, LANES) {
-                            // Half types: the sixteen rows widened in one go.
-                            Some(stored) => T::widen_slice(stored, &mut d.tile),
-                            None => {
-                                d.tile.clear();
-                                for r in first..first + LANES {
-                                    d.tile.extend_from_slice(view.row(r, &mut d.row));
-                                }
+    let init = || (Scratch::default(), DriverScratch::default());
+    let group_rows = |(s, d): &mut (Scratch<T::Compute>, DriverScratch<T::Compute>),
+                      (g, results): (usize, &mut [R])| {
+        let first = g * group;
+        if tiled && results.len() == LANES {
+            // The gathers of a tile stall on memory the prefetcher has not brought yet: ask
+            // for a tile a few ahead.
+            if let Some(ahead) = view.stored_rows(first + TILES_AHEAD * LANES, LANES) {
+                rows::prefetch(ahead);
+            }
+            let tile = match view.contiguous_rows(first, LANES) {
+                Some(rows) => rows,
+                None => {
+                    match view.stored_rows(first, LANES) {
+                        // Half types: the sixteen rows widened in one go.
+                        Some(stored) => T::widen_slice(stored, &mut d.tile),
+                        None => {
+                            d.tile.clear();
+                            for r in first..first + LANES {
+                                d.tile.extend_from_slice(view.row(r, &mut d.row));
                             }
                         }
-                        &d.tile
                     }
-                };
-                T::Compute::tile_stats(tile, classes, &mut d.stats);
-                if tile_f.is_some_and(|tf| tf(first, tile, &d.stats, results)) {
-                    return;
+                    &d.tile
                 }
-                for (i, (res, z)) in results.iter_mut().zip(tile.chunks_exact(classes)).enumerate() {
-                    *res = call(first + i, z, &d.stats[i], s, &mut d.out);
-                }
-            } else {
-                for (i, res) in results.iter_mut().enumerate() {
-                    let r = first + i;
-                    let z = view.row(r, &mut d.row);
-                    let next = if r + 1 < rows { view.stored_row(r + 1) } else { None };
-                    *res = call(r, z, &RowStats::of_before(k, z, next), s, &mut d.out);
-                }
+            };
+            T::Compute::tile_stats(tile, classes, &mut d.stats);
+            if tile_f.is_some_and(|tf| tf(first, tile, &d.stats, results)) {
+                return;
             }
-        },
-    );
+            for (i, (res, z)) in results.iter_mut().zip(tile.chunks_exact(classes)).enumerate() {
+                *res = call(first + i, z, &d.stats[i], s, &mut d.out);
+            }
+        } else {
+            for (i, res) in results.iter_mut().enumerate() {
+                let r = first + i;
+                let z = view.row(r, &mut d.row);
+                let next = if r + 1 < rows { view.stored_row(r + 1) } else { None };
+                *res = call(r, z, &RowStats::of_before(k, z, next), s, &mut d.out);
+            }
+        }
+    };
+    if view.layout.elements() <= SEQUENTIAL_MAX {
+        // Small: on the calling thread (a hop to the pool would cost more than the work).
+        let mut state = init();
+        results.chunks_mut(group).enumerate().for_each(|item| group_rows(&mut state, item));
+    } else {
+        results
+            .par_chunks_mut(group)
+            .enumerate()
+            .with_min_len((min_rows_per_task(classes) / group).max(1))
+            .for_each_init(init, group_rows);
+    }
 }
 
 /// A zeroed array of the logits' shape whose rows (along `axis`) are contiguous: shape
@@ -595,7 +612,8 @@ fn class_indices<'a, L: Label>(
         Some(v) == ignore || (0..classes as i128).contains(&v)
     };
     let all_valid = match labels.as_slice() {
-        Some(flat) => flat.par_iter().with_min_len(1 << 14).all(|&l| valid(l)),
+        Some(flat) if flat.len() > SEQUENTIAL_MAX => flat.par_iter().with_min_len(1 << 14).all(|&l| valid(l)),
+        Some(flat) => flat.iter().all(|&l| valid(l)),
         None => labels.iter().all(|&l| valid(l)),
     };
     if !all_valid {
@@ -610,9 +628,14 @@ fn class_indices<'a, L: Label>(
     })
 }
 
-/// Runs `f` on the pool fastxent was told to use (`set_num_threads`), or rayon's global one.
-fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    crate::threads::run(f)
+/// Runs `f`, a call's work on `elements` elements, on the pool fastxent was told to use
+/// (`set_num_threads`), or rayon's global one; small work on the calling thread.
+fn in_pool<R: Send>(elements: usize, f: impl FnOnce() -> R + Send) -> R {
+    if elements <= SEQUENTIAL_MAX {
+        f()
+    } else {
+        crate::threads::run(f)
+    }
 }
 
 /// The logits a loss reads, and where its gradient goes.
@@ -690,7 +713,7 @@ fn sparse_run<T: Element, L: Label>(
     let weight = class_weights::<T::Compute>(options, classes)?;
     let mut fresh = None;
     let mut loss = loss_buffer(loss, &loss_shape(&batch_shape, options.reduction), &mut fresh)?;
-    let indices = in_pool(|| class_indices(&labels, classes, options.ignore_index))?;
+    let indices = in_pool(labels.len(), || class_indices(&labels, classes, options.ignore_index))?;
     let rows = labels.len();
     let divisor: f64 = match (&weight, options.reduction) {
         (_, Reduction::None) => 1.0, // (no divisor, and the gradient takes none)
@@ -713,7 +736,7 @@ fn sparse_run<T: Element, L: Label>(
         true
     };
     fill_losses(&mut loss, rows, options.reduction, divisor, |losses| {
-        in_pool(|| {
+        in_pool(view.layout.elements(), || {
             let row = |r, z: &[T::Compute], stats: &RowStats<T::Compute>, _: &mut Scratch<_>, out: Option<&mut [_]>| {
                 let label = indices.get(r);
                 if label == IGNORED {
@@ -762,7 +785,7 @@ fn dense_run<T: Element, Y: Element<Compute = T::Compute>>(
     let (z_rows, sink) = io.rows(&shape, axis)?;
     let y_rows = RowView::new(&labels, axis);
     fill_losses(&mut loss, rows, options.reduction, divisor, |losses| {
-        in_pool(|| {
+        in_pool(z_rows.layout.elements(), || {
             for_rows(&z_rows, sink.as_ref(), losses, |r, z, stats, s, out| {
                 let y = y_rows.row(r, &mut s.labels);
                 rows::dense(k, z, stats, y, &targets, &mut s.targets, out.map(|out| Grad { out, scale, stream: false }))
@@ -919,7 +942,7 @@ fn map_rows<T: Element>(logits: ArrayViewD<T>, axis: isize, op: RowOp<T::Compute
     let sink = RowSink::new(&mut out.view_mut(), axis);
     let k = T::Compute::kernels();
     let mut done = vec![(); view.layout.rows()];
-    in_pool(|| {
+    in_pool(view.layout.elements(), || {
         for_rows(&view, Some(&sink), &mut done, |_, z, stats, _, o| op(k, z, stats, o.expect("output rows requested")))
     });
     Ok(out)
@@ -941,7 +964,7 @@ pub fn logsumexp<T: Element>(logits: ArrayViewD<T>, axis: isize) -> Result<Array
     let axis = class_axis(axis, logits.ndim())?;
     let view = RowView::new(&logits, axis);
     let mut sums = vec![T::Compute::zero(); view.layout.rows()];
-    in_pool(|| for_rows(&view, None, &mut sums, |_, _, stats, _, _| stats.logsumexp()));
+    in_pool(view.layout.elements(), || for_rows(&view, None, &mut sums, |_, _, stats, _, _| stats.logsumexp()));
     let data = sums.into_iter().map(T::narrow).collect();
     Ok(ArrayD::from_shape_vec(IxDyn(&without(logits.shape(), axis)), data).expect("one value per row"))
 }

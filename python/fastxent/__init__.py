@@ -61,10 +61,15 @@ def _checked_call(positional: int) -> Callable[[_F], _F]:
                     f"got {len(args)}: pass the others by keyword"
                 )
             try:
-                signature.bind(*args, **kwargs)
-            except TypeError as e:
-                raise ValueError(f"{func.__name__}(): {e}") from None
-            return func(*args, **kwargs)
+                return func(*args, **kwargs)
+            except TypeError:
+                # Binding is checked only on failure (it costs more than a small call): a
+                # missing, unknown or repeated argument fails before the body runs.
+                try:
+                    signature.bind(*args, **kwargs)
+                except TypeError as e:
+                    raise ValueError(f"{func.__name__}(): {e}") from None
+                raise
 
         return wrapper  # type: ignore[return-value]
 
