@@ -166,8 +166,8 @@ impl<'a, T: Element> RowView<'a, T> {
     /// (and are not about to be overwritten).
     fn stored_rows(&self, first: usize, n: usize) -> Option<&'a [T]> {
         let l = &self.layout;
-        let dense = l.class_stride == 1 && l.batch_strides.len() == 1 && l.batch_strides[0] == l.classes as isize;
-        if self.copy || !dense || first + n > l.rows() {
+        let dense = n == 1 || (l.batch_strides.len() == 1 && l.batch_strides[0] == l.classes as isize);
+        if self.copy || l.class_stride != 1 || !dense || first + n > l.rows() {
             return None;
         }
         // SAFETY: rows `first..first + n` are in the view, one after another.
@@ -177,17 +177,6 @@ impl<'a, T: Element> RowView<'a, T> {
     /// [`RowView::stored_rows`], when they are already in the compute type.
     fn contiguous_rows(&self, first: usize, n: usize) -> Option<&'a [T::Compute]> {
         self.stored_rows(first, n).and_then(T::as_compute)
-    }
-
-    /// Row `r` as it is stored, when its elements lie one after another (and are not about to
-    /// be overwritten).
-    fn stored_row(&self, r: usize) -> Option<&'a [T]> {
-        let l = &self.layout;
-        if self.copy || l.class_stride != 1 || r >= l.rows() {
-            return None;
-        }
-        // SAFETY: row `r` is in the view, its elements one after another.
-        Some(unsafe { std::slice::from_raw_parts(self.ptr.offset(l.offset(r)), l.classes) })
     }
 
     /// Row `r` in the compute type: borrowed when possible, otherwise widened into `scratch`.
@@ -301,7 +290,8 @@ impl<'a, T: Element> RowSink<'a, T> {
     }
 }
 
-/// Calls on at most this many elements run on the calling thread, not on the pool.
+/// Calls on at most this many elements run on the calling thread, not on the pool (the one
+/// fastxent was told to use, `set_num_threads`, or rayon's global one).
 const SEQUENTIAL_MAX: usize = 1 << 15;
 
 /// How far ahead of the tile in hand the next tiles' rows are prefetched.
@@ -394,7 +384,7 @@ fn for_rows_with<T, R, Fun>(
             for (i, res) in results.iter_mut().enumerate() {
                 let r = first + i;
                 let z = view.row(r, &mut d.row);
-                let next = if r + 1 < rows { view.stored_row(r + 1) } else { None };
+                let next = view.stored_rows(r + 1, 1);
                 *res = call(r, z, &RowStats::of_before(k, z, next), s, &mut d.out);
             }
         }
@@ -404,11 +394,13 @@ fn for_rows_with<T, R, Fun>(
         let mut state = init();
         results.chunks_mut(group).enumerate().for_each(|item| group_rows(&mut state, item));
     } else {
-        results
-            .par_chunks_mut(group)
-            .enumerate()
-            .with_min_len((min_rows_per_task(classes) / group).max(1))
-            .for_each_init(init, group_rows);
+        crate::threads::run(|| {
+            results
+                .par_chunks_mut(group)
+                .enumerate()
+                .with_min_len((min_rows_per_task(classes) / group).max(1))
+                .for_each_init(init, group_rows)
+        });
     }
 }
 
@@ -612,7 +604,9 @@ fn class_indices<'a, L: Label>(
         Some(v) == ignore || (0..classes as i128).contains(&v)
     };
     let all_valid = match labels.as_slice() {
-        Some(flat) if flat.len() > SEQUENTIAL_MAX => flat.par_iter().with_min_len(1 << 14).all(|&l| valid(l)),
+        Some(flat) if flat.len() > SEQUENTIAL_MAX => {
+            crate::threads::run(|| flat.par_iter().with_min_len(1 << 14).all(|&l| valid(l)))
+        }
         Some(flat) => flat.iter().all(|&l| valid(l)),
         None => labels.iter().all(|&l| valid(l)),
     };
@@ -626,16 +620,6 @@ fn class_indices<'a, L: Label>(
         Some(labels) => ClassIndices::Flat { labels, ignore },
         None => ClassIndices::Gathered(labels.iter().map(|&l| index(l)).collect()),
     })
-}
-
-/// Runs `f`, a call's work on `elements` elements, on the pool fastxent was told to use
-/// (`set_num_threads`), or rayon's global one; small work on the calling thread.
-fn in_pool<R: Send>(elements: usize, f: impl FnOnce() -> R + Send) -> R {
-    if elements <= SEQUENTIAL_MAX {
-        f()
-    } else {
-        crate::threads::run(f)
-    }
 }
 
 /// The logits a loss reads, and where its gradient goes.
@@ -713,7 +697,7 @@ fn sparse_run<T: Element, L: Label>(
     let weight = class_weights::<T::Compute>(options, classes)?;
     let mut fresh = None;
     let mut loss = loss_buffer(loss, &loss_shape(&batch_shape, options.reduction), &mut fresh)?;
-    let indices = in_pool(labels.len(), || class_indices(&labels, classes, options.ignore_index))?;
+    let indices = class_indices(&labels, classes, options.ignore_index)?;
     let rows = labels.len();
     let divisor: f64 = match (&weight, options.reduction) {
         (_, Reduction::None) => 1.0, // (no divisor, and the gradient takes none)
@@ -735,20 +719,18 @@ fn sparse_run<T: Element, L: Label>(
         }
         true
     };
+    let row = |r, z: &[T::Compute], stats: &RowStats<T::Compute>, _: &mut Scratch<_>, out: Option<&mut [_]>| {
+        let label = indices.get(r);
+        if label == IGNORED {
+            if let Some(o) = out {
+                o.fill(T::Compute::zero());
+            }
+            return T::Compute::zero();
+        }
+        rows::sparse(k, z, stats, label, &targets, out.map(|out| Grad { out, scale, stream }))
+    };
     fill_losses(&mut loss, rows, options.reduction, divisor, |losses| {
-        in_pool(view.layout.elements(), || {
-            let row = |r, z: &[T::Compute], stats: &RowStats<T::Compute>, _: &mut Scratch<_>, out: Option<&mut [_]>| {
-                let label = indices.get(r);
-                if label == IGNORED {
-                    if let Some(o) = out {
-                        o.fill(T::Compute::zero());
-                    }
-                    return T::Compute::zero();
-                }
-                rows::sparse(k, z, stats, label, &targets, out.map(|out| Grad { out, scale, stream }))
-            };
-            for_rows_with(&view, sink.as_ref(), losses, row, plain.then_some(&tile_losses as TileFn<_, _>))
-        })
+        for_rows_with(&view, sink.as_ref(), losses, row, plain.then_some(&tile_losses as TileFn<_, _>))
     });
     Ok(fresh)
 }
@@ -785,11 +767,9 @@ fn dense_run<T: Element, Y: Element<Compute = T::Compute>>(
     let (z_rows, sink) = io.rows(&shape, axis)?;
     let y_rows = RowView::new(&labels, axis);
     fill_losses(&mut loss, rows, options.reduction, divisor, |losses| {
-        in_pool(z_rows.layout.elements(), || {
-            for_rows(&z_rows, sink.as_ref(), losses, |r, z, stats, s, out| {
-                let y = y_rows.row(r, &mut s.labels);
-                rows::dense(k, z, stats, y, &targets, &mut s.targets, out.map(|out| Grad { out, scale, stream: false }))
-            })
+        for_rows(&z_rows, sink.as_ref(), losses, |r, z, stats, s, out| {
+            let y = y_rows.row(r, &mut s.labels);
+            rows::dense(k, z, stats, y, &targets, &mut s.targets, out.map(|out| Grad { out, scale, stream: false }))
         })
     });
     Ok(fresh)
@@ -942,9 +922,7 @@ fn map_rows<T: Element>(logits: ArrayViewD<T>, axis: isize, op: RowOp<T::Compute
     let sink = RowSink::new(&mut out.view_mut(), axis);
     let k = T::Compute::kernels();
     let mut done = vec![(); view.layout.rows()];
-    in_pool(view.layout.elements(), || {
-        for_rows(&view, Some(&sink), &mut done, |_, z, stats, _, o| op(k, z, stats, o.expect("output rows requested")))
-    });
+    for_rows(&view, Some(&sink), &mut done, |_, z, stats, _, o| op(k, z, stats, o.expect("output rows requested")));
     Ok(out)
 }
 
@@ -964,7 +942,7 @@ pub fn logsumexp<T: Element>(logits: ArrayViewD<T>, axis: isize) -> Result<Array
     let axis = class_axis(axis, logits.ndim())?;
     let view = RowView::new(&logits, axis);
     let mut sums = vec![T::Compute::zero(); view.layout.rows()];
-    in_pool(view.layout.elements(), || for_rows(&view, None, &mut sums, |_, _, stats, _, _| stats.logsumexp()));
+    for_rows(&view, None, &mut sums, |_, _, stats, _, _| stats.logsumexp());
     let data = sums.into_iter().map(T::narrow).collect();
     Ok(ArrayD::from_shape_vec(IxDyn(&without(logits.shape(), axis)), data).expect("one value per row"))
 }

@@ -8,36 +8,11 @@
 
 use rayon::prelude::*;
 
-use crate::kernels::{Float, RowKernels};
+use crate::kernels::{CompensatedSum, Float, RowKernels};
 
 /// Elements per call of the kernel's `sum_exp`: within a block the kernel's own accumulators
 /// keep the error to a few ulp; across blocks a compensated sum keeps it there for any width.
 const SUM_BLOCK: usize = 1024;
-
-/// Neumaier's compensated sum: the error stays at a few ulp whatever the number of terms.
-#[derive(Clone, Copy, Default)]
-struct CompensatedSum<F> {
-    sum: F,
-    carry: F,
-}
-
-impl<F: Float> CompensatedSum<F> {
-    #[inline]
-    fn add(&mut self, x: F) {
-        let t = self.sum + x;
-        self.carry = self.carry + if self.sum.abs() >= x.abs() { (self.sum - t) + x } else { (x - t) + self.sum };
-        self.sum = t;
-    }
-
-    fn value(self) -> F {
-        // An infinite term makes the carry NaN; the sum alone is then the answer.
-        if self.sum.is_finite() {
-            self.sum + self.carry
-        } else {
-            self.sum
-        }
-    }
-}
 
 /// Rows at least this long are cut into blocks that rayon spreads over the threads, so that
 /// a few huge rows (8 × 256 Ki classes) still use every core. The blocks depend on the row

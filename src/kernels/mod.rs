@@ -40,6 +40,32 @@ pub struct RowKernels<F> {
 /// The signature of [`RowKernels::target_sums`].
 pub type TargetSums<F> = fn(&[F], &[F], F) -> (F, F);
 
+/// Neumaier's compensated sum: the error stays at a few ulp whatever the number of terms.
+#[derive(Clone, Copy, Default)]
+pub struct CompensatedSum<F> {
+    sum: F,
+    carry: F,
+}
+
+impl<F: Float> CompensatedSum<F> {
+    #[inline]
+    pub fn add(&mut self, x: F) {
+        let t = self.sum + x;
+        self.carry = self.carry + if self.sum.abs() >= x.abs() { (self.sum - t) + x } else { (x - t) + self.sum };
+        self.sum = t;
+    }
+
+    #[inline]
+    pub fn value(self) -> F {
+        // An infinite term makes the carry NaN; the sum alone is then the answer.
+        if self.sum.is_finite() {
+            self.sum + self.carry
+        } else {
+            self.sum
+        }
+    }
+}
+
 /// The compute types: `f32` (for f16, bf16 and f32 data) and `f64`.
 pub trait Float:
     num_traits::Float + num_traits::FloatConst + Default + Send + Sync + std::fmt::Debug + 'static

@@ -1,6 +1,6 @@
 //! The portable tier, and the reference every SIMD tier is tested against.
 
-use super::{Float, RowKernels};
+use super::{CompensatedSum, Float, RowKernels};
 use crate::dispatch::Tier;
 
 pub fn max_argmax<F: Float>(z: &[F]) -> (F, usize) {
@@ -17,18 +17,15 @@ pub fn max_argmax<F: Float>(z: &[F]) -> (F, usize) {
 }
 
 pub fn sum_exp<F: Float>(z: &[F], shift: F) -> f64 {
-    // Eight partial sums in f64 with Kahan's compensation: the portable tier has time to
+    // Eight compensated partial sums in f64: the portable tier has time to
     // spare, and a plain sum of L equal f64 terms is up to L/2 ulp off (rows whose other
     // classes are all equal). Each term carries the rounding error of `x - shift`, as in
     // `exp_scaled`: it is what keeps confident rows (every `d` far below 0) exact.
-    let mut acc = [(0.0f64, 0.0f64); 8];
-    let add = |(sum, carry): &mut (f64, f64), x: F| {
+    let mut acc = [CompensatedSum::<f64>::default(); 8];
+    let add = |acc: &mut CompensatedSum<f64>, x: F| {
         let (d, err) = two_diff(x, shift);
         let e = d.exp();
-        let y = (e + e * err).to_f64() - *carry;
-        let t = *sum + y;
-        *carry = (t - *sum) - y;
-        *sum = t;
+        acc.add((e + e * err).to_f64());
     };
     let chunks = z.chunks_exact(8);
     for (a, &x) in acc.iter_mut().zip(chunks.remainder()) {
@@ -39,7 +36,7 @@ pub fn sum_exp<F: Float>(z: &[F], shift: F) -> f64 {
             add(a, x);
         }
     }
-    let v = acc.map(|(sum, carry)| sum - carry);
+    let v = acc.map(CompensatedSum::value);
     ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]))
 }
 

@@ -30,7 +30,7 @@
 use num_traits::{Float as _, One as _, Zero as _};
 
 use super::lanes::MAX_CLASSES;
-use super::Float;
+use super::{CompensatedSum, Float};
 
 /// Per-type constants of `exp`.
 pub trait ExpConsts: Float {
@@ -382,13 +382,11 @@ impl<V: Vector> KahanSum<V> {
         let mut lanes = [V::E::zero(); 32];
         V::store(lanes.as_mut_ptr(), self.sum);
         V::store(lanes.as_mut_ptr().add(V::N), V::sub(splat::<V>(V::E::zero()), self.carry));
-        let (mut sum, mut carry) = (0.0f64, 0.0f64);
+        let mut total = CompensatedSum::<f64>::default();
         for &x in &lanes[..2 * V::N] {
-            let (x, t) = (x.to_f64(), sum + x.to_f64());
-            carry += if sum.abs() >= x.abs() { (sum - t) + x } else { (x - t) + sum };
-            sum = t;
+            total.add(x.to_f64());
         }
-        sum + carry
+        total.value()
     }
 }
 
