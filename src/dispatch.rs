@@ -5,7 +5,9 @@
 
 use std::sync::OnceLock;
 
-use crate::kernels::{scalar, RowKernels};
+use half::{bf16, f16};
+
+use crate::kernels::{scalar, RowKernels, StoredKernels};
 
 /// A SIMD tier, from the portable baseline up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -90,6 +92,28 @@ pub(crate) fn kernels_f32() -> &'static RowKernels<f32> {
         #[cfg(target_arch = "aarch64")]
         Tier::Neon => &crate::kernels::neon::NEON_F32,
         _ => &scalar::F32,
+    }
+}
+
+/// The kernels over float16 rows as stored, where the tier has them.
+pub(crate) fn stored_f16() -> Option<&'static StoredKernels<f16, f32>> {
+    match tier() {
+        #[cfg(target_arch = "x86_64")]
+        Tier::Avx512 => Some(&crate::kernels::x86::AVX512_F16),
+        #[cfg(target_arch = "x86_64")]
+        Tier::Avx2 if std::arch::is_x86_feature_detected!("f16c") => Some(&crate::kernels::x86::AVX2_F16),
+        _ => None,
+    }
+}
+
+/// The kernels over bfloat16 rows as stored, where the tier has them.
+pub(crate) fn stored_bf16() -> Option<&'static StoredKernels<bf16, f32>> {
+    match tier() {
+        #[cfg(target_arch = "x86_64")]
+        Tier::Avx512 => Some(&crate::kernels::x86::AVX512_BF16),
+        #[cfg(target_arch = "x86_64")]
+        Tier::Avx2 => Some(&crate::kernels::x86::AVX2_BF16),
+        _ => None,
     }
 }
 

@@ -5,7 +5,7 @@ use half::slice::HalfFloatSliceExt;
 use half::vec::HalfBitsVecExt;
 use half::{bf16, f16};
 
-use crate::kernels::Float;
+use crate::kernels::{Float, StoredKernels};
 
 /// A logits (or dense-label) element type. Half types are computed in `f32`.
 pub trait Element: Copy + Send + Sync + 'static {
@@ -22,16 +22,23 @@ pub trait Element: Copy + Send + Sync + 'static {
     fn as_compute_mut(_s: &mut [Self]) -> Option<&mut [Self::Compute]> {
         None
     }
-    /// `src` widened into `dst` (replacing its contents).
-    fn widen_slice(src: &[Self], dst: &mut Vec<Self::Compute>) {
-        dst.clear();
-        dst.extend(src.iter().map(|x| x.widen()));
+    /// `src` widened into `dst` (of the same length).
+    fn widen_into(src: &[Self], dst: &mut [Self::Compute]) {
+        for (d, &x) in dst.iter_mut().zip(src) {
+            *d = x.widen();
+        }
     }
     /// `src` rounded into `dst` (of the same length).
     fn narrow_slice(src: &[Self::Compute], dst: &mut [Self]) {
         for (d, &x) in dst.iter_mut().zip(src) {
             *d = Self::narrow(x);
         }
+    }
+    /// Kernels over rows as stored, where the tier has them (half types): the rows'
+    /// statistics are taken from the stored elements, widened as they load, so such rows are
+    /// never widened whole first.
+    fn stored_kernels() -> Option<&'static StoredKernels<Self, Self::Compute>> {
+        None
     }
     /// `len` zeros, from zeroed memory where the allocator has it (fresh pages are not
     /// touched until written; a fill would fault in every page first).
@@ -66,7 +73,7 @@ native_element!(f32);
 native_element!(f64);
 
 macro_rules! half_element {
-    ($t:ty, $widen_slice:expr, $narrow_slice:expr) => {
+    ($t:ty, $stats:path, $widen_into:expr, $narrow_slice:expr) => {
         impl Element for $t {
             type Compute = f32;
             fn zeros(len: usize) -> Vec<$t> {
@@ -81,9 +88,14 @@ macro_rules! half_element {
             fn narrow(x: f32) -> $t {
                 <$t>::from_f32(x)
             }
-            fn widen_slice(src: &[$t], dst: &mut Vec<f32>) {
-                dst.resize(src.len(), 0.0);
-                $widen_slice(src, &mut dst[..]);
+            fn stored_kernels() -> Option<&'static StoredKernels<$t, f32>> {
+                $stats()
+            }
+            fn widen_into(src: &[$t], dst: &mut [f32]) {
+                match $stats() {
+                    Some(k) => (k.widen)(src, dst),
+                    None => $widen_into(src, dst),
+                }
             }
             fn narrow_slice(src: &[f32], dst: &mut [$t]) {
                 $narrow_slice(src, dst);
@@ -91,15 +103,18 @@ macro_rules! half_element {
         }
     };
 }
-// Whole rows at a time: float16 with F16C when the CPU has it (ours to widen, `half`'s to
-// round); bfloat16 is the top half of a float32, bit operations that vectorise as written.
+// Widened a block or a tile at a time: by the tier's kernels where it has them, else float16
+// with F16C when the CPU has it, and bfloat16 (the top half of a float32) by bit operations
+// that vectorise as written. Rounded by `half` (float16) and by `narrow_bf16`.
 half_element!(
     f16,
+    crate::dispatch::stored_f16,
     |src: &[f16], dst: &mut [f32]| crate::kernels::lanes::widen_f16(src.reinterpret_cast(), dst),
     |src: &[f32], dst: &mut [f16]| dst.convert_from_f32_slice(src)
 );
 half_element!(
     bf16,
+    crate::dispatch::stored_bf16,
     |src: &[bf16], dst: &mut [f32]| {
         for (d, s) in dst.iter_mut().zip(src) {
             *d = f32::from_bits((s.to_bits() as u32) << 16);

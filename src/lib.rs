@@ -15,6 +15,7 @@
 //! assert!((loss[[0]] - 0.41703).abs() < 1e-4);
 //! ```
 
+mod blocks;
 pub mod dispatch;
 mod element;
 mod error;

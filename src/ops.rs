@@ -2,15 +2,17 @@
 //! the row math of `crate::rows`.
 
 use std::marker::PhantomData;
+use std::ops::Range;
 
 use ndarray::{ArrayD, ArrayView1, ArrayViewD, ArrayViewMutD, IxDyn};
 use num_traits::Zero;
 use rayon::prelude::*;
 
+use crate::blocks::{Row, RowOut, Sink, Source};
 use crate::element::{Element, Label};
 use crate::error::{Error, Result};
 use crate::kernels::lanes::LANES;
-use crate::kernels::Float;
+use crate::kernels::{Float, StoredKernels};
 use crate::rows::{self, Grad, RowStats, Targets};
 
 /// How per-row losses are combined, as in `torch.nn.functional.cross_entropy`.
@@ -138,10 +140,12 @@ impl RowLayout {
 
 /// The rows of a strided n-d view along its class axis, read without copying where the
 /// memory already holds the compute type contiguously.
-struct RowView<'a, T> {
+struct RowView<'a, T: Element> {
     ptr: *const T,
     layout: RowLayout,
-    /// Always read rows into scratch: the gradient is written over these logits.
+    /// Kernels that take the rows' statistics as stored (contiguous half-type rows).
+    stats: Option<&'static StoredKernels<T, T::Compute>>,
+    /// Never borrow a row: the gradient is written over these logits.
     copy: bool,
     _view: PhantomData<&'a T>,
 }
@@ -149,17 +153,17 @@ struct RowView<'a, T> {
 // SAFETY: a RowView only reads through `ptr`, like the `ArrayView` it was made from; when
 // the same memory is written (in-place gradient), each row is copied before it is written,
 // by the one task that owns the row.
-unsafe impl<T: Sync> Send for RowView<'_, T> {}
-unsafe impl<T: Sync> Sync for RowView<'_, T> {}
+unsafe impl<T: Element> Send for RowView<'_, T> {}
+unsafe impl<T: Element> Sync for RowView<'_, T> {}
 
 impl<'a, T: Element> RowView<'a, T> {
     fn new(view: &ArrayViewD<'a, T>, axis: usize) -> Self {
-        RowView {
-            ptr: view.as_ptr(),
-            layout: RowLayout::new(view.shape(), view.strides(), axis),
-            copy: false,
-            _view: PhantomData,
-        }
+        Self::with_copy(view.as_ptr(), RowLayout::new(view.shape(), view.strides(), axis), false)
+    }
+
+    fn with_copy(ptr: *const T, layout: RowLayout, copy: bool) -> Self {
+        let stats = if layout.class_stride == 1 && !copy { T::stored_kernels() } else { None };
+        RowView { ptr, layout, stats, copy, _view: PhantomData }
     }
 
     /// Rows `first..first + n` as they are stored, when they lie one after another in memory
@@ -179,25 +183,65 @@ impl<'a, T: Element> RowView<'a, T> {
         self.stored_rows(first, n).and_then(T::as_compute)
     }
 
-    /// Row `r` in the compute type: borrowed when possible, otherwise widened into `scratch`.
-    fn row<'s>(&'s self, r: usize, scratch: &'s mut Vec<T::Compute>) -> &'s [T::Compute] {
-        let RowLayout { classes, class_stride, .. } = self.layout;
-        debug_assert!(r < self.layout.rows());
-        // SAFETY: `r < rows()`, so the offsets stay inside the view this was made from.
-        unsafe {
-            let p = self.ptr.offset(self.layout.offset(r));
-            scratch.clear();
-            if class_stride == 1 {
-                let s = std::slice::from_raw_parts(p, classes);
-                if let (false, Some(c)) = (self.copy, T::as_compute(s)) {
-                    return c;
-                }
-                T::widen_slice(s, scratch);
-            } else {
-                scratch.extend((0..classes as isize).map(|i| (*p.offset(i * class_stride)).widen()));
+    /// Row `r` in the compute type: borrowed when possible; otherwise read a block at a time
+    /// when long or when its statistics can be taken as stored (never copied whole), or
+    /// widened whole into `scratch`.
+    fn row<'s>(&'s self, r: usize, scratch: &'s mut Vec<T::Compute>) -> Row<'s, T::Compute> {
+        let classes = self.layout.classes;
+        assert!(r < self.layout.rows(), "a row of the view");
+        let start = self.layout.offset(r);
+        if let (false, Some(c)) = (self.copy, self.contiguous_rows(r, 1)) {
+            return Row::Slice(c);
+        }
+        if classes >= rows::SPLIT_MIN || self.stats.is_some() {
+            return Row::Stored { start, len: classes, source: self };
+        }
+        scratch.clear();
+        self.append_row(r, scratch);
+        Row::Slice(scratch)
+    }
+
+    /// Row `r`, widened, onto the end of `dst`.
+    fn append_row(&self, r: usize, dst: &mut Vec<T::Compute>) {
+        let (classes, at) = (self.layout.classes, dst.len());
+        assert!(r < self.layout.rows(), "a row of the view");
+        dst.resize(at + classes, T::Compute::zero());
+        // SAFETY: row `r` is in the view, and has `classes` elements.
+        unsafe { self.widen(self.layout.offset(r), 0, &mut dst[at..]) };
+    }
+}
+
+impl<T: Element> RowView<'_, T> {
+    /// Elements `range` of the row at `start`, as stored, where the rows are contiguous.
+    ///
+    /// # Safety
+    /// As [`Source::widen`].
+    unsafe fn stored(&self, start: isize, range: Range<usize>) -> &[T] {
+        debug_assert_eq!(self.layout.class_stride, 1);
+        std::slice::from_raw_parts(self.ptr.offset(start + range.start as isize), range.len())
+    }
+}
+
+impl<T: Element> Source<T::Compute> for RowView<'_, T> {
+    unsafe fn max_argmax(&self, start: isize, range: Range<usize>) -> Option<(T::Compute, usize)> {
+        self.stats.map(|k| (k.max_argmax)(self.stored(start, range)))
+    }
+
+    unsafe fn sum_exp(&self, start: isize, range: Range<usize>, shift: T::Compute) -> Option<f64> {
+        self.stats.map(|k| (k.sum_exp)(self.stored(start, range), shift))
+    }
+
+    unsafe fn widen(&self, start: isize, from: usize, dst: &mut [T::Compute]) {
+        let stride = self.layout.class_stride;
+        // SAFETY (of the offsets): the caller keeps them inside a row of the view.
+        let p = self.ptr.offset(start + from as isize * stride);
+        if stride == 1 {
+            T::widen_into(std::slice::from_raw_parts(p, dst.len()), dst);
+        } else {
+            for (i, d) in dst.iter_mut().enumerate() {
+                *d = (*p.offset(i as isize * stride)).widen();
             }
         }
-        scratch
     }
 }
 
@@ -211,14 +255,13 @@ struct Scratch<F> {
 /// Per-thread buffers of the driver itself.
 struct DriverScratch<F> {
     row: Vec<F>,
-    out: Vec<F>,
     tile: Vec<F>,
     stats: Vec<RowStats<F>>,
 }
 
 impl<F: Float> Default for DriverScratch<F> {
     fn default() -> Self {
-        DriverScratch { row: Vec::new(), out: Vec::new(), tile: Vec::new(), stats: vec![RowStats::default(); LANES] }
+        DriverScratch { row: Vec::new(), tile: Vec::new(), stats: vec![RowStats::default(); LANES] }
     }
 }
 
@@ -229,6 +272,9 @@ struct RowSink<'a, T> {
     layout: RowLayout,
     /// Rows written once may be stored past the caches (see [`RowSink::streaming`]).
     stream: bool,
+    /// The rows are also read, block by block, as they are written (see
+    /// [`RowSink::in_place`]).
+    read_back: bool,
     _view: PhantomData<&'a mut T>,
 }
 
@@ -243,6 +289,7 @@ impl<'a, T: Element> RowSink<'a, T> {
             ptr: view.as_mut_ptr(),
             layout: RowLayout::new(view.shape(), view.strides(), axis),
             stream: false,
+            read_back: false,
             _view: PhantomData,
         }
     }
@@ -253,40 +300,59 @@ impl<'a, T: Element> RowSink<'a, T> {
     fn streaming(mut self) -> Self {
         const STREAM_MIN_BYTES: usize = 64 << 20;
         let l = &self.layout;
-        let direct = l.class_stride == 1 && T::as_compute_mut(&mut []).is_some();
-        self.stream = direct && l.rows() * l.classes * std::mem::size_of::<T>() >= STREAM_MIN_BYTES;
+        self.stream = self.is_direct() && l.rows() * l.classes * std::mem::size_of::<T>() >= STREAM_MIN_BYTES;
         self
     }
 
-    /// A reader of the same rows, for logits the gradient overwrites: it always copies a row
-    /// into scratch before the row is written.
-    fn reader(&self) -> RowView<'a, T> {
-        RowView { ptr: self.ptr, layout: self.layout.clone(), copy: true, _view: PhantomData }
+    /// The sink and a reader of the same rows, for logits the gradient overwrites: the
+    /// reader never borrows a row; short rows are copied into scratch before they are
+    /// written, long ones read a block at a time just before each block is written.
+    fn in_place(mut self) -> (RowView<'a, T>, Self) {
+        self.read_back = true;
+        (RowView::with_copy(self.ptr, self.layout.clone(), true), self)
     }
 
-    /// Calls `fill` with row `r` in the compute type: the destination itself when it is
-    /// contiguous and of that type, else `buf`, rounded and scattered afterwards.
+    /// Calls `fill` with row `r`: the destination itself when it is contiguous and of the
+    /// compute type (and not read while written), else written a block at a time.
     ///
     /// # Safety
     /// `r < rows`, and no other thread accesses row `r` meanwhile.
-    unsafe fn write_row<R>(&self, r: usize, buf: &mut Vec<T::Compute>, fill: impl FnOnce(&mut [T::Compute]) -> R) -> R {
-        let RowLayout { classes, class_stride, .. } = self.layout;
-        let p = self.ptr.offset(self.layout.offset(r));
-        if class_stride == 1 {
-            if let Some(row) = T::as_compute_mut(std::slice::from_raw_parts_mut(p, classes)) {
-                return fill(row);
+    unsafe fn write_row<R>(&self, r: usize, fill: impl FnOnce(RowOut<T::Compute>) -> R) -> R {
+        let classes = self.layout.classes;
+        let start = self.layout.offset(r);
+        let read_while_written = self.read_back && classes >= rows::SPLIT_MIN;
+        if !read_while_written {
+            if let Some(row) = self.direct(start, 0, classes) {
+                return fill(RowOut::Slice(row));
             }
         }
-        buf.resize(classes, T::Compute::zero());
-        let result = fill(buf);
-        if class_stride == 1 {
-            T::narrow_slice(buf, std::slice::from_raw_parts_mut(p, classes));
+        fill(RowOut::Stored { start, from: 0, len: classes, sink: self })
+    }
+}
+
+impl<T: Element> Sink<T::Compute> for RowSink<'_, T> {
+    #[allow(clippy::mut_from_ref)] // (see the trait)
+    unsafe fn direct(&self, start: isize, from: usize, len: usize) -> Option<&mut [T::Compute]> {
+        if self.layout.class_stride != 1 {
+            return None;
+        }
+        T::as_compute_mut(std::slice::from_raw_parts_mut(self.ptr.offset(start + from as isize), len))
+    }
+
+    unsafe fn narrow(&self, start: isize, from: usize, src: &[T::Compute]) {
+        let stride = self.layout.class_stride;
+        let p = self.ptr.offset(start + from as isize * stride);
+        if stride == 1 {
+            T::narrow_slice(src, std::slice::from_raw_parts_mut(p, src.len()));
         } else {
-            for (i, &x) in buf.iter().enumerate() {
-                *p.offset(i as isize * class_stride) = T::narrow(x);
+            for (i, &x) in src.iter().enumerate() {
+                *p.offset(i as isize * stride) = T::narrow(x);
             }
         }
-        result
+    }
+
+    fn is_direct(&self) -> bool {
+        self.layout.class_stride == 1 && T::as_compute_mut(&mut []).is_some()
     }
 }
 
@@ -300,17 +366,20 @@ const TILES_AHEAD: usize = 4;
 /// Runs `f(r, z, stats, scratch, out)` for every row `r` of `view` in parallel, with the
 /// row `z` in the compute type and its statistics, and puts what it returns in `results[r]`.
 /// With a `sink`, `out` is the row's output in the compute type (half types are rounded once,
-/// at the end of the row). Narrow rows are read sixteen at a time and their statistics
+/// as each block is stored). Narrow rows are read sixteen at a time and their statistics
 /// computed across rows (`kernels::lanes`).
 fn for_rows<T, R, Fun>(view: &RowView<T>, sink: Option<&RowSink<T>>, results: &mut [R], f: Fun)
 where
     T: Element,
     R: Copy + Default + Send,
-    Fun: Fn(usize, &[T::Compute], &RowStats<T::Compute>, &mut Scratch<T::Compute>, Option<&mut [T::Compute]>) -> R
-        + Sync,
+    Fun: RowFn<T::Compute, R>,
 {
     for_rows_with(view, sink, results, f, None)
 }
+
+/// The function [`for_rows`] calls on each row.
+trait RowFn<F, R>: Fn(usize, &Row<F>, &RowStats<F>, &mut Scratch<F>, Option<RowOut<F>>) -> R + Sync {}
+impl<F, R, G: Fn(usize, &Row<F>, &RowStats<F>, &mut Scratch<F>, Option<RowOut<F>>) -> R + Sync> RowFn<F, R> for G {}
 
 /// Takes a whole tile of narrow rows: `(first row, the tile's rows one after another, their
 /// statistics, their results)`; returns false to leave the tile to the row function.
@@ -327,22 +396,17 @@ fn for_rows_with<T, R, Fun>(
 ) where
     T: Element,
     R: Copy + Default + Send,
-    Fun: Fn(usize, &[T::Compute], &RowStats<T::Compute>, &mut Scratch<T::Compute>, Option<&mut [T::Compute]>) -> R
-        + Sync,
+    Fun: RowFn<T::Compute, R>,
 {
     let (rows, classes) = (view.layout.rows(), view.layout.classes);
     let k = T::Compute::kernels();
     let tiled = T::Compute::tiles(classes);
     let group = if tiled { LANES } else { 1 };
-    let call = |r: usize,
-                z: &[T::Compute],
-                stats: &RowStats<T::Compute>,
-                s: &mut Scratch<T::Compute>,
-                out: &mut Vec<T::Compute>| {
+    let call = |r: usize, z: &Row<T::Compute>, stats: &RowStats<T::Compute>, s: &mut Scratch<T::Compute>| {
         let stats = &stats.refined(z);
         match sink {
             // SAFETY: `r < rows`, and this task is the only one handling row `r`.
-            Some(sink) => unsafe { sink.write_row(r, out, |o| f(r, z, stats, s, Some(o))) },
+            Some(sink) => unsafe { sink.write_row(r, |o| f(r, z, stats, s, Some(o))) },
             None => f(r, z, stats, s, None),
         }
     };
@@ -362,11 +426,14 @@ fn for_rows_with<T, R, Fun>(
                 None => {
                     match view.stored_rows(first, LANES) {
                         // Half types: the sixteen rows widened in one go.
-                        Some(stored) => T::widen_slice(stored, &mut d.tile),
+                        Some(stored) => {
+                            d.tile.resize(stored.len(), T::Compute::zero());
+                            T::widen_into(stored, &mut d.tile);
+                        }
                         None => {
                             d.tile.clear();
                             for r in first..first + LANES {
-                                d.tile.extend_from_slice(view.row(r, &mut d.row));
+                                view.append_row(r, &mut d.tile);
                             }
                         }
                     }
@@ -378,14 +445,14 @@ fn for_rows_with<T, R, Fun>(
                 return;
             }
             for (i, (res, z)) in results.iter_mut().zip(tile.chunks_exact(classes)).enumerate() {
-                *res = call(first + i, z, &d.stats[i], s, &mut d.out);
+                *res = call(first + i, &Row::Slice(z), &d.stats[i], s);
             }
         } else {
             for (i, res) in results.iter_mut().enumerate() {
                 let r = first + i;
                 let z = view.row(r, &mut d.row);
                 let next = view.stored_rows(r + 1, 1);
-                *res = call(r, z, &RowStats::of_before(k, z, next), s, &mut d.out);
+                *res = call(r, &z, &RowStats::of_before(k, &z, next), s);
             }
         }
     };
@@ -490,7 +557,10 @@ fn write_losses<T: Element>(losses: Vec<T::Compute>, out: &mut ArrayViewMutD<T>,
     let total = || sum_f64(&losses.iter().map(|x| x.to_f64()).collect::<Vec<_>>());
     let scalar = |x: f64| T::narrow(T::Compute::from_f64(x));
     match reduction {
-        Reduction::None => out.iter_mut().zip(&losses).for_each(|(o, &l)| *o = T::narrow(l)),
+        Reduction::None => match out.as_slice_mut() {
+            Some(flat) => T::narrow_slice(&losses, flat),
+            None => out.iter_mut().zip(&losses).for_each(|(o, &l)| *o = T::narrow(l)),
+        },
         Reduction::Sum => out.fill(scalar(total())),
         Reduction::Mean => out.fill(scalar(mean(total(), divisor))),
     }
@@ -659,8 +729,8 @@ impl<T: Element> LossIo<'_, '_, T> {
             }
             LossIo::FreshGrad(z, g) => (RowView::new(&z.view(), axis), Some(RowSink::new(&mut g.view_mut(), axis))),
             LossIo::InPlace(z) => {
-                let sink = RowSink::new(&mut z.view_mut(), axis).streaming();
-                (sink.reader(), Some(sink))
+                let (view, sink) = RowSink::new(&mut z.view_mut(), axis).streaming().in_place();
+                (view, Some(sink))
             }
         })
     }
@@ -715,14 +785,18 @@ fn sparse_run<T: Element, L: Label>(
         for (i, (o, s)) in out.iter_mut().zip(stats).enumerate() {
             let label = indices.get(first + i);
             let z = &tile[i * classes..(i + 1) * classes];
-            *o = if label == IGNORED { T::Compute::zero() } else { rows::sparse_plain(z, &s.refined(z), label) };
+            *o = if label == IGNORED {
+                T::Compute::zero()
+            } else {
+                rows::sparse_plain(z, &s.refined(&Row::Slice(z)), label)
+            };
         }
         true
     };
-    let row = |r, z: &[T::Compute], stats: &RowStats<T::Compute>, _: &mut Scratch<_>, out: Option<&mut [_]>| {
+    let row = |r, z: &Row<T::Compute>, stats: &RowStats<T::Compute>, _: &mut Scratch<_>, out: Option<RowOut<_>>| {
         let label = indices.get(r);
         if label == IGNORED {
-            if let Some(o) = out {
+            if let Some(mut o) = out {
                 o.fill(T::Compute::zero());
             }
             return T::Compute::zero();
@@ -769,7 +843,7 @@ fn dense_run<T: Element, Y: Element<Compute = T::Compute>>(
     fill_losses(&mut loss, rows, options.reduction, divisor, |losses| {
         for_rows(&z_rows, sink.as_ref(), losses, |r, z, stats, s, out| {
             let y = y_rows.row(r, &mut s.labels);
-            rows::dense(k, z, stats, y, &targets, &mut s.targets, out.map(|out| Grad { out, scale, stream: false }))
+            rows::dense(k, z, stats, &y, &targets, &mut s.targets, out.map(|out| Grad { out, scale, stream: false }))
         })
     });
     Ok(fresh)
@@ -912,7 +986,7 @@ pub fn softmax_cross_entropy_grad_in_place<T: Element, Y: Element<Compute = T::C
 }
 
 /// A row-to-row operation: `rows::log_softmax` or `rows::softmax`.
-type RowOp<F> = fn(&crate::kernels::RowKernels<F>, &[F], &RowStats<F>, &mut [F]);
+type RowOp<F> = fn(&crate::kernels::RowKernels<F>, &Row<F>, &RowStats<F>, &mut RowOut<F>);
 
 /// Runs a row-to-row operation (`log_softmax`, `softmax`) over every row.
 fn map_rows<T: Element>(logits: ArrayViewD<T>, axis: isize, op: RowOp<T::Compute>) -> Result<ArrayD<T>> {
@@ -922,7 +996,9 @@ fn map_rows<T: Element>(logits: ArrayViewD<T>, axis: isize, op: RowOp<T::Compute
     let sink = RowSink::new(&mut out.view_mut(), axis);
     let k = T::Compute::kernels();
     let mut done = vec![(); view.layout.rows()];
-    for_rows(&view, Some(&sink), &mut done, |_, z, stats, _, o| op(k, z, stats, o.expect("output rows requested")));
+    for_rows(&view, Some(&sink), &mut done, |_, z, stats, _, o| {
+        op(k, z, stats, &mut o.expect("output rows requested"))
+    });
     Ok(out)
 }
 

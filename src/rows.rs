@@ -1,5 +1,6 @@
-//! The math of one row, on contiguous slices of the compute type, written once on top of the
-//! kernel primitives.
+//! The math of one row, in the compute type, written once on top of the kernel primitives.
+//! Rows are read and written a block at a time where they are not already slices of the
+//! compute type (`crate::blocks`).
 //!
 //! Per row `z` with maximum `m` at index `k`, everything derives from
 //! `rest = Σ_{j≠k} exp(z_j - m)`: `lse = m + log1p(rest)`. Keeping the maximum's own term out
@@ -8,48 +9,63 @@
 
 use rayon::prelude::*;
 
-use crate::kernels::{CompensatedSum, Float, RowKernels};
+use std::ops::Range;
 
-/// Elements per call of the kernel's `sum_exp`: within a block the kernel's own accumulators
-/// keep the error to a few ulp; across blocks a compensated sum keeps it there for any width.
-const SUM_BLOCK: usize = 1024;
+use crate::blocks::{BlockBuf, Reader, Row, RowOut, BLOCK};
+use crate::kernels::{CompensatedSum, Float, RowKernels};
 
 /// Rows at least this long are cut into blocks that rayon spreads over the threads, so that
 /// a few huge rows (8 × 256 Ki classes) still use every core. The blocks depend on the row
-/// only, never on the thread count, so neither do the results.
-const SPLIT_MIN: usize = 1 << 16;
+/// only, never on the thread count, so neither do the results. Rows this long are also never
+/// widened whole (`crate::ops`).
+pub const SPLIT_MIN: usize = 1 << 16;
 /// Elements per task when a row is split (256 KiB of f32).
 const SPLIT_BLOCK: usize = 1 << 16;
 
+/// The part of a split row that task `i` takes.
+fn split_part(i: usize, len: usize) -> Range<usize> {
+    i * SPLIT_BLOCK..((i + 1) * SPLIT_BLOCK).min(len)
+}
+
 /// `Σ_{j≠skip} exp(z_j - shift)`, accurate to a few ulp however long the row: the kernel sums
-/// blocks of `SUM_BLOCK`, and a compensated sum adds the blocks. While a block is summed (from
+/// blocks of `BLOCK`, and a compensated sum adds the blocks. While a block is summed (from
 /// cache: the max pass just read it), the same stretch of `next`, the row to come, is
 /// prefetched, so that memory works while the exps are computed.
-fn sum_exp<F: Float, N>(k: &RowKernels<F>, z: &[F], shift: F, skip: usize, next: Option<&[N]>) -> f64 {
-    let block_sum = |i: usize, block: &[F]| {
-        let start = i * SUM_BLOCK;
-        if (start..start + block.len()).contains(&skip) {
-            let at = skip - start;
-            (k.sum_exp)(&block[..at], shift) + (k.sum_exp)(&block[at + 1..], shift)
+fn sum_exp<F: Float, N>(k: &RowKernels<F>, z: &Row<F>, shift: F, skip: usize, next: Option<&[N]>) -> f64 {
+    // The sum of one block less its `skip` term: from the stored elements where the source
+    // reads them, else from the block in the compute type.
+    let block_sum = |reader: &mut Reader<F>, range: Range<usize>| {
+        let mut sum = |r: Range<usize>| match reader.stored_sum_exp(r.clone(), shift) {
+            Some(s) => s,
+            None => (k.sum_exp)(reader.read(r), shift),
+        };
+        if range.contains(&skip) {
+            sum(range.start..skip) + sum(skip + 1..range.end)
         } else {
-            (k.sum_exp)(block, shift)
+            sum(range)
         }
     };
+    let blocks = |range: Range<usize>| {
+        (range.start..range.end).step_by(BLOCK).map(move |from| from..(from + BLOCK).min(range.end))
+    };
     let mut total = CompensatedSum::default();
-    if z.len() >= SPLIT_MIN {
-        let sums: Vec<f64> = z
-            .par_chunks(SUM_BLOCK)
-            .enumerate()
-            .with_min_len(SPLIT_BLOCK / SUM_BLOCK)
-            .map(|(i, block)| block_sum(i, block))
+    let len = z.len();
+    if len >= SPLIT_MIN {
+        let parts: Vec<Vec<f64>> = (0..len.div_ceil(SPLIT_BLOCK))
+            .into_par_iter()
+            .map(|i| {
+                let mut reader = z.reader();
+                blocks(split_part(i, len)).map(|block| block_sum(&mut reader, block)).collect()
+            })
             .collect();
-        sums.into_iter().for_each(|x| total.add(x));
+        parts.into_iter().flatten().for_each(|x| total.add(x));
     } else {
-        for (i, block) in z.chunks(SUM_BLOCK).enumerate() {
+        let mut reader = z.reader();
+        for block in blocks(0..len) {
             if let Some(next) = next {
-                prefetch(next.get(i * SUM_BLOCK..((i + 1) * SUM_BLOCK).min(next.len())).unwrap_or(&[]));
+                prefetch(next.get(block.start..block.end.min(next.len())).unwrap_or(&[]));
             }
-            total.add(block_sum(i, block));
+            total.add(block_sum(&mut reader, block));
         }
     }
     total.value()
@@ -71,39 +87,69 @@ pub fn prefetch<F>(data: &[F]) {
     let _ = data;
 }
 
-/// The maximum and the index of its first occurrence, or NaN if the row holds one.
-fn max_argmax<F: Float>(k: &RowKernels<F>, z: &[F]) -> (F, usize) {
-    if z.len() < SPLIT_MIN {
-        return (k.max_argmax)(z);
+/// The first of two `(maximum, index)` candidates: NaN wins, then the larger, then the
+/// earlier.
+fn first_max<F: Float>(a: (F, usize), b: (F, usize)) -> (F, usize) {
+    let b_wins = !a.0.is_nan() && (b.0.is_nan() || b.0 > a.0 || (b.0 == a.0 && b.1 < a.1));
+    if b_wins {
+        b
+    } else {
+        a
     }
-    let first_max = |a: (F, usize), b: (F, usize)| {
-        let b_wins = !a.0.is_nan() && (b.0.is_nan() || b.0 > a.0 || (b.0 == a.0 && b.1 < a.1));
-        if b_wins {
-            b
-        } else {
-            a
+}
+
+/// The maximum and the index of its first occurrence, or NaN if the row holds one.
+fn max_argmax<F: Float>(k: &RowKernels<F>, z: &Row<F>) -> (F, usize) {
+    let of_range = |range: Range<usize>| {
+        let (mut reader, piece) = (z.reader(), z.piece());
+        if let Some((m, j)) = reader.stored_max_argmax(range.clone()) {
+            return (m, range.start + j);
         }
+        let mut best = (F::neg_infinity(), usize::MAX);
+        for from in range.clone().step_by(piece) {
+            let (m, j) = (k.max_argmax)(reader.read(from..(from + piece).min(range.end)));
+            best = first_max(best, (m, from + j));
+        }
+        best
     };
-    z.par_chunks(SPLIT_BLOCK)
-        .enumerate()
-        .map(|(i, block)| {
-            let (m, j) = (k.max_argmax)(block);
-            (m, i * SPLIT_BLOCK + j)
-        })
+    let len = z.len();
+    if len < SPLIT_MIN {
+        return of_range(0..len);
+    }
+    (0..len.div_ceil(SPLIT_BLOCK))
+        .into_par_iter()
+        .map(|i| of_range(split_part(i, len)))
         .reduce_with(first_max)
         .expect("a split row is not empty")
 }
 
-/// `out_j = exp(z_j - shift) * scale`, split over threads for huge rows; `stream`: stored past
-/// the caches.
-pub fn exp_scaled<F: Float>(k: &RowKernels<F>, z: &[F], shift: F, scale: F, out: &mut [F], stream: bool) {
-    let kernel = if stream { k.exp_scaled_stream } else { k.exp_scaled };
-    if z.len() < SPLIT_MIN {
-        return kernel(z, shift, scale, out);
+/// Calls `f(from, z_piece, y_piece, out_piece)` over a whole row `z`, an optional second input
+/// row `y` of the same length (empty pieces without one) and the output, in the longest
+/// pieces that every side hands over without a buffer of that size; long rows are split
+/// across threads.
+fn map<F: Float>(z: &Row<F>, y: Option<&Row<F>>, out: &mut RowOut<F>, f: impl Fn(usize, &[F], &[F], &mut [F]) + Sync) {
+    let run = |part: &mut RowOut<F>, at: usize| {
+        let piece = z.piece().min(part.piece()).min(y.map_or(usize::MAX, |y| y.piece()));
+        let (mut z_reader, mut y_reader, mut buf) = (z.reader(), y.map(|y| y.reader()), BlockBuf::default());
+        let len = part.len();
+        for from in (0..len).step_by(piece) {
+            let range = at + from..at + (from + piece).min(len);
+            let zb = z_reader.read(range.clone());
+            let yb = y_reader.as_mut().map_or(&[][..], |r| r.read(range.clone()));
+            part.write(from..from + range.len(), &mut buf, |ob| f(range.start, zb, yb, ob));
+        }
+    };
+    if z.len() >= SPLIT_MIN {
+        out.parts(SPLIT_BLOCK).into_par_iter().enumerate().for_each(|(i, mut part)| run(&mut part, i * SPLIT_BLOCK));
+    } else {
+        run(out, 0);
     }
-    out.par_chunks_mut(SPLIT_BLOCK)
-        .zip(z.par_chunks(SPLIT_BLOCK))
-        .for_each(|(o, block)| kernel(block, shift, scale, o));
+}
+
+/// `out_j = exp(z_j - shift) * scale`; `stream`: stored past the caches.
+pub fn exp_scaled<F: Float>(k: &RowKernels<F>, z: &Row<F>, shift: F, scale: F, out: &mut RowOut<F>, stream: bool) {
+    let kernel = if stream { k.exp_scaled_stream } else { k.exp_scaled };
+    map(z, None, out, |_, zb, _, ob| kernel(zb, shift, scale, ob));
 }
 
 /// Max, its index and the mass off the maximum, for one row.
@@ -119,13 +165,13 @@ pub struct RowStats<F> {
 }
 
 impl<F: Float> RowStats<F> {
-    pub fn of(k: &RowKernels<F>, z: &[F]) -> Self {
+    pub fn of(k: &RowKernels<F>, z: &Row<F>) -> Self {
         Self::of_before::<F>(k, z, None)
     }
 
     /// [`RowStats::of`], prefetching `next` (the row that comes after) on the way.
     /// `next` is in its stored type (a half type is prefetched as it lies in memory).
-    pub fn of_before<N>(k: &RowKernels<F>, z: &[F], next: Option<&[N]>) -> Self {
+    pub fn of_before<N>(k: &RowKernels<F>, z: &Row<F>, next: Option<&[N]>) -> Self {
         if z.is_empty() {
             return RowStats { max: F::neg_infinity(), argmax: 0, rest: f64::NAN, log_rest: F::nan() };
         }
@@ -138,17 +184,19 @@ impl<F: Float> RowStats<F> {
     /// (below 2^-96 in f32) that the exps making it up were subnormal and lost their bits.
     /// Rare (the leader is ahead by ~66 or more), and it keeps those rows' tiny losses, and
     /// the gradient at the label, within an ulp.
-    pub fn refined(mut self, z: &[F]) -> Self {
+    pub fn refined(mut self, z: &Row<F>) -> Self {
         let narrow = F::epsilon() > F::from_f64(f64::EPSILON);
         let tiny = <F as Float>::to_f64(F::min_positive_value()) * 2f64.powi(30);
         if narrow && self.is_regular() && self.rest < tiny {
             let m = <F as Float>::to_f64(self.max);
-            let rest: f64 = z
-                .iter()
-                .enumerate()
-                .filter(|&(j, _)| j != self.argmax)
-                .map(|(_, &x)| (<F as Float>::to_f64(x) - m).exp())
-                .sum();
+            let mut rest = 0.0;
+            z.reader().blocks(0..z.len(), |from, block| {
+                for (j, &x) in (from..).zip(block) {
+                    if j != self.argmax {
+                        rest += (<F as Float>::to_f64(x) - m).exp();
+                    }
+                }
+            });
             self.rest = rest;
             self.log_rest = F::from_f64(rest.ln_1p());
         }
@@ -177,7 +225,7 @@ impl<F: Float> RowStats<F> {
     }
 }
 
-pub fn log_softmax<F: Float>(_k: &RowKernels<F>, z: &[F], s: &RowStats<F>, out: &mut [F]) {
+pub fn log_softmax<F: Float>(_k: &RowKernels<F>, z: &Row<F>, s: &RowStats<F>, out: &mut RowOut<F>) {
     if !s.is_regular() {
         return out.fill(F::nan());
     }
@@ -185,13 +233,15 @@ pub fn log_softmax<F: Float>(_k: &RowKernels<F>, z: &[F], s: &RowStats<F>, out: 
     // row's log-sum, which is not rounded to F first. f32 results are then within half an ulp
     // plus the error of the row's sum.
     let l = s.rest.ln_1p();
-    for (o, &x) in out.iter_mut().zip(z) {
-        let (d, err) = crate::kernels::scalar::two_diff(x, s.max);
-        *o = F::from_f64((<F as Float>::to_f64(d) - l) + <F as Float>::to_f64(err));
-    }
+    map(z, None, out, |_, zb, _, ob| {
+        for (o, &x) in ob.iter_mut().zip(zb) {
+            let (d, err) = crate::kernels::scalar::two_diff(x, s.max);
+            *o = F::from_f64((<F as Float>::to_f64(d) - l) + <F as Float>::to_f64(err));
+        }
+    });
 }
 
-pub fn softmax<F: Float>(k: &RowKernels<F>, z: &[F], s: &RowStats<F>, out: &mut [F]) {
+pub fn softmax<F: Float>(k: &RowKernels<F>, z: &Row<F>, s: &RowStats<F>, out: &mut RowOut<F>) {
     if !s.is_regular() {
         return out.fill(F::nan());
     }
@@ -221,24 +271,53 @@ impl<'w, F: Float> Targets<'w, F> {
     fn weight(&self, j: usize) -> F {
         self.weight.map_or(F::one(), |w| w[j])
     }
+
+    /// Labels used as they are: no weights, no smoothing.
+    fn plain(&self) -> bool {
+        self.weight.is_none() && self.smoothing == F::zero()
+    }
+
+    /// The target of class `j` for a dense label `y`: `w_j ((1-ε) y + ε/C)`.
+    fn dense(&self, j: usize, y: F) -> F {
+        let mut t = [F::zero()];
+        self.dense_map(j, &[y], &mut t, |_, t| t);
+        t[0]
+    }
+
+    /// `out_i = f(out_i, t_i)` for the targets `t` of the dense labels `y` of classes
+    /// `from..`; one loop per case, so that each vectorises.
+    #[inline]
+    fn dense_map(&self, from: usize, y: &[F], out: &mut [F], f: impl Fn(F, F) -> F) {
+        let (keep, uniform) = (F::one() - self.smoothing, self.uniform);
+        match self.weight {
+            _ if self.plain() => out.iter_mut().zip(y).for_each(|(o, &yj)| *o = f(*o, yj)),
+            None => out.iter_mut().zip(y).for_each(|(o, &yj)| *o = f(*o, keep * yj + uniform)),
+            Some(w) => {
+                let w = &w[from..from + y.len()];
+                out.iter_mut().zip(y).zip(w).for_each(|((o, &yj), &wj)| *o = f(*o, wj * (keep * yj + uniform)))
+            }
+        }
+    }
 }
 
 /// `Σ_j w_j (m - z_j)` over the classes with a non-zero weight (so a zero weight on a -inf
 /// logit counts 0). Every term is ≥ 0: no cancellation.
-fn weighted_gap<F: Float>(t: &Targets<F>, z: &[F], m: F) -> F {
+fn weighted_gap<F: Float>(t: &Targets<F>, z: &Row<F>, m: F) -> F {
     let mut gap = CompensatedSum::default();
-    for (j, &x) in z.iter().enumerate() {
-        let w = t.weight(j);
-        if w != F::zero() {
-            gap.add(w * (m - x));
+    z.reader().blocks(0..z.len(), |from, block| {
+        for (j, &x) in (from..).zip(block) {
+            let w = t.weight(j);
+            if w != F::zero() {
+                gap.add(w * (m - x));
+            }
         }
-    }
+    });
     gap.value()
 }
 
 /// Gradient to fill, with the factor the reduction applies (`1`, or `1 / divisor` for mean).
 pub struct Grad<'g, F> {
-    pub out: &'g mut [F],
+    pub out: RowOut<'g, F>,
     pub scale: F,
     /// `out` is the destination itself and the whole gradient is far larger than the caches:
     /// rows written once may be stored past them.
@@ -251,14 +330,14 @@ pub struct Grad<'g, F> {
 #[inline]
 pub fn sparse<F: Float>(
     k: &RowKernels<F>,
-    z: &[F],
+    z: &Row<F>,
     s: &RowStats<F>,
     label: usize,
     t: &Targets<F>,
     grad: Option<Grad<F>>,
 ) -> F {
     if !s.is_regular() {
-        if let Some(g) = grad {
+        if let Some(mut g) = grad {
             g.out.fill(F::nan());
         }
         return F::nan();
@@ -268,7 +347,7 @@ pub fn sparse<F: Float>(
     let b = t.uniform;
     let mut loss = F::zero();
     if a != F::zero() {
-        loss = a * ((s.max - z[label]) + l);
+        loss = a * ((s.max - z.get(label)) + l);
     }
     if b != F::zero() {
         loss = loss + b * (weighted_gap(t, z, s.max) + t.weight_sum * l);
@@ -293,87 +372,101 @@ pub fn sparse_plain<F: Float>(z: &[F], s: &RowStats<F>, label: usize) -> F {
 #[inline(never)]
 fn sparse_grad<F: Float>(
     k: &RowKernels<F>,
-    z: &[F],
+    z: &Row<F>,
     s: &RowStats<F>,
     label: usize,
     t: &Targets<F>,
     (a, b): (F, F),
-    Grad { out, scale, stream }: Grad<F>,
+    Grad { mut out, scale, stream }: Grad<F>,
 ) {
+    // (Read first: in place, the row is about to be overwritten.)
+    let z_y = z.get(label);
     let inv = F::from_f64(1.0 / (1.0 + s.rest));
     let total = a + b * t.weight_sum;
-    // (With smoothing the row is read back at once: then it stays in cache.)
-    exp_scaled(k, z, s.max, s.probability_scale(scale * total), out, stream && b == F::zero());
-    if b != F::zero() {
-        for (j, o) in out.iter_mut().enumerate() {
-            *o = *o - scale * b * t.weight(j);
+    let p_scale = s.probability_scale(scale * total);
+    // (With smoothing each piece is read back at once: then it stays in cache.)
+    let kernel = if stream && b == F::zero() { k.exp_scaled_stream } else { k.exp_scaled };
+    map(z, None, &mut out, |from, zb, _, ob| {
+        kernel(zb, s.max, p_scale, ob);
+        if b != F::zero() {
+            match t.weight {
+                None => ob.iter_mut().for_each(|o| *o = *o - scale * b),
+                Some(w) => ob.iter_mut().zip(&w[from..]).for_each(|(o, &wj)| *o = *o - scale * b * wj),
+            }
         }
-    }
+    });
     // The label's entry, without the cancellation of `p_y - 1`: minus the other classes' mass.
-    let e_y = if label == s.argmax { F::one() } else { (z[label] - s.max).exp() };
+    let e_y = if label == s.argmax { F::one() } else { (z_y - s.max).exp() };
     let off = F::from_f64(if label == s.argmax { s.rest } else { 1.0 + (s.rest - <F as Float>::to_f64(e_y)) });
     let p_y = e_y * inv;
-    out[label] = scale * (b * (t.weight_sum * p_y - t.weight(label)) - a * off * inv);
+    out.set(label, scale * (b * (t.weight_sum * p_y - t.weight(label)) - a * off * inv));
 }
 
-/// `(Σ_{j≠skip} t_j, Σ_j t_j (max - z_j))` over a row, by kernel blocks combined with
-/// compensated sums (every gap term is ≥ 0: no cancellation), as in [`sum_exp`].
-fn target_sums<F: Float>(k: &RowKernels<F>, t: &[F], z: &[F], max: F, skip: usize) -> (F, F) {
+/// `(Σ_{j≠skip} t_j, Σ_j t_j (max - z_j))` over a row's targets (of labels `y`), by kernel
+/// blocks combined with compensated sums (every gap term is ≥ 0: no cancellation), as in
+/// [`sum_exp`]. `scratch` holds a block of targets.
+fn target_sums<F: Float>(
+    k: &RowKernels<F>,
+    t: &Targets<F>,
+    y: &Row<F>,
+    z: &Row<F>,
+    max: F,
+    skip: usize,
+    scratch: &mut Vec<F>,
+) -> (F, F) {
     let (mut others, mut gap) = (CompensatedSum::default(), CompensatedSum::default());
-    for (i, (tb, zb)) in t.chunks(SUM_BLOCK).zip(z.chunks(SUM_BLOCK)).enumerate() {
+    let mut y_reader = y.reader();
+    z.reader().blocks(0..z.len(), |from, zb| {
+        let yb = y_reader.read(from..from + zb.len());
+        let tb = if t.plain() {
+            yb
+        } else {
+            scratch.resize(yb.len(), F::zero());
+            t.dense_map(from, yb, scratch, |_, tj| tj);
+            &scratch[..]
+        };
         let (block_sum, block_gap) = (k.target_sums)(tb, zb, max);
-        let start = i * SUM_BLOCK;
         // The skipped target is taken out of its own block's sum, where it is of the same size.
-        others.add(if (start..start + tb.len()).contains(&skip) { block_sum - tb[skip - start] } else { block_sum });
+        others.add(if (from..from + tb.len()).contains(&skip) { block_sum - tb[skip - from] } else { block_sum });
         gap.add(block_gap);
-    }
+    });
     (others.value(), gap.value())
 }
 
-/// Loss of one row against a dense target row `y` (any real numbers), with weights and
-/// smoothing: `t_j = w_j ((1-ε) y_j + ε/C)`, loss `Σ_{t_j≠0} t_j (lse - z_j)` (a zero target
-/// on a -inf logit counts 0), gradient `scale (Σt · p - t)`. `scratch` holds `t`.
+/// Loss of one row against a dense label row `y` (any real numbers), with weights and
+/// smoothing: targets `t_j = w_j ((1-ε) y_j + ε/C)`, loss `Σ_{t_j≠0} t_j (lse - z_j)` (a zero
+/// target on a -inf logit counts 0), gradient `scale (Σt · p - t)`. `scratch` holds a block
+/// of targets.
 pub fn dense<F: Float>(
     k: &RowKernels<F>,
-    z: &[F],
+    z: &Row<F>,
     s: &RowStats<F>,
-    y: &[F],
+    y: &Row<F>,
     t: &Targets<F>,
     scratch: &mut Vec<F>,
     grad: Option<Grad<F>>,
 ) -> F {
     if !s.is_regular() {
-        if let Some(g) = grad {
+        if let Some(mut g) = grad {
             g.out.fill(F::nan());
         }
         return F::nan();
     }
-    // Plain labels are the targets themselves; weights or smoothing make new ones.
-    let targets = if t.weight.is_none() && t.smoothing == F::zero() {
-        y
-    } else {
-        let keep = F::one() - t.smoothing;
-        scratch.clear();
-        match t.weight {
-            None => scratch.extend(y.iter().map(|&yj| keep * yj + t.uniform)),
-            Some(w) => scratch.extend(y.iter().zip(w).map(|(&yj, &wj)| wj * (keep * yj + t.uniform))),
-        }
-        &scratch[..]
-    };
-    let (others, gap) = target_sums(k, targets, z, s.max, s.argmax);
-    let total = others + targets[s.argmax];
+    let (others, gap) = target_sums(k, t, y, z, s.max, s.argmax, scratch);
+    let tk = t.dense(s.argmax, y.get(s.argmax));
+    let total = others + tk;
     let loss = gap + total * s.log_rest;
-    if let Some(Grad { out, scale, .. }) = grad {
+    if let Some(Grad { mut out, scale, .. }) = grad {
         let inv = F::from_f64(1.0 / (1.0 + s.rest));
-        // (Not streamed: the row is read back at once.)
-        exp_scaled(k, z, s.max, s.probability_scale(scale * total), out, false);
-        for (o, &tj) in out.iter_mut().zip(targets) {
-            *o = *o - scale * tj;
-        }
+        let p_scale = s.probability_scale(scale * total);
+        // (Not streamed: each piece is read back at once.)
+        map(z, Some(y), &mut out, |from, zb, yb, ob| {
+            (k.exp_scaled)(zb, s.max, p_scale, ob);
+            t.dense_map(from, yb, ob, |o, tj| o - scale * tj);
+        });
         // At the maximum, `Σt p_k - t_k = (Σ_{j≠k} t_j - t_k rest) / (1 + rest)`: exact for
         // confident rows, where the direct form cancels.
-        let tk = targets[s.argmax];
-        out[s.argmax] = scale * (others - tk * F::from_f64(s.rest)) * inv;
+        out.set(s.argmax, scale * (others - tk * F::from_f64(s.rest)) * inv);
     }
     loss
 }

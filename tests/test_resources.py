@@ -151,6 +151,73 @@ def test_large_calls_leave_memory_flat(capsys):
     assert grown < 8 * MIB, f"RSS grew by {grown / MIB:.1f} MiB over 300 large calls"
 
 
+LONG_C = 1 << 24  # one row of 16 Mi classes: 64 MiB in float32
+
+
+def _long_row_child() -> None:
+    """Calls on rows of LONG_C classes that are not contiguous float32 (float16, a class
+    stride, the gradient in place, broadcast labels), each measured alone: the peak RSS of
+    the call (reset before it) less the RSS before it and its output. Prints a JSON line."""
+    import json
+
+    def peak_rss() -> int:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+
+    rng = np.random.default_rng(0)
+    z16 = np.empty((1, LONG_C), np.float16)
+    strided = np.empty((LONG_C, 2), np.float32)
+    for s in range(0, LONG_C, 1 << 20):  # in chunks: no temporary as large as the inputs
+        z16[0, s : s + (1 << 20)] = rng.normal(0, 3, 1 << 20)
+        strided[s : s + (1 << 20)] = rng.normal(0, 3, (1 << 20, 2))
+    in_place = strided[:, 0].copy()[None, :]
+    uniform = np.broadcast_to(np.float32(1.0 / LONG_C), (LONG_C,))
+    label = np.array([LONG_C - 1])
+    calls = {
+        "float16 sparse": lambda: fx.sparse_softmax_cross_entropy_with_logits(labels=label, logits=z16),
+        "float16 logsumexp": lambda: fx.logsumexp(z16),
+        "float16 sparse+grad": lambda: fx.sparse_softmax_cross_entropy_with_logits_and_grad(labels=label, logits=z16),
+        "float16 log_softmax": lambda: fx.log_softmax(z16),
+        "float16 dense, broadcast labels": lambda: fx.softmax_cross_entropy_with_logits(labels=uniform, logits=z16),
+        "float32 class stride": lambda: fx.sparse_softmax_cross_entropy_with_logits(
+            labels=np.array([0, 1]), logits=strided, axis=0),
+        "float32 gradient in place": lambda: fx.sparse_softmax_cross_entropy_with_logits_and_grad(
+            labels=label, logits=in_place, grad_out=in_place),
+    }
+    fx.logsumexp(z16[:, :1000])  # the thread pool, before anything is measured
+    extra = {}
+    for name, call in calls.items():
+        gc.collect()
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets the peak RSS to the current RSS
+        before = rss_bytes()
+        result = call()
+        outputs = sum(r.nbytes for r in (result if isinstance(result, tuple) else (result,)) if r is not in_place)
+        extra[name] = peak_rss() - before - outputs
+        del result
+    print(json.dumps(extra))
+
+
+@pytest.mark.skipif(not os.access("/proc/self/clear_refs", os.W_OK), reason="needs /proc/self/clear_refs (Linux)")
+def test_long_rows_are_never_copied_whole(capsys):
+    """A row of 16 Mi classes in float16 would take 64 MiB of float32 if widened whole (and
+    as much again for its output); read and written a block at a time, it takes a few
+    blocks per thread."""
+    import json
+    import subprocess
+    import sys
+
+    code = f"import sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); import test_resources as t; t._long_row_child()"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    extra = json.loads(proc.stdout.strip().splitlines()[-1])
+    with capsys.disabled():
+        print("\n  memory beyond inputs and outputs, rows of 16 Mi classes: "
+              + ", ".join(f"{k} {v / MIB:.1f} MiB" for k, v in extra.items()), end="")
+    too_much = {k: f"{v / MIB:.1f} MiB" for k, v in extra.items() if v > 8 * MIB}
+    assert not too_much, f"calls on long rows took row-sized scratch: {too_much}"
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not HAVE_PROC, reason="needs /proc/self/statm (Linux) to read RSS")
 def test_million_small_and_thousand_large_calls_leave_memory_flat(capsys):

@@ -270,10 +270,10 @@ macro_rules! tier {
             use super::*;
 
             pub unsafe fn max_argmax(z: &[$t]) -> ($t, usize) {
-                simd::max_argmax::<$vector>(z)
+                simd::max_argmax::<$vector, simd::Plain>(z)
             }
             pub unsafe fn sum_exp(z: &[$t], shift: $t) -> f64 {
-                simd::sum_exp::<$vector>(z, shift)
+                simd::sum_exp::<$vector, simd::Plain>(z, shift)
             }
             pub unsafe fn exp_scaled(z: &[$t], shift: $t, scale: $t, out: &mut [$t]) {
                 simd::exp_scaled::<$vector, false>(z, shift, scale, out)

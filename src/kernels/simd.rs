@@ -181,6 +181,62 @@ unsafe fn splat<V: Vector>(x: V::E) -> V {
     V::splat(x)
 }
 
+/// How the statistics kernels read their elements into vectors: as stored in the compute
+/// type ([`Plain`]), or from a half type widened as they are loaded ([`F16Bits`],
+/// [`Bf16Bits`], implemented by the tiers that can), so that a half-type row is read once,
+/// at two bytes an element, with no widened copy.
+///
+/// # Safety
+/// As [`Vector`]: the CPU has the tier's features, pointers are valid for the lanes read.
+pub unsafe trait Load<V: Vector>: Copy {
+    /// The stored element.
+    type S: Copy + Default;
+    unsafe fn load(p: *const Self::S) -> V;
+    fn widen(x: Self::S) -> V::E;
+    /// `n < N` lanes from `p`, the others set to `fill`.
+    #[inline(always)]
+    unsafe fn load_partial(p: *const Self::S, n: usize, fill: V::E) -> V {
+        // Copied as stored, widened as a vector (not one at a time), then `fill` put in.
+        let mut stored = [Self::S::default(); 16];
+        for (i, x) in stored.iter_mut().enumerate().take(n) {
+            *x = *p.add(i);
+        }
+        let mut lanes = [V::E::zero(); 16];
+        V::store(lanes.as_mut_ptr(), Self::load(stored.as_ptr()));
+        V::load_partial(lanes.as_ptr(), n, fill)
+    }
+}
+
+/// Elements stored in the compute type.
+#[derive(Clone, Copy)]
+pub struct Plain;
+
+unsafe impl<V: Vector> Load<V> for Plain {
+    type S = V::E;
+    #[inline(always)]
+    unsafe fn load(p: *const V::E) -> V {
+        V::load(p)
+    }
+    #[inline(always)]
+    fn widen(x: V::E) -> V::E {
+        x
+    }
+    #[inline(always)]
+    unsafe fn load_partial(p: *const V::E, n: usize, fill: V::E) -> V {
+        V::load_partial(p, n, fill)
+    }
+}
+
+/// float16 elements, widened to f32 as loaded (x86 tiers only, so far).
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+pub struct F16Bits;
+
+/// bfloat16 elements, widened to f32 as loaded (x86 tiers only, so far).
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+pub struct Bf16Bits;
+
 /// `exp(d)` lane-wise; see the module docs for its bounds. `FULL`: any input (positive ones up
 /// to overflow); otherwise inputs are `≤ 0`, `-inf` or NaN.
 #[inline(always)]
@@ -295,17 +351,17 @@ unsafe fn poly<V: Vector>(r: V) -> V {
 /// `(max, index of its first occurrence)`, or `(NaN, index of the first NaN)`. `z` is not
 /// empty.
 #[inline(always)]
-pub unsafe fn max_argmax<V: Vector>(z: &[V::E]) -> (V::E, usize) {
+pub unsafe fn max_argmax<V: Vector, L: Load<V>>(z: &[L::S]) -> (V::E, usize) {
     let (n, p, w) = (z.len(), z.as_ptr(), V::N);
     let ninf = V::E::neg_infinity();
     let mut m = [splat::<V>(ninf); 4];
     let mut nan = 0u64;
     let mut i = 0;
     while i + 4 * w <= n {
-        let x0 = V::load(p.add(i));
-        let x1 = V::load(p.add(i + w));
-        let x2 = V::load(p.add(i + 2 * w));
-        let x3 = V::load(p.add(i + 3 * w));
+        let x0 = L::load(p.add(i));
+        let x1 = L::load(p.add(i + w));
+        let x2 = L::load(p.add(i + 2 * w));
+        let x3 = L::load(p.add(i + 3 * w));
         // A NaN in x leaves m as it is; the masks record it.
         m[0] = V::max_num(x0, m[0]);
         m[1] = V::max_num(x1, m[1]);
@@ -315,18 +371,18 @@ pub unsafe fn max_argmax<V: Vector>(z: &[V::E]) -> (V::E, usize) {
         i += 4 * w;
     }
     while i + w <= n {
-        let x = V::load(p.add(i));
+        let x = L::load(p.add(i));
         m[0] = V::max_num(x, m[0]);
         nan |= V::unord_mask(x, x);
         i += w;
     }
     if i < n {
-        let x = V::load_partial(p.add(i), n - i, ninf);
+        let x = L::load_partial(p.add(i), n - i, ninf);
         m[1] = V::max_num(x, m[1]);
         nan |= V::unord_mask(x, x);
     }
     if nan != 0 {
-        let j = z.iter().position(|x| x.is_nan()).unwrap_or(0);
+        let j = z.iter().position(|&x| L::widen(x).is_nan()).unwrap_or(0);
         return (V::E::nan(), j);
     }
     let best = V::hmax(V::max_num(V::max_num(m[0], m[1]), V::max_num(m[2], m[3])));
@@ -334,25 +390,25 @@ pub unsafe fn max_argmax<V: Vector>(z: &[V::E]) -> (V::E, usize) {
     let target = splat::<V>(best);
     let mut i = 0;
     while i + w <= n {
-        let hits = V::eq_mask(V::load(p.add(i)), target);
+        let hits = V::eq_mask(L::load(p.add(i)), target);
         if hits != 0 {
             let j = i + hits.trailing_zeros() as usize;
             // The element itself: of two zeros, the sign of the first, as the scalar tier.
-            return (*z.get_unchecked(j), j);
+            return (L::widen(*z.get_unchecked(j)), j);
         }
         i += w;
     }
-    let hits = V::eq_mask(V::load_partial(p.add(i), n - i, V::E::nan()), target);
+    let hits = V::eq_mask(L::load_partial(p.add(i), n - i, V::E::nan()), target);
     let j = (i + hits.trailing_zeros() as usize).min(n - 1);
-    (*z.get_unchecked(j), j)
+    (L::widen(*z.get_unchecked(j)), j)
 }
 
 /// `Σ exp(z_j - shift)`, in `N` compensated partial sums, added up in f64.
 #[inline(always)]
-pub unsafe fn sum_exp<V: Vector>(z: &[V::E], shift: V::E) -> f64 {
+pub unsafe fn sum_exp<V: Vector, L: Load<V>>(z: &[L::S], shift: V::E) -> f64 {
     match Split::<V>::new(shift) {
-        Some(split) => sum_exp_with(z, split, shift),
-        None => sum_exp_with(z, Compensated { shift: splat::<V>(shift) }, shift),
+        Some(split) => sum_exp_with::<V, L, _>(z, split, shift),
+        None => sum_exp_with::<V, L, _>(z, Compensated { shift: splat::<V>(shift) }, shift),
     }
 }
 
@@ -391,35 +447,35 @@ impl<V: Vector> KahanSum<V> {
 }
 
 #[inline(always)]
-unsafe fn sum_exp_with<V: Vector, S: ShiftedExp<V>>(z: &[V::E], f: S, shift: V::E) -> f64 {
+unsafe fn sum_exp_with<V: Vector, L: Load<V>, S: ShiftedExp<V>>(z: &[L::S], f: S, shift: V::E) -> f64 {
     let (n, p, w) = (z.len(), z.as_ptr(), V::N);
     let zero = splat::<V>(V::E::zero());
     let mut acc = KahanSum { sum: zero, carry: zero };
     let mut i = 0;
     while i + 8 * w <= n {
         // Eight vectors summed as a tree (exact for equal terms), then into the running sum.
-        let e0 = f.exp::<false>(V::load(p.add(i)));
-        let e1 = f.exp::<false>(V::load(p.add(i + w)));
-        let e2 = f.exp::<false>(V::load(p.add(i + 2 * w)));
-        let e3 = f.exp::<false>(V::load(p.add(i + 3 * w)));
-        let e4 = f.exp::<false>(V::load(p.add(i + 4 * w)));
-        let e5 = f.exp::<false>(V::load(p.add(i + 5 * w)));
-        let e6 = f.exp::<false>(V::load(p.add(i + 6 * w)));
-        let e7 = f.exp::<false>(V::load(p.add(i + 7 * w)));
+        let e0 = f.exp::<false>(L::load(p.add(i)));
+        let e1 = f.exp::<false>(L::load(p.add(i + w)));
+        let e2 = f.exp::<false>(L::load(p.add(i + 2 * w)));
+        let e3 = f.exp::<false>(L::load(p.add(i + 3 * w)));
+        let e4 = f.exp::<false>(L::load(p.add(i + 4 * w)));
+        let e5 = f.exp::<false>(L::load(p.add(i + 5 * w)));
+        let e6 = f.exp::<false>(L::load(p.add(i + 6 * w)));
+        let e7 = f.exp::<false>(L::load(p.add(i + 7 * w)));
         let s0 = V::add(V::add(e0, e1), V::add(e2, e3));
         let s1 = V::add(V::add(e4, e5), V::add(e6, e7));
         acc.add(V::add(s0, s1));
         i += 8 * w;
     }
     while i + w <= n {
-        acc.add(f.exp::<false>(V::load(p.add(i))));
+        acc.add(f.exp::<false>(L::load(p.add(i))));
         i += w;
     }
     if i < n {
         // The missing lanes read `shift` (exp 1), then count 0. (Filled with -inf they would
         // underflow through the subnormals: a microcode assist of ~100 cycles on Intel, per
         // row.)
-        let e = f.exp::<false>(V::load_partial(p.add(i), n - i, shift));
+        let e = f.exp::<false>(L::load_partial(p.add(i), n - i, shift));
         let ones = [V::E::one(); 16];
         acc.add(V::mul(e, V::load_partial(ones.as_ptr(), n - i, V::E::zero())));
     }
@@ -500,6 +556,22 @@ unsafe fn exp_scaled_with<V: Vector, S: ShiftedExp<V>, const STREAM: bool>(
     }
     if STREAM {
         V::fence();
+    }
+}
+
+/// `dst_j = src_j` in the compute type.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub unsafe fn widen<V: Vector, L: Load<V>>(src: &[L::S], dst: &mut [V::E]) {
+    let n = src.len().min(dst.len());
+    let (p, o, w) = (src.as_ptr(), dst.as_mut_ptr(), V::N);
+    let mut i = 0;
+    while i + w <= n {
+        V::store(o.add(i), L::load(p.add(i)));
+        i += w;
+    }
+    if i < n {
+        V::store_partial(o.add(i), n - i, L::load_partial(p.add(i), n - i, V::E::zero()));
     }
 }
 

@@ -8,9 +8,11 @@
 
 use std::arch::x86_64::*;
 
+use half::{bf16, f16};
+
 use super::lanes::{finish_tile, TileStats, LANES};
-use super::simd::{self, ExpConsts, Vector};
-use super::RowKernels;
+use super::simd::{self, Bf16Bits, ExpConsts, F16Bits, Load, Plain, Vector};
+use super::{RowKernels, StoredKernels};
 use crate::dispatch::Tier;
 
 /// The mask of the first `n` (< 64) lanes.
@@ -541,11 +543,11 @@ macro_rules! tier {
 
             #[target_feature(enable = $features)]
             pub unsafe fn max_argmax(z: &[$t]) -> ($t, usize) {
-                simd::max_argmax::<$vector>(z)
+                simd::max_argmax::<$vector, Plain>(z)
             }
             #[target_feature(enable = $features)]
             pub unsafe fn sum_exp(z: &[$t], shift: $t) -> f64 {
-                simd::sum_exp::<$vector>(z, shift)
+                simd::sum_exp::<$vector, Plain>(z, shift)
             }
             #[target_feature(enable = $features)]
             pub unsafe fn exp_scaled(z: &[$t], shift: $t, scale: $t, out: &mut [$t]) {
@@ -585,6 +587,92 @@ tier!(AVX512_F64, avx512_f64, __m512d, f64, Tier::Avx512, "avx512f,avx2,fma");
 tier!(AVX2_F32, avx2_f32, __m256, f32, Tier::Avx2, "avx2,fma");
 tier!(AVX2_F64, avx2_f64, __m256d, f64, Tier::Avx2, "avx2,fma");
 
+// ---- Half types, widened as loaded ----
+
+unsafe impl Load<__m512> for F16Bits {
+    type S = f16;
+    #[inline(always)]
+    unsafe fn load(p: *const f16) -> __m512 {
+        _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i))
+    }
+    #[inline(always)]
+    fn widen(x: f16) -> f32 {
+        x.to_f32()
+    }
+}
+
+unsafe impl Load<__m512> for Bf16Bits {
+    type S = bf16;
+    #[inline(always)]
+    unsafe fn load(p: *const bf16) -> __m512 {
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(_mm256_loadu_si256(p as *const __m256i))))
+    }
+    #[inline(always)]
+    fn widen(x: bf16) -> f32 {
+        x.to_f32()
+    }
+}
+
+/// (Needs F16C besides AVX2: see `dispatch::stored_f16`.)
+unsafe impl Load<__m256> for F16Bits {
+    type S = f16;
+    #[inline(always)]
+    unsafe fn load(p: *const f16) -> __m256 {
+        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+    }
+    #[inline(always)]
+    fn widen(x: f16) -> f32 {
+        x.to_f32()
+    }
+}
+
+unsafe impl Load<__m256> for Bf16Bits {
+    type S = bf16;
+    #[inline(always)]
+    unsafe fn load(p: *const bf16) -> __m256 {
+        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i))))
+    }
+    #[inline(always)]
+    fn widen(x: bf16) -> f32 {
+        x.to_f32()
+    }
+}
+
+macro_rules! half_stats {
+    ($table:ident, $module:ident, $vector:ty, $load:ty, $s:ty, $features:literal) => {
+        /// Safety (every function): the CPU has the features.
+        mod $module {
+            use super::*;
+
+            #[target_feature(enable = $features)]
+            pub unsafe fn max_argmax(z: &[$s]) -> (f32, usize) {
+                simd::max_argmax::<$vector, $load>(z)
+            }
+            #[target_feature(enable = $features)]
+            pub unsafe fn sum_exp(z: &[$s], shift: f32) -> f64 {
+                simd::sum_exp::<$vector, $load>(z, shift)
+            }
+            #[target_feature(enable = $features)]
+            pub unsafe fn widen(src: &[$s], dst: &mut [f32]) {
+                simd::widen::<$vector, $load>(src, dst)
+            }
+        }
+
+        /// Only to be used on a CPU with the features: `dispatch` hands it out only then.
+        pub static $table: StoredKernels<$s, f32> = StoredKernels {
+            // SAFETY (all three): the table is only used when the CPU has the features.
+            max_argmax: |z| unsafe { $module::max_argmax(z) },
+            sum_exp: |z, s| unsafe { $module::sum_exp(z, s) },
+            widen: |src, dst| unsafe { $module::widen(src, dst) },
+        };
+    };
+}
+
+half_stats!(AVX512_F16, avx512_f16, __m512, F16Bits, f16, "avx512f,avx2,fma");
+half_stats!(AVX512_BF16, avx512_bf16, __m512, Bf16Bits, bf16, "avx512f,avx2,fma");
+half_stats!(AVX2_F16, avx2_f16, __m256, F16Bits, f16, "avx2,fma,f16c");
+half_stats!(AVX2_BF16, avx2_bf16, __m256, Bf16Bits, bf16, "avx2,fma");
+
 /// The tiers this CPU runs, for the tests in `super::simd`.
 #[cfg(test)]
 pub(super) fn test_tiers_f32() -> Vec<simd::tests::TestTier<f32>> {
@@ -595,6 +683,22 @@ pub(super) fn test_tiers_f32() -> Vec<simd::tests::TestTier<f32>> {
     }
     if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
         v.push(TestTier { name: "avx2", k: &AVX2_F32, exp: avx2_f32::exp, lanes: 8 });
+    }
+    v
+}
+
+/// The half-type kernels this CPU runs, with the f32 kernels of their tier, for the tests in
+/// `super::simd`.
+#[cfg(test)]
+pub(super) fn test_stored_tiers() -> Vec<simd::tests::StoredTier> {
+    use simd::tests::StoredTier;
+    let mut v = vec![];
+    if is_x86_feature_detected!("avx512f") {
+        v.push(StoredTier { name: "avx512", k: &AVX512_F32, f16: Some(&AVX512_F16), bf16: &AVX512_BF16 });
+    }
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        let f16 = is_x86_feature_detected!("f16c").then_some(&AVX2_F16);
+        v.push(StoredTier { name: "avx2", k: &AVX2_F32, f16, bf16: &AVX2_BF16 });
     }
     v
 }

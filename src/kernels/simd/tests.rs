@@ -3,6 +3,8 @@
 use crate::kernels::scalar;
 
 use crate::kernels::RowKernels;
+#[cfg(target_arch = "x86_64")]
+use crate::kernels::StoredKernels;
 
 pub(crate) type ExpFn<F> = unsafe fn(&[F], &mut [F]);
 
@@ -601,5 +603,55 @@ fn exp_scaled_stream_matches_exp_scaled() {
     }
     for t in tiers_f64() {
         check(t.k, t.name);
+    }
+}
+
+/// A tier's kernels over half-type rows as stored, with its f32 kernels.
+#[cfg(target_arch = "x86_64")]
+pub(crate) struct StoredTier {
+    pub name: &'static str,
+    pub k: &'static RowKernels<f32>,
+    pub f16: Option<&'static StoredKernels<half::f16, f32>>,
+    pub bf16: &'static StoredKernels<half::bf16, f32>,
+}
+
+/// Reading half types as stored gives the bits of the f32 kernels on the widened rows: the
+/// maximum, its index, the sums, and the widened values themselves.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn stored_half_kernels_match_the_f32_kernels_on_widened_rows() {
+    fn check<S: Copy + std::fmt::Debug>(
+        name: &str,
+        k: &RowKernels<f32>,
+        s: &StoredKernels<S, f32>,
+        from: impl Fn(f64) -> S,
+        to: impl Fn(S) -> f32,
+    ) {
+        for z in rows(5) {
+            let stored: Vec<S> = z.iter().map(|&x| from(x)).collect();
+            let wide: Vec<f32> = stored.iter().map(|&x| to(x)).collect();
+            let mut widened = vec![f32::NAN; wide.len()];
+            (s.widen)(&stored, &mut widened);
+            assert!(widened.iter().zip(&wide).all(|(a, b)| a.to_bits() == b.to_bits()), "{name} widen {stored:?}");
+            if z.is_empty() {
+                continue;
+            }
+            let (m, j) = (s.max_argmax)(&stored);
+            let (want_m, want_j) = (k.max_argmax)(&wide);
+            assert!(m.to_bits() == want_m.to_bits() || (m.is_nan() && want_m.is_nan()), "{name} max {stored:?}");
+            assert_eq!(j, want_j, "{name} argmax {stored:?}");
+            if m.is_finite() {
+                for shift in [m, m + 1.5, 0.0f32.max(m)] {
+                    let (got, want) = ((s.sum_exp)(&stored, shift), (k.sum_exp)(&wide, shift));
+                    assert_eq!(got.to_bits(), want.to_bits(), "{name} sum_exp (shift {shift}) {stored:?}");
+                }
+            }
+        }
+    }
+    for t in crate::kernels::x86::test_stored_tiers() {
+        check(t.name, t.k, t.bf16, half::bf16::from_f64, half::bf16::to_f32);
+        if let Some(f16) = t.f16 {
+            check(t.name, t.k, f16, half::f16::from_f64, half::f16::to_f32);
+        }
     }
 }

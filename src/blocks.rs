@@ -1,0 +1,272 @@
+//! Rows as the row math reads and writes them: in the compute type, one block at a time.
+//!
+//! A row that memory already holds contiguously in the compute type is a plain slice. Any
+//! other row (a half type, a class stride, logits about to be overwritten) is widened block
+//! by block into a small buffer, and its outputs are rounded back block by block, so that no
+//! row, however long, is ever copied whole.
+
+use std::mem::MaybeUninit;
+use std::ops::Range;
+
+use crate::kernels::Float;
+
+/// Elements per block of a row read or written through a buffer. Also the block of the
+/// row sums (`crate::rows`), so the sums come out the same however the row is read.
+pub const BLOCK: usize = 1024;
+
+/// Reads stored rows.
+pub trait Source<F>: Sync {
+    /// Fills `dst` with the elements `from..from + dst.len()` of the row that starts at
+    /// element offset `start`.
+    ///
+    /// # Safety
+    /// `start` is the offset of one of the source's rows, and `from + dst.len()` at most its
+    /// length.
+    unsafe fn widen(&self, start: isize, from: usize, dst: &mut [F]);
+
+    /// `(max, index in the range)` of the elements `range` of the row at `start`, read as
+    /// stored, where the stored type has a kernel that widens as it loads (else `None`).
+    ///
+    /// # Safety
+    /// As [`Source::widen`], for the range.
+    unsafe fn max_argmax(&self, _start: isize, _range: Range<usize>) -> Option<(F, usize)> {
+        None
+    }
+
+    /// `Σ exp(z_j - shift)` over the elements `range`, as [`Source::max_argmax`].
+    ///
+    /// # Safety
+    /// As [`Source::widen`], for the range.
+    unsafe fn sum_exp(&self, _start: isize, _range: Range<usize>, _shift: F) -> Option<f64> {
+        None
+    }
+}
+
+/// Writes stored rows, addressed like [`Source`].
+pub trait Sink<F>: Sync {
+    /// Elements `from..from + len` themselves, when they are stored contiguously in `F`.
+    ///
+    /// # Safety
+    /// As [`Source::widen`] for the range; and no other live reference or thread touches
+    /// those elements while the slice lives.
+    #[allow(clippy::mut_from_ref)] // (the slice is carved from a raw pointer, not from `self`)
+    unsafe fn direct(&self, start: isize, from: usize, len: usize) -> Option<&mut [F]>;
+
+    /// Stores `src`, rounded to the stored type, as the elements `from..`.
+    ///
+    /// # Safety
+    /// As [`Sink::direct`].
+    unsafe fn narrow(&self, start: isize, from: usize, src: &[F]);
+
+    /// Whether [`Sink::direct`] hands out slices.
+    fn is_direct(&self) -> bool;
+}
+
+/// One row of input in the compute type.
+#[derive(Clone, Copy)]
+pub enum Row<'a, F> {
+    Slice(&'a [F]),
+    /// Read through `source`, a block at a time: elements `0..len` of its row at `start`
+    /// (which [`Source::widen`] must accept).
+    Stored {
+        start: isize,
+        len: usize,
+        source: &'a dyn Source<F>,
+    },
+}
+
+impl<'a, F: Float> Row<'a, F> {
+    pub fn len(&self) -> usize {
+        match self {
+            Row::Slice(s) => s.len(),
+            Row::Stored { len, .. } => *len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Element `j`.
+    pub fn get(&self, j: usize) -> F {
+        match self {
+            Row::Slice(s) => s[j],
+            Row::Stored { start, len, source } => {
+                assert!(j < *len, "a read past the row");
+                let mut x = [F::zero()];
+                // SAFETY: within the row (checked), as the variant promises.
+                unsafe { source.widen(*start, j, &mut x) };
+                x[0]
+            }
+        }
+    }
+
+    /// The longest piece a [`Reader`] hands over at once without a buffer of its size.
+    pub fn piece(&self) -> usize {
+        match self {
+            Row::Slice(s) => s.len().max(1),
+            Row::Stored { .. } => BLOCK,
+        }
+    }
+
+    pub fn reader(&self) -> Reader<'a, F> {
+        Reader { row: *self, buf: Vec::new() }
+    }
+}
+
+/// Reads pieces of a [`Row`], reusing one buffer.
+pub struct Reader<'a, F> {
+    row: Row<'a, F>,
+    buf: Vec<F>,
+}
+
+impl<F: Float> Reader<'_, F> {
+    /// Elements `range` of the row: borrowed from a slice, else widened into the buffer (of
+    /// `range.len()` elements: callers keep pieces to [`Row::piece`]).
+    pub fn read(&mut self, range: Range<usize>) -> &[F] {
+        match self.row {
+            Row::Slice(s) => &s[range],
+            Row::Stored { start, len, source } => {
+                assert!(range.start <= range.end && range.end <= len, "a read past the row");
+                self.buf.resize(range.len(), F::zero());
+                // SAFETY: within the row (checked), as the variant promises.
+                unsafe { source.widen(start, range.start, &mut self.buf) };
+                &self.buf
+            }
+        }
+    }
+
+    /// [`Source::max_argmax`] of `range`, for a row read through a source.
+    pub fn stored_max_argmax(&self, range: Range<usize>) -> Option<(F, usize)> {
+        match self.row {
+            Row::Slice(_) => None,
+            Row::Stored { start, len, source } => {
+                assert!(range.start <= range.end && range.end <= len, "a read past the row");
+                // SAFETY: within the row (checked), as the variant promises.
+                unsafe { source.max_argmax(start, range) }
+            }
+        }
+    }
+
+    /// [`Source::sum_exp`] of `range`, for a row read through a source.
+    pub fn stored_sum_exp(&self, range: Range<usize>, shift: F) -> Option<f64> {
+        match self.row {
+            Row::Slice(_) => None,
+            Row::Stored { start, len, source } => {
+                assert!(range.start <= range.end && range.end <= len, "a read past the row");
+                // SAFETY: within the row (checked), as the variant promises.
+                unsafe { source.sum_exp(start, range, shift) }
+            }
+        }
+    }
+
+    /// Calls `f(from, block)` for the blocks of `range`, the row cut at multiples of
+    /// [`BLOCK`].
+    pub fn blocks(&mut self, range: Range<usize>, mut f: impl FnMut(usize, &[F])) {
+        let mut from = range.start;
+        while from < range.end {
+            let to = (from / BLOCK + 1) * BLOCK;
+            let to = to.min(range.end);
+            f(from, self.read(from..to));
+            from = to;
+        }
+    }
+}
+
+/// One row of output in the compute type.
+pub enum RowOut<'a, F> {
+    Slice(&'a mut [F]),
+    /// Elements `from..from + len` of the stored row at `start`, written through `sink`
+    /// (which must accept them, and which nothing else touches while this lives).
+    Stored {
+        start: isize,
+        from: usize,
+        len: usize,
+        sink: &'a dyn Sink<F>,
+    },
+}
+
+impl<F: Float> RowOut<'_, F> {
+    pub fn len(&self) -> usize {
+        match self {
+            RowOut::Slice(s) => s.len(),
+            RowOut::Stored { len, .. } => *len,
+        }
+    }
+
+    /// The longest piece [`RowOut::write`] takes without a buffer of its size.
+    pub fn piece(&self) -> usize {
+        match self {
+            RowOut::Stored { sink, .. } if !sink.is_direct() => BLOCK,
+            _ => self.len().max(1),
+        }
+    }
+
+    /// Calls `f` with elements `range` to fill (in the compute type; what they held before
+    /// is unspecified) and stores them. `buf` holds them when they are stored otherwise
+    /// (so `range` is at most [`RowOut::piece`] long).
+    pub fn write<R>(&mut self, range: Range<usize>, buf: &mut BlockBuf<F>, f: impl FnOnce(&mut [F]) -> R) -> R {
+        match self {
+            RowOut::Slice(s) => f(&mut s[range]),
+            RowOut::Stored { start, from, len, sink } => {
+                assert!(range.start <= range.end && range.end <= *len, "a write past the row");
+                let at = *from + range.start;
+                // SAFETY: within the row (checked); this `RowOut` is the only handle on its
+                // elements (see `parts`), and the slice lives only for this call.
+                if let Some(direct) = unsafe { sink.direct(*start, at, range.len()) } {
+                    return f(direct);
+                }
+                let buf = buf.take(range.len());
+                let result = f(buf);
+                // SAFETY: as above.
+                unsafe { sink.narrow(*start, at, buf) };
+                result
+            }
+        }
+    }
+
+    /// Sets element `j`.
+    pub fn set(&mut self, j: usize, x: F) {
+        self.write(j..j + 1, &mut BlockBuf::default(), |o| o[0] = x);
+    }
+
+    /// Sets every element to `x`.
+    pub fn fill(&mut self, x: F) {
+        let (len, piece, mut buf) = (self.len(), self.piece(), BlockBuf::default());
+        for from in (0..len).step_by(piece) {
+            self.write(from..(from + piece).min(len), &mut buf, |o| o.fill(x));
+        }
+    }
+
+    /// The row cut into parts of `n` elements (the last may be shorter), each writable on
+    /// its own thread.
+    pub fn parts(&mut self, n: usize) -> Vec<RowOut<'_, F>> {
+        match self {
+            RowOut::Slice(s) => s.chunks_mut(n).map(RowOut::Slice).collect(),
+            RowOut::Stored { start, from, len, sink } => (0..*len)
+                .step_by(n)
+                .map(|at| RowOut::Stored { start: *start, from: *from + at, len: n.min(*len - at), sink: *sink })
+                .collect(),
+        }
+    }
+}
+
+/// Room for one block on the stack, initialised only as far as it is used (a row of ten
+/// classes should not pay for zeroing a thousand).
+pub struct BlockBuf<F>([MaybeUninit<F>; BLOCK]);
+
+impl<F: Float> Default for BlockBuf<F> {
+    fn default() -> Self {
+        BlockBuf([const { MaybeUninit::uninit() }; BLOCK])
+    }
+}
+
+impl<F: Float> BlockBuf<F> {
+    /// The first `n` elements (at most [`BLOCK`]), zeroed.
+    fn take(&mut self, n: usize) -> &mut [F] {
+        let part = &mut self.0[..n];
+        part.fill(MaybeUninit::new(F::zero()));
+        // SAFETY: the first `n` elements were just initialised.
+        unsafe { &mut *(part as *mut [MaybeUninit<F>] as *mut [F]) }
+    }
+}
