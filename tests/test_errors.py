@@ -191,7 +191,10 @@ DENSE_CASES = [
     ("labels-int-list", (), {"labels": [[0, 1, 0, 0]] * 3, "logits": Z}, "labels has dtype int64.*floating"),
     ("labels-uint8", (), {"labels": P.astype(np.uint8), "logits": Z}, "labels has dtype uint8"),
     ("ignore_index-on-dense", (), {"labels": P, "logits": Z, "ignore_index": 1}, "ignore_index"),
-    ("axis-and-dim-differ", (), {"labels": P, "logits": Z, "axis": 0, "dim": 1}, "axis = 0 and dim = 1"),
+    ("axis-and-dim-differ", (), {"labels": P, "logits": Z, "axis": 0, "dim": 1}, "axis = 0 and dim = 1 name different axes"),
+    # An explicit -1 is an axis too (only the default gives way to dim).
+    ("axis-last-and-dim-differ", (), {"labels": P, "logits": Z, "axis": -1, "dim": 0}, "axis = -1 and dim = 0 name different"),
+    ("axis-out-of-range-with-dim", (), {"labels": P, "logits": Z, "axis": 2, "dim": 0}, "axis = 2 and dim = 0"),
     ("dim-out-of-range", (), {"labels": P, "logits": Z, "dim": 5}, r"dim.* 5 .*out of range|dim = 5"),
     ("dim-float", (), {"labels": P, "logits": Z, "dim": 1.0}, "dim = 1.0 is invalid.*integer"),
     ("dim-str", (), {"labels": P, "logits": Z, "dim": "0"}, "dim"),

@@ -486,6 +486,8 @@ def test_dim_alias(fn, dim):
     by_axis = as_bytes(fn(labels=p, logits=z, axis=dim))
     assert as_bytes(fn(labels=p, logits=z, dim=dim)) == by_axis
     assert as_bytes(fn(labels=p, logits=z, axis=dim, dim=dim)) == by_axis
+    # The same axis counted from the other end agrees with dim.
+    assert as_bytes(fn(labels=p, logits=z, axis=dim - 3 if dim >= 0 else dim + 3, dim=dim)) == by_axis
     assert_close(DENSE(labels=p, logits=z, dim=dim), ref_dense(z.astype(np.float64), as_compute(p, np.float32), dim)[0], np.float32)
 
 

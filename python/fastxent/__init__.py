@@ -135,15 +135,31 @@ def _integer(value: Any, name: str) -> int:
         raise ValueError(f"{name} = {_show(value)} is invalid: int() of it raised {type(e).__name__}") from None
 
 
+class _DefaultAxis(int):
+    """The default ``axis``, -1, told apart from an explicit ``axis=-1``: an explicit axis
+    that names another axis than TF 1's ``dim`` is an error, the default is not."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "-1"
+
+
+_LAST_AXIS = _DefaultAxis(-1)
+
+
 def _axis(axis: Any, dim: Any = None, rank: int = 0) -> int:
+    explicit = axis is not _LAST_AXIS
     axis = _integer(axis, "axis")
     if dim is not None:
         dim = _integer(dim, "dim")
-        if axis != -1 and axis != dim:
-            raise ValueError(f"axis = {axis} and dim = {dim} disagree: give one of them")
         if not -rank <= dim < rank:
             raise ValueError(
                 f"dim {dim} is out of range for logits of rank {rank}: expected a dim in [{-rank}, {rank})"
+            )
+        if explicit and not (-rank <= axis < rank and axis % rank == dim % rank):
+            raise ValueError(
+                f"axis = {axis} and dim = {dim} name different axes of logits of rank {rank}: give one of them"
             )
         axis = dim
     return axis
@@ -247,7 +263,7 @@ def softmax_cross_entropy_with_logits(
     *,
     labels: Any,
     logits: Any,
-    axis: int = -1,
+    axis: int = _LAST_AXIS,
     dim: int | None = None,
     name: str | None = None,
     reduction: str = "none",
@@ -259,9 +275,10 @@ def softmax_cross_entropy_with_logits(
 
     TensorFlow's ``tf.nn.softmax_cross_entropy_with_logits``: ``labels`` (class
     probabilities, any floating dtype) broadcast against ``logits``; the loss has the broadcast
-    shape without the class axis and the logits' dtype. ``dim`` is TF 1's alias of ``axis``;
-    ``name`` is ignored. A zero label on a ``-inf`` logit contributes 0 (TF gives NaN); a row
-    with NaN or +inf, or of all ``-inf``, gives NaN.
+    shape without the class axis and the logits' dtype. ``dim`` is TF 1's alias of ``axis``
+    (an explicit ``axis`` naming another axis is an error); ``name`` is ignored. A zero label
+    on a ``-inf`` logit contributes 0 (TF gives NaN); a row with NaN or +inf, or of all
+    ``-inf``, gives NaN. The default ``axis`` is -1.
 
     Options (defaults give TensorFlow's result), as in ``torch.nn.functional.cross_entropy``:
     ``reduction`` ("none", "sum", "mean": the mean divides by the number of rows),
@@ -286,7 +303,7 @@ def softmax_cross_entropy_with_logits_v2(
     *,
     labels: Any,
     logits: Any,
-    axis: int = -1,
+    axis: int = _LAST_AXIS,
     dim: int | None = None,
     name: str | None = None,
     reduction: str = "none",
@@ -303,7 +320,7 @@ def softmax_cross_entropy_with_logits_and_grad(
     *,
     labels: Any,
     logits: Any,
-    axis: int = -1,
+    axis: int = _LAST_AXIS,
     dim: int | None = None,
     name: str | None = None,
     reduction: str = "none",

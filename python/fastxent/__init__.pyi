@@ -30,7 +30,7 @@ def softmax_cross_entropy_with_logits(
     *,
     labels: ArrayLike,
     logits: ArrayLike,
-    axis: int = -1,
+    axis: int = ...,  # -1; at run time an int equal to -1, told apart from an explicit -1
     dim: int | None = None,
     name: str | None = None,
     reduction: _Reduction = "none",
@@ -42,7 +42,7 @@ def softmax_cross_entropy_with_logits_v2(
     *,
     labels: ArrayLike,
     logits: ArrayLike,
-    axis: int = -1,
+    axis: int = ...,  # -1; at run time an int equal to -1, told apart from an explicit -1
     dim: int | None = None,
     name: str | None = None,
     reduction: _Reduction = "none",
@@ -54,7 +54,7 @@ def softmax_cross_entropy_with_logits_and_grad(
     *,
     labels: ArrayLike,
     logits: ArrayLike,
-    axis: int = -1,
+    axis: int = ...,  # -1; at run time an int equal to -1, told apart from an explicit -1
     dim: int | None = None,
     name: str | None = None,
     reduction: _Reduction = "none",
