@@ -227,7 +227,20 @@ impl<F: Float> RowOut<'_, F> {
 
     /// Sets element `j`.
     pub fn set(&mut self, j: usize, x: F) {
-        self.write(j..j + 1, &mut BlockBuf::default(), |o| o[0] = x);
+        match self {
+            RowOut::Slice(s) => s[j] = x,
+            _ => self.write(j..j + 1, &mut BlockBuf::default(), |o| o[0] = x),
+        }
+    }
+
+    /// Sets the elements to `src` (of the same length).
+    pub fn copy_from(&mut self, src: &[F]) {
+        let (len, piece, mut buf) = (self.len(), self.piece(), BlockBuf::default());
+        assert_eq!(src.len(), len, "a whole row");
+        for from in (0..len).step_by(piece) {
+            let to = (from + piece).min(len);
+            self.write(from..to, &mut buf, |o| o.copy_from_slice(&src[from..to]));
+        }
     }
 
     /// Sets every element to `x`.

@@ -97,6 +97,8 @@ struct RowLayout {
     /// dimension), so that `offset` divides as little as possible.
     batch_shape: Vec<usize>,
     batch_strides: Vec<isize>,
+    /// The product of `batch_shape`.
+    rows: usize,
     classes: usize,
     class_stride: isize,
 }
@@ -117,11 +119,12 @@ impl RowLayout {
                 }
             }
         }
-        RowLayout { batch_shape, batch_strides, classes: shape[axis], class_stride: strides[axis] }
+        let rows = batch_shape.iter().product();
+        RowLayout { batch_shape, batch_strides, rows, classes: shape[axis], class_stride: strides[axis] }
     }
 
     fn rows(&self) -> usize {
-        self.batch_shape.iter().product()
+        self.rows
     }
 
     fn elements(&self) -> usize {
@@ -186,15 +189,15 @@ impl<'a, T: Element> RowView<'a, T> {
     /// Row `r` in the compute type: borrowed when possible; otherwise read a block at a time
     /// when long or when its statistics can be taken as stored (never copied whole), or
     /// widened whole into `scratch`.
+    #[inline(always)] // (a `Row` returned through memory stalls on the stores just before)
     fn row<'s>(&'s self, r: usize, scratch: &'s mut Vec<T::Compute>) -> Row<'s, T::Compute> {
         let classes = self.layout.classes;
-        assert!(r < self.layout.rows(), "a row of the view");
-        let start = self.layout.offset(r);
         if let (false, Some(c)) = (self.copy, self.contiguous_rows(r, 1)) {
             return Row::Slice(c);
         }
         if classes >= rows::SPLIT_MIN || self.stats.is_some() {
-            return Row::Stored { start, len: classes, source: self };
+            assert!(r < self.layout.rows(), "a row of the view");
+            return Row::Stored { start: self.layout.offset(r), len: classes, source: self };
         }
         scratch.clear();
         self.append_row(r, scratch);
@@ -256,12 +259,22 @@ struct Scratch<F> {
 struct DriverScratch<F> {
     row: Vec<F>,
     tile: Vec<F>,
+    /// A tile's outputs, where they are not written in place.
+    out: Vec<F>,
     stats: Vec<RowStats<F>>,
+    /// A tile's `exp(z_j - max)`, row by row.
+    exps: Vec<F>,
 }
 
 impl<F: Float> Default for DriverScratch<F> {
     fn default() -> Self {
-        DriverScratch { row: Vec::new(), tile: Vec::new(), stats: vec![RowStats::default(); LANES] }
+        DriverScratch {
+            row: Vec::new(),
+            tile: Vec::new(),
+            out: Vec::new(),
+            stats: vec![RowStats::default(); LANES],
+            exps: Vec::new(),
+        }
     }
 }
 
@@ -312,11 +325,26 @@ impl<'a, T: Element> RowSink<'a, T> {
         (RowView::with_copy(self.ptr, self.layout.clone(), true), self)
     }
 
+    /// Rows `first..first + n` themselves, when they are one block of the compute type.
+    ///
+    /// # Safety
+    /// No other thread accesses those rows meanwhile, nor anything else reads or writes them
+    /// while the slice lives.
+    unsafe fn rows_mut(&self, first: usize, n: usize) -> Option<&'a mut [T::Compute]> {
+        let l = &self.layout;
+        let dense = n == 1 || (l.batch_strides.len() == 1 && l.batch_strides[0] == l.classes as isize);
+        if !self.is_direct() || !dense || first + n > l.rows() {
+            return None;
+        }
+        T::as_compute_mut(std::slice::from_raw_parts_mut(self.ptr.offset(l.offset(first)), n * l.classes))
+    }
+
     /// Calls `fill` with row `r`: the destination itself when it is contiguous and of the
     /// compute type (and not read while written), else written a block at a time.
     ///
     /// # Safety
     /// `r < rows`, and no other thread accesses row `r` meanwhile.
+    #[inline(always)] // (as `RowView::row`)
     unsafe fn write_row<R>(&self, r: usize, fill: impl FnOnce(RowOut<T::Compute>) -> R) -> R {
         let classes = self.layout.classes;
         let start = self.layout.offset(r);
@@ -377,9 +405,16 @@ where
     for_rows_with(view, sink, results, f, None)
 }
 
-/// The function [`for_rows`] calls on each row.
-trait RowFn<F, R>: Fn(usize, &Row<F>, &RowStats<F>, &mut Scratch<F>, Option<RowOut<F>>) -> R + Sync {}
-impl<F, R, G: Fn(usize, &Row<F>, &RowStats<F>, &mut Scratch<F>, Option<RowOut<F>>) -> R + Sync> RowFn<F, R> for G {}
+/// The function [`for_rows`] calls on each row: `(r, z, stats, exps, scratch, out)`, `exps`
+/// the row's `exp(z_j - max)` where already computed.
+trait RowFn<F, R>:
+    Fn(usize, &Row<F>, &RowStats<F>, Option<&[F]>, &mut Scratch<F>, Option<&mut RowOut<F>>) -> R + Sync
+{
+}
+impl<F, R, G> RowFn<F, R> for G where
+    G: Fn(usize, &Row<F>, &RowStats<F>, Option<&[F]>, &mut Scratch<F>, Option<&mut RowOut<F>>) -> R + Sync
+{
+}
 
 /// Takes a whole tile of narrow rows: `(first row, the tile's rows one after another, their
 /// statistics, their results)`; returns false to leave the tile to the row function.
@@ -406,8 +441,8 @@ fn for_rows_with<T, R, Fun>(
         let stats = &stats.refined(z);
         match sink {
             // SAFETY: `r < rows`, and this task is the only one handling row `r`.
-            Some(sink) => unsafe { sink.write_row(r, |o| f(r, z, stats, s, Some(o))) },
-            None => f(r, z, stats, s, None),
+            Some(sink) => unsafe { sink.write_row(r, |mut o| f(r, z, stats, None, s, Some(&mut o))) },
+            None => f(r, z, stats, None, s, None),
         }
     };
     assert_eq!(results.len(), rows, "one result per row");
@@ -440,12 +475,47 @@ fn for_rows_with<T, R, Fun>(
                     &d.tile
                 }
             };
-            T::Compute::tile_stats(tile, classes, &mut d.stats);
-            if tile_f.is_some_and(|tf| tf(first, tile, &d.stats, results)) {
+            let Some(sink) = sink else {
+                T::Compute::tile_stats(tile, classes, &mut d.stats, None);
+                if tile_f.is_some_and(|tf| tf(first, tile, &d.stats, results)) {
+                    return;
+                }
+                for (i, (res, (z, stats))) in
+                    results.iter_mut().zip(tile.chunks_exact(classes).zip(&d.stats)).enumerate()
+                {
+                    let z = Row::Slice(z);
+                    *res = f(first + i, &z, &stats.refined(&z), None, s, None);
+                }
                 return;
+            };
+            // With outputs, the exps of the statistics are kept: the outputs need no others.
+            d.exps.resize(LANES * classes, T::Compute::zero());
+            T::Compute::tile_stats(tile, classes, &mut d.stats, Some(&mut d.exps));
+            let rows_in = tile.chunks_exact(classes).zip(&d.stats).zip(d.exps.chunks_exact(classes));
+            // The tile's outputs, one slice: the destination itself where its rows are one
+            // block of the compute type, else a buffer stored row by row afterwards.
+            // SAFETY: this task is the only one handling these rows, and their logits were
+            // read (into `tile`) before they are written.
+            let direct = unsafe { sink.rows_mut(first, LANES) };
+            let stored = direct.is_none();
+            let out = direct.unwrap_or_else(|| {
+                d.out.resize(LANES * classes, T::Compute::zero());
+                &mut d.out
+            });
+            for (i, ((res, ((z, stats), exps)), o)) in
+                results.iter_mut().zip(rows_in).zip(out.chunks_exact_mut(classes)).enumerate()
+            {
+                let z = Row::Slice(z);
+                let stats = stats.refined(&z);
+                // (Where the off-maximum mass was summed again, so are the exps.)
+                let exps = (stats.rest == d.stats[i].rest).then_some(exps);
+                *res = f(first + i, &z, &stats, exps, s, Some(&mut RowOut::Slice(o)));
             }
-            for (i, (res, z)) in results.iter_mut().zip(tile.chunks_exact(classes)).enumerate() {
-                *res = call(first + i, &Row::Slice(z), &d.stats[i], s);
+            if stored {
+                for (i, o) in d.out.chunks_exact(classes).enumerate() {
+                    // SAFETY: as above; `first + i < rows`.
+                    unsafe { sink.write_row(first + i, |mut row| row.copy_from(o)) };
+                }
             }
         } else {
             for (i, res) in results.iter_mut().enumerate() {
@@ -778,7 +848,8 @@ fn sparse_run<T: Element, L: Label>(
     let targets = Targets::new(weight.as_deref(), T::Compute::from_f64(options.label_smoothing), classes);
     let k = T::Compute::kernels();
     let (view, sink) = io.rows(&logits_shape, axis)?;
-    let stream = sink.as_ref().is_some_and(|s| s.stream);
+    // (Not narrow rows: each would end with a fence, for a few dozen bytes.)
+    let stream = sink.as_ref().is_some_and(|s| s.stream) && !T::Compute::tiles(classes);
     // Without options or a gradient, a tile's losses come straight from its statistics.
     let plain = sink.is_none() && weight.is_none() && options.label_smoothing == 0.0;
     let tile_losses = |first: usize, tile: &[T::Compute], stats: &[RowStats<T::Compute>], out: &mut [T::Compute]| {
@@ -793,15 +864,20 @@ fn sparse_run<T: Element, L: Label>(
         }
         true
     };
-    let row = |r, z: &Row<T::Compute>, stats: &RowStats<T::Compute>, _: &mut Scratch<_>, out: Option<RowOut<_>>| {
+    let row = |r,
+               z: &Row<T::Compute>,
+               stats: &RowStats<T::Compute>,
+               exps: Option<&[_]>,
+               _: &mut Scratch<_>,
+               out: Option<&mut RowOut<_>>| {
         let label = indices.get(r);
         if label == IGNORED {
-            if let Some(mut o) = out {
+            if let Some(o) = out {
                 o.fill(T::Compute::zero());
             }
             return T::Compute::zero();
         }
-        rows::sparse(k, z, stats, label, &targets, out.map(|out| Grad { out, scale, stream }))
+        rows::sparse(k, z, stats, label, &targets, out.map(|out| Grad { out, scale, stream, exps }))
     };
     fill_losses(&mut loss, rows, options.reduction, divisor, |losses| {
         for_rows_with(&view, sink.as_ref(), losses, row, plain.then_some(&tile_losses as TileFn<_, _>))
@@ -841,9 +917,10 @@ fn dense_run<T: Element, Y: Element<Compute = T::Compute>>(
     let (z_rows, sink) = io.rows(&shape, axis)?;
     let y_rows = RowView::new(&labels, axis);
     fill_losses(&mut loss, rows, options.reduction, divisor, |losses| {
-        for_rows(&z_rows, sink.as_ref(), losses, |r, z, stats, s, out| {
+        for_rows(&z_rows, sink.as_ref(), losses, |r, z, stats, exps, s, out| {
             let y = y_rows.row(r, &mut s.labels);
-            rows::dense(k, z, stats, &y, &targets, &mut s.targets, out.map(|out| Grad { out, scale, stream: false }))
+            let grad = out.map(|out| Grad { out, scale, stream: false, exps });
+            rows::dense(k, z, stats, &y, &targets, &mut s.targets, grad)
         })
     });
     Ok(fresh)
@@ -986,7 +1063,7 @@ pub fn softmax_cross_entropy_grad_in_place<T: Element, Y: Element<Compute = T::C
 }
 
 /// A row-to-row operation: `rows::log_softmax` or `rows::softmax`.
-type RowOp<F> = fn(&crate::kernels::RowKernels<F>, &Row<F>, &RowStats<F>, &mut RowOut<F>);
+type RowOp<F> = fn(&crate::kernels::RowKernels<F>, &Row<F>, &RowStats<F>, Option<&[F]>, &mut RowOut<F>);
 
 /// Runs a row-to-row operation (`log_softmax`, `softmax`) over every row.
 fn map_rows<T: Element>(logits: ArrayViewD<T>, axis: isize, op: RowOp<T::Compute>) -> Result<ArrayD<T>> {
@@ -996,8 +1073,8 @@ fn map_rows<T: Element>(logits: ArrayViewD<T>, axis: isize, op: RowOp<T::Compute
     let sink = RowSink::new(&mut out.view_mut(), axis);
     let k = T::Compute::kernels();
     let mut done = vec![(); view.layout.rows()];
-    for_rows(&view, Some(&sink), &mut done, |_, z, stats, _, o| {
-        op(k, z, stats, &mut o.expect("output rows requested"))
+    for_rows(&view, Some(&sink), &mut done, |_, z, stats, exps, _, o| {
+        op(k, z, stats, exps, o.expect("output rows requested"))
     });
     Ok(out)
 }
@@ -1018,7 +1095,7 @@ pub fn logsumexp<T: Element>(logits: ArrayViewD<T>, axis: isize) -> Result<Array
     let axis = class_axis(axis, logits.ndim())?;
     let view = RowView::new(&logits, axis);
     let mut sums = vec![T::Compute::zero(); view.layout.rows()];
-    for_rows(&view, None, &mut sums, |_, _, stats, _, _| stats.logsumexp());
+    for_rows(&view, None, &mut sums, |_, _, stats, _, _, _| stats.logsumexp());
     let data = sums.into_iter().map(T::narrow).collect();
     Ok(ArrayD::from_shape_vec(IxDyn(&without(logits.shape(), axis)), data).expect("one value per row"))
 }

@@ -128,6 +128,16 @@ fn max_argmax<F: Float>(k: &RowKernels<F>, z: &Row<F>) -> (F, usize) {
 /// pieces that every side hands over without a buffer of that size; long rows are split
 /// across threads.
 fn map<F: Float>(z: &Row<F>, y: Option<&Row<F>>, out: &mut RowOut<F>, f: impl Fn(usize, &[F], &[F], &mut [F]) + Sync) {
+    // Slices, short enough for one thread: one call (narrow rows are millions of calls).
+    if let (Row::Slice(zs), RowOut::Slice(os), None | Some(Row::Slice(_))) = (z, &mut *out, y) {
+        if zs.len() < SPLIT_MIN {
+            let ys = match y {
+                Some(Row::Slice(ys)) => ys,
+                _ => &[][..],
+            };
+            return f(0, zs, ys, os);
+        }
+    }
     let run = |part: &mut RowOut<F>, at: usize| {
         let piece = z.piece().min(part.piece()).min(y.map_or(usize::MAX, |y| y.piece()));
         let (mut z_reader, mut y_reader, mut buf) = (z.reader(), y.map(|y| y.reader()), BlockBuf::default());
@@ -146,10 +156,21 @@ fn map<F: Float>(z: &Row<F>, y: Option<&Row<F>>, out: &mut RowOut<F>, f: impl Fn
     }
 }
 
-/// `out_j = exp(z_j - shift) * scale`; `stream`: stored past the caches.
-pub fn exp_scaled<F: Float>(k: &RowKernels<F>, z: &Row<F>, shift: F, scale: F, out: &mut RowOut<F>, stream: bool) {
+/// What turns a piece of a row (from element `from`) into `exp(z_j - max) · scale`: a product
+/// with the row's `exps` (`exp(z_j - max)`) where its tile computed them, else the exp kernel
+/// (`stream`: its stores past the caches).
+fn scaled_exps<'e, F: Float>(
+    k: &RowKernels<F>,
+    exps: Option<&'e [F]>,
+    max: F,
+    scale: F,
+    stream: bool,
+) -> impl Fn(usize, &[F], &mut [F]) + Sync + 'e {
     let kernel = if stream { k.exp_scaled_stream } else { k.exp_scaled };
-    map(z, None, out, |_, zb, _, ob| kernel(zb, shift, scale, ob));
+    move |from, zb, ob| match exps {
+        Some(e) => ob.iter_mut().zip(&e[from..]).for_each(|(o, &x)| *o = x * scale),
+        None => kernel(zb, max, scale, ob),
+    }
 }
 
 /// Max, its index and the mass off the maximum, for one row.
@@ -184,22 +205,31 @@ impl<F: Float> RowStats<F> {
     /// (below 2^-96 in f32) that the exps making it up were subnormal and lost their bits.
     /// Rare (the leader is ahead by ~66 or more), and it keeps those rows' tiny losses, and
     /// the gradient at the label, within an ulp.
-    pub fn refined(mut self, z: &Row<F>) -> Self {
+    #[inline]
+    pub fn refined(self, z: &Row<F>) -> Self {
         let narrow = F::epsilon() > F::from_f64(f64::EPSILON);
         let tiny = <F as Float>::to_f64(F::min_positive_value()) * 2f64.powi(30);
         if narrow && self.is_regular() && self.rest < tiny {
-            let m = <F as Float>::to_f64(self.max);
-            let mut rest = 0.0;
-            z.reader().blocks(0..z.len(), |from, block| {
-                for (j, &x) in (from..).zip(block) {
-                    if j != self.argmax {
-                        rest += (<F as Float>::to_f64(x) - m).exp();
-                    }
-                }
-            });
-            self.rest = rest;
-            self.log_rest = F::from_f64(rest.ln_1p());
+            self.summed_in_f64(z)
+        } else {
+            self
         }
+    }
+
+    /// (The rare part of [`RowStats::refined`], out of line.)
+    #[inline(never)]
+    fn summed_in_f64(mut self, z: &Row<F>) -> Self {
+        let m = <F as Float>::to_f64(self.max);
+        let mut rest = 0.0;
+        z.reader().blocks(0..z.len(), |from, block| {
+            for (j, &x) in (from..).zip(block) {
+                if j != self.argmax {
+                    rest += (<F as Float>::to_f64(x) - m).exp();
+                }
+            }
+        });
+        self.rest = rest;
+        self.log_rest = F::from_f64(rest.ln_1p());
         self
     }
 
@@ -225,7 +255,13 @@ impl<F: Float> RowStats<F> {
     }
 }
 
-pub fn log_softmax<F: Float>(_k: &RowKernels<F>, z: &Row<F>, s: &RowStats<F>, out: &mut RowOut<F>) {
+pub fn log_softmax<F: Float>(
+    _k: &RowKernels<F>,
+    z: &Row<F>,
+    s: &RowStats<F>,
+    _exps: Option<&[F]>,
+    out: &mut RowOut<F>,
+) {
     if !s.is_regular() {
         return out.fill(F::nan());
     }
@@ -241,11 +277,13 @@ pub fn log_softmax<F: Float>(_k: &RowKernels<F>, z: &Row<F>, s: &RowStats<F>, ou
     });
 }
 
-pub fn softmax<F: Float>(k: &RowKernels<F>, z: &Row<F>, s: &RowStats<F>, out: &mut RowOut<F>) {
+/// `exps`: the row's `exp(z_j - max)`, where already computed.
+pub fn softmax<F: Float>(k: &RowKernels<F>, z: &Row<F>, s: &RowStats<F>, exps: Option<&[F]>, out: &mut RowOut<F>) {
     if !s.is_regular() {
         return out.fill(F::nan());
     }
-    exp_scaled(k, z, s.max, s.probability_scale(F::one()), out, false);
+    let exp = scaled_exps(k, exps, s.max, s.probability_scale(F::one()), false);
+    map(z, None, out, |from, zb, _, ob| exp(from, zb, ob));
 }
 
 /// Per-call constants of the target distribution: class weights and label smoothing.
@@ -316,18 +354,22 @@ fn weighted_gap<F: Float>(t: &Targets<F>, z: &Row<F>, m: F) -> F {
 }
 
 /// Gradient to fill, with the factor the reduction applies (`1`, or `1 / divisor` for mean).
-pub struct Grad<'g, F> {
-    pub out: RowOut<'g, F>,
+pub struct Grad<'g, 'o, F> {
+    /// (Borrowed: a `RowOut` moved through memory would wait on the stores before it.)
+    pub out: &'g mut RowOut<'o, F>,
     pub scale: F,
     /// `out` is the destination itself and the whole gradient is far larger than the caches:
     /// rows written once may be stored past them.
     pub stream: bool,
+    /// The row's `exp(z_j - max)`, where its tile already computed them.
+    pub exps: Option<&'g [F]>,
 }
 
 /// Loss of one row against class `label`, with weights and smoothing:
 /// targets `t_j = (1-ε) w_y δ_jy + (ε/C) w_j`, loss `Σ_j t_j (lse - z_j)`,
-/// gradient `scale (Σt · p - t)`. Inlined: for narrow rows the call costs as much as the loss.
-#[inline]
+/// gradient `scale (Σt · p - t)`. Always inlined: for narrow rows the call costs as much as
+/// the loss (and passing `grad` through memory stalls on the stores before it).
+#[inline(always)]
 pub fn sparse<F: Float>(
     k: &RowKernels<F>,
     z: &Row<F>,
@@ -337,7 +379,7 @@ pub fn sparse<F: Float>(
     grad: Option<Grad<F>>,
 ) -> F {
     if !s.is_regular() {
-        if let Some(mut g) = grad {
+        if let Some(g) = grad {
             g.out.fill(F::nan());
         }
         return F::nan();
@@ -369,7 +411,7 @@ pub fn sparse_plain<F: Float>(z: &[F], s: &RowStats<F>, label: usize) -> F {
 }
 
 /// The gradient of [`sparse`], whose target is `a` at `label` plus `b w_j` everywhere.
-#[inline(never)]
+#[inline(always)]
 fn sparse_grad<F: Float>(
     k: &RowKernels<F>,
     z: &Row<F>,
@@ -377,7 +419,7 @@ fn sparse_grad<F: Float>(
     label: usize,
     t: &Targets<F>,
     (a, b): (F, F),
-    Grad { mut out, scale, stream }: Grad<F>,
+    Grad { out, scale, stream, exps }: Grad<F>,
 ) {
     // (Read first: in place, the row is about to be overwritten.)
     let z_y = z.get(label);
@@ -385,9 +427,9 @@ fn sparse_grad<F: Float>(
     let total = a + b * t.weight_sum;
     let p_scale = s.probability_scale(scale * total);
     // (With smoothing each piece is read back at once: then it stays in cache.)
-    let kernel = if stream && b == F::zero() { k.exp_scaled_stream } else { k.exp_scaled };
-    map(z, None, &mut out, |from, zb, _, ob| {
-        kernel(zb, s.max, p_scale, ob);
+    let exp = scaled_exps(k, exps, s.max, p_scale, stream && b == F::zero());
+    map(z, None, out, |from, zb, _, ob| {
+        exp(from, zb, ob);
         if b != F::zero() {
             match t.weight {
                 None => ob.iter_mut().for_each(|o| *o = *o - scale * b),
@@ -396,7 +438,11 @@ fn sparse_grad<F: Float>(
         }
     });
     // The label's entry, without the cancellation of `p_y - 1`: minus the other classes' mass.
-    let e_y = if label == s.argmax { F::one() } else { (z_y - s.max).exp() };
+    let e_y = match exps {
+        _ if label == s.argmax => F::one(),
+        Some(e) => e[label],
+        None => (z_y - s.max).exp(),
+    };
     let off = F::from_f64(if label == s.argmax { s.rest } else { 1.0 + (s.rest - <F as Float>::to_f64(e_y)) });
     let p_y = e_y * inv;
     out.set(label, scale * (b * (t.weight_sum * p_y - t.weight(label)) - a * off * inv));
@@ -414,10 +460,15 @@ fn target_sums<F: Float>(
     skip: usize,
     scratch: &mut Vec<F>,
 ) -> (F, F) {
-    let (mut others, mut gap) = (CompensatedSum::default(), CompensatedSum::default());
-    let mut y_reader = y.reader();
-    z.reader().blocks(0..z.len(), |from, zb| {
-        let yb = y_reader.read(from..from + zb.len());
+    let mut sums = (CompensatedSum::default(), CompensatedSum::default());
+    // (A function, not a closure: called from two places, it must still be inlined.)
+    #[inline(always)]
+    fn add_block<F: Float>(
+        (others, gap): &mut (CompensatedSum<F>, CompensatedSum<F>),
+        (k, t, max, skip): (&RowKernels<F>, &Targets<F>, F, usize),
+        scratch: &mut Vec<F>,
+        (from, yb, zb): (usize, &[F], &[F]),
+    ) {
         let tb = if t.plain() {
             yb
         } else {
@@ -429,14 +480,27 @@ fn target_sums<F: Float>(
         // The skipped target is taken out of its own block's sum, where it is of the same size.
         others.add(if (from..from + tb.len()).contains(&skip) { block_sum - tb[skip - from] } else { block_sum });
         gap.add(block_gap);
-    });
-    (others.value(), gap.value())
+    }
+    let row = (k, t, max, skip);
+    if let (Row::Slice(zs), Row::Slice(ys)) = (z, y) {
+        // (Slices directly: narrow rows are millions of calls.)
+        for (i, (zb, yb)) in zs.chunks(BLOCK).zip(ys.chunks(BLOCK)).enumerate() {
+            add_block(&mut sums, row, scratch, (i * BLOCK, yb, zb));
+        }
+    } else {
+        let mut y_reader = y.reader();
+        z.reader().blocks(0..z.len(), |from, zb| {
+            add_block(&mut sums, row, scratch, (from, y_reader.read(from..from + zb.len()), zb))
+        });
+    }
+    (sums.0.value(), sums.1.value())
 }
 
 /// Loss of one row against a dense label row `y` (any real numbers), with weights and
 /// smoothing: targets `t_j = w_j ((1-ε) y_j + ε/C)`, loss `Σ_{t_j≠0} t_j (lse - z_j)` (a zero
 /// target on a -inf logit counts 0), gradient `scale (Σt · p - t)`. `scratch` holds a block
-/// of targets.
+/// of targets. Always inlined, as [`sparse`].
+#[inline(always)]
 pub fn dense<F: Float>(
     k: &RowKernels<F>,
     z: &Row<F>,
@@ -447,7 +511,7 @@ pub fn dense<F: Float>(
     grad: Option<Grad<F>>,
 ) -> F {
     if !s.is_regular() {
-        if let Some(mut g) = grad {
+        if let Some(g) = grad {
             g.out.fill(F::nan());
         }
         return F::nan();
@@ -456,12 +520,12 @@ pub fn dense<F: Float>(
     let tk = t.dense(s.argmax, y.get(s.argmax));
     let total = others + tk;
     let loss = gap + total * s.log_rest;
-    if let Some(Grad { mut out, scale, .. }) = grad {
+    if let Some(Grad { out, scale, exps, .. }) = grad {
         let inv = F::from_f64(1.0 / (1.0 + s.rest));
-        let p_scale = s.probability_scale(scale * total);
         // (Not streamed: each piece is read back at once.)
-        map(z, Some(y), &mut out, |from, zb, yb, ob| {
-            (k.exp_scaled)(zb, s.max, p_scale, ob);
+        let exp = scaled_exps(k, exps, s.max, s.probability_scale(scale * total), false);
+        map(z, Some(y), out, |from, zb, yb, ob| {
+            exp(from, zb, ob);
             t.dense_map(from, yb, ob, |o, tj| o - scale * tj);
         });
         // At the maximum, `Σt p_k - t_k = (Σ_{j≠k} t_j - t_k rest) / (1 + rest)`: exact for

@@ -459,8 +459,13 @@ def test_dense(data):
     c = shape[ax_out] if shape else 0
     zero_classes = c == 0 and int(np.prod([n for d, n in enumerate(shape) if d != ax_out])) > 0 and z.ndim > 0
     options = draw_options(draw, rng, c, bad)
+    # TF 1's dim: alone (the default axis gives way), or with an explicit axis naming the same
+    # axis, possibly from the other end.
+    axis_given = {"axis": axis}
     if use_dim:
-        options["dim"], axis = axis, draw(st.sampled_from([-1, axis]))
+        options["dim"] = axis
+        same = [axis, axis - z.ndim if axis >= 0 else axis + z.ndim] if valid_axis else [axis]
+        axis_given = draw(st.sampled_from([{}, *({"axis": a} for a in same)]))
     with_grad = draw(st.booleans())
     if with_grad and shape != z.shape:
         maybe.append("a gradient for logits that broadcast")  # refused, with a clear message
@@ -482,7 +487,7 @@ def test_dense(data):
     if zero_classes and not bad:
         bad = "zero classes"
     before = (np.asarray(zx).tobytes(), np.asarray(yx).tobytes())
-    got = outcome(lambda: fn(labels=yx, logits=zx, axis=axis, **options), bad, maybe)
+    got = outcome(lambda: fn(labels=yx, logits=zx, **axis_given, **options), bad, maybe)
     if got is None:
         return
     assert (np.asarray(zx).tobytes(), np.asarray(yx).tobytes()) == before, "an input was modified"

@@ -81,7 +81,7 @@ fn log1p_lane(x: f64) -> f32 {
 }
 
 /// A tile transposed: `tile[j][r]` is element `j` of row `r`.
-type Tile = [[f32; LANES]; MAX_CLASSES];
+pub type Tile = [[f32; LANES]; MAX_CLASSES];
 
 /// Transposes 16 rows of `classes` elements, stored one after another in `z`, into `tile`.
 #[inline(always)]
@@ -93,9 +93,10 @@ fn transpose_generic(z: &[f32], classes: usize, tile: &mut Tile) {
     }
 }
 
-/// The statistics of the 16 rows of a transposed tile. Rows with NaN get a NaN max.
+/// The statistics of the 16 rows of a transposed tile. Rows with NaN get a NaN max. With
+/// `exps`, also `exp(z_j - max)` of every element, transposed as the tile.
 #[inline(always)]
-fn stats_of_tile(tile: &Tile, classes: usize, out: &mut TileStats) {
+fn stats_of_tile(tile: &Tile, classes: usize, out: &mut TileStats, mut exps: Option<&mut Tile>) {
     let tile = &tile[..classes];
     let mut max = [f32::NEG_INFINITY; LANES];
     let mut nan = [false; LANES];
@@ -127,6 +128,9 @@ fn stats_of_tile(tile: &Tile, classes: usize, out: &mut TileStats) {
             let e = exp_lane(d);
             let term = e + e * err;
             rest[r] += if argmax[r] == j as u32 { 0.0 } else { term as f64 };
+            if let Some(exps) = exps.as_deref_mut() {
+                exps[j][r] = term;
+            }
         }
     }
     for r in 0..LANES {
@@ -155,25 +159,27 @@ fn check(z: &[f32], classes: usize) {
     assert!((1..=MAX_CLASSES).contains(&classes) && z.len() == classes * LANES);
 }
 
-fn tile_stats_portable(z: &[f32], classes: usize, out: &mut TileStats) {
+fn tile_stats_portable(z: &[f32], classes: usize, out: &mut TileStats, exps: Option<&mut Tile>) {
     let mut tile = [[0.0f32; LANES]; MAX_CLASSES];
     transpose_generic(z, classes, &mut tile);
-    stats_of_tile(&tile, classes, out)
+    stats_of_tile(&tile, classes, out, exps)
 }
 
 /// The statistics of 16 rows of `classes` (1 ..= MAX_CLASSES) elements each, stored one
-/// after another in `z`, with the code compiled for the tier in use.
-pub fn tile_stats(z: &[f32], classes: usize, out: &mut TileStats) {
+/// after another in `z`, with the code compiled for the tier in use; with `exps`, also
+/// `exps[j][r] = exp(z_j - max)` of row `r` (1 at the maximum; unspecified for rows without a
+/// finite maximum).
+pub fn tile_stats(z: &[f32], classes: usize, out: &mut TileStats, exps: Option<&mut Tile>) {
     check(z, classes);
     match tier() {
         // SAFETY: `tier()` only reports tiers whose features the CPU has; `check` holds.
         #[cfg(target_arch = "x86_64")]
-        Tier::Avx512 => unsafe { super::x86::tile_stats_avx512(z, classes, out) },
+        Tier::Avx512 => unsafe { super::x86::tile_stats_avx512(z, classes, out, exps) },
         #[cfg(target_arch = "x86_64")]
-        Tier::Avx2 => unsafe { super::x86::tile_stats_avx2(z, classes, out) },
+        Tier::Avx2 => unsafe { super::x86::tile_stats_avx2(z, classes, out, exps) },
         #[cfg(target_arch = "aarch64")]
-        Tier::Neon => unsafe { super::neon::tile_stats_neon(z, classes, out) },
-        _ => tile_stats_portable(z, classes, out),
+        Tier::Neon => unsafe { super::neon::tile_stats_neon(z, classes, out, exps) },
+        _ => tile_stats_portable(z, classes, out, exps),
     }
 }
 
@@ -252,7 +258,7 @@ mod tests {
 
     #[test]
     fn tile_matches_rows() {
-        type TileFn = unsafe fn(&[f32], usize, &mut TileStats);
+        type TileFn = unsafe fn(&[f32], usize, &mut TileStats, Option<&mut Tile>);
         #[allow(unused_mut)]
         let mut impls: Vec<(&str, TileFn)> = vec![("portable", tile_stats_portable as TileFn)];
         #[cfg(target_arch = "x86_64")]
@@ -275,14 +281,24 @@ mod tests {
             z[8 * classes - 1] = 100.0;
             for (name, f) in &impls {
                 let mut stats = TileStats::default();
+                let mut exps = [[f32::NAN; LANES]; MAX_CLASSES];
                 // SAFETY: the CPU has the features (checked above); z holds LANES rows.
-                unsafe { f(&z, classes, &mut stats) };
+                unsafe { f(&z, classes, &mut stats, Some(&mut exps)) };
                 for (r, row) in z.chunks(classes).enumerate() {
                     let (m, k) = crate::kernels::scalar::max_argmax(row);
                     if m.is_nan() {
                         assert!(stats.max[r].is_nan(), "{name}");
                         continue;
                     }
+                    // The exps (of rows with a finite maximum): within 2 ulp of exp(z_j - max),
+                    // 1 at the maximum.
+                    for (j, &x) in row.iter().enumerate().filter(|_| m.is_finite()) {
+                        let want = (x as f64 - m as f64).exp();
+                        let got = exps[j][r] as f64;
+                        let tolerance = 2.0 * f32::EPSILON as f64 * want + 2.0 * f32::from_bits(1) as f64;
+                        assert!((got - want).abs() <= tolerance, "{name}: {got} vs {want}");
+                    }
+                    assert!(!m.is_finite() || exps[k][r] == 1.0, "{name}");
                     assert_eq!((stats.max[r], stats.argmax[r] as usize), (m, k), "{name}, {classes} classes, row {r}");
                     let rest: f64 = row
                         .iter()

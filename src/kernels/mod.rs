@@ -89,8 +89,9 @@ pub trait Float:
         false
     }
     /// The statistics of `lanes::LANES` rows stored one after another in `z` (only called
-    /// when `tiles(classes)`).
-    fn tile_stats(_z: &[Self], _classes: usize, _out: &mut [crate::rows::RowStats<Self>]) {
+    /// when `tiles(classes)`); with `exps` (of `z`'s length), also `exp(z_j - max)` of each
+    /// element of the rows with a finite maximum.
+    fn tile_stats(_z: &[Self], _classes: usize, _out: &mut [crate::rows::RowStats<Self>], _exps: Option<&mut [Self]>) {
         unreachable!("no tiled path for this type")
     }
 }
@@ -110,9 +111,20 @@ impl Float for f32 {
     fn tiles(classes: usize) -> bool {
         (1..=lanes::MAX_CLASSES).contains(&classes)
     }
-    fn tile_stats(z: &[f32], classes: usize, out: &mut [crate::rows::RowStats<f32>]) {
+    fn tile_stats(z: &[f32], classes: usize, out: &mut [crate::rows::RowStats<f32>], exps: Option<&mut [f32]>) {
         let mut t = lanes::TileStats::default();
-        lanes::tile_stats(z, classes, &mut t);
+        match exps {
+            None => lanes::tile_stats(z, classes, &mut t, None),
+            Some(exps) => {
+                let mut columns = [[0.0f32; lanes::LANES]; lanes::MAX_CLASSES];
+                lanes::tile_stats(z, classes, &mut t, Some(&mut columns));
+                for (r, row) in exps.chunks_exact_mut(classes).enumerate() {
+                    for (j, e) in row.iter_mut().enumerate() {
+                        *e = columns[j][r];
+                    }
+                }
+            }
+        }
         for (i, o) in out.iter_mut().enumerate() {
             *o = crate::rows::RowStats {
                 max: t.max[i],

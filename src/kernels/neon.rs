@@ -254,10 +254,16 @@ unsafe impl Vector for float64x2_t {
 ///
 /// # Safety
 /// `z` holds `LANES` rows of `classes` (1 ..= 32) elements (NEON is part of every aarch64 CPU).
-pub(super) unsafe fn tile_stats_neon(z: &[f32], classes: usize, out: &mut super::lanes::TileStats) {
+pub(super) unsafe fn tile_stats_neon(
+    z: &[f32],
+    classes: usize,
+    out: &mut super::lanes::TileStats,
+    mut exps: Option<&mut super::lanes::Tile>,
+) {
     let mut lanes = [[0.0f32; super::lanes::LANES]; 4];
     for quarter in 0..4 {
-        simd::tile_lanes::<float32x4_t>(z.as_ptr().add(4 * quarter * classes), classes, &mut lanes, 4 * quarter);
+        let z = z.as_ptr().add(4 * quarter * classes);
+        simd::tile_lanes::<float32x4_t>(z, classes, &mut lanes, 4 * quarter, exps.as_deref_mut());
     }
     super::lanes::finish_tile(&lanes, out);
 }

@@ -615,13 +615,21 @@ pub unsafe fn target_sums<V: Vector>(t: &[V::E], z: &[V::E], max: V::E) -> (V::E
 /// gives a loop along the row nothing to do, so the loops run across rows instead, one column
 /// at a time. Writes, per lane, the maximum (NaN for a row with NaN), the index of its first
 /// occurrence (as a float), and the mass off the maximum, `Σ_{j≠argmax} exp(z_j - max)`, as a
-/// Kahan sum and its carry (`sum - carry`): into `out[0..4][lane0..lane0 + V::N]`.
+/// Kahan sum and its carry (`sum - carry`): into `out[0..4][lane0..lane0 + V::N]`. With
+/// `exps`, also `exp(z_j - max)` of every element (1 at the maximum), into
+/// `exps[j][lane0..lane0 + V::N]`: a gradient or a softmax then costs no second exp.
 ///
 /// # Safety
 /// `z` is valid for `V::N · classes` reads, `lane0 + V::N <= 16`; the CPU has the tier's
 /// features.
 #[inline(always)]
-pub unsafe fn tile_lanes<V: Vector>(z: *const V::E, classes: usize, out: &mut [[V::E; 16]; 4], lane0: usize) {
+pub unsafe fn tile_lanes<V: Vector>(
+    z: *const V::E,
+    classes: usize,
+    out: &mut [[V::E; 16]; 4],
+    lane0: usize,
+    mut exps: Option<&mut [[V::E; 16]; MAX_CLASSES]>,
+) {
     debug_assert!((1..=MAX_CLASSES).contains(&classes));
     let mut cols = [std::mem::MaybeUninit::<V>::uninit(); MAX_CLASSES];
     let mut max = splat::<V>(V::E::neg_infinity());
@@ -643,6 +651,9 @@ pub unsafe fn tile_lanes<V: Vector>(z: *const V::E, classes: usize, out: &mut [[
     for j in 0..classes {
         let term = Compensated { shift: max }.exp::<false>(col(j));
         rest.add(V::select_eq(splat(V::E::from_f64(j as f64)), argmax, zero, term));
+        if let Some(e) = exps.as_deref_mut() {
+            V::store(e[j].as_mut_ptr().add(lane0), term);
+        }
     }
     debug_assert!(lane0 + V::N <= 16);
     V::store(out[0].as_mut_ptr().add(lane0), max);
