@@ -98,7 +98,10 @@ macro_rules! half_element {
                 }
             }
             fn narrow_slice(src: &[f32], dst: &mut [$t]) {
-                $narrow_slice(src, dst);
+                match $stats() {
+                    Some(k) => (k.narrow)(src, dst),
+                    None => $narrow_slice(src, dst),
+                }
             }
         }
     };
@@ -127,11 +130,17 @@ half_element!(
 /// but without its branches, so that the loop vectorises (`half` converts one at a time).
 fn narrow_bf16(src: &[f32], dst: &mut [bf16]) {
     for (d, &x) in dst.iter_mut().zip(src) {
-        let b = x.to_bits();
-        let rounded = b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16;
-        let nan = (b >> 16) | 0x40;
-        *d = bf16::from_bits(if x.is_nan() { nan } else { rounded } as u16);
+        *d = bf16_rounded(x);
     }
+}
+
+/// One f32 to bfloat16, as [`narrow_bf16`] (and the SIMD tiers) round it.
+#[inline(always)]
+pub(crate) fn bf16_rounded(x: f32) -> bf16 {
+    let b = x.to_bits();
+    let rounded = b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16;
+    let nan = (b >> 16) | 0x40;
+    bf16::from_bits(if x.is_nan() { nan } else { rounded } as u16)
 }
 
 #[cfg(test)]

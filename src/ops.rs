@@ -331,12 +331,20 @@ impl<'a, T: Element> RowSink<'a, T> {
     /// No other thread accesses those rows meanwhile, nor anything else reads or writes them
     /// while the slice lives.
     unsafe fn rows_mut(&self, first: usize, n: usize) -> Option<&'a mut [T::Compute]> {
+        self.stored_rows_mut(first, n).and_then(T::as_compute_mut)
+    }
+
+    /// Rows `first..first + n` as they are stored, when they are one block.
+    ///
+    /// # Safety
+    /// As [`RowSink::rows_mut`].
+    unsafe fn stored_rows_mut(&self, first: usize, n: usize) -> Option<&'a mut [T]> {
         let l = &self.layout;
         let dense = n == 1 || (l.batch_strides.len() == 1 && l.batch_strides[0] == l.classes as isize);
-        if !self.is_direct() || !dense || first + n > l.rows() {
+        if l.class_stride != 1 || !dense || first + n > l.rows() {
             return None;
         }
-        T::as_compute_mut(std::slice::from_raw_parts_mut(self.ptr.offset(l.offset(first)), n * l.classes))
+        Some(std::slice::from_raw_parts_mut(self.ptr.offset(l.offset(first)), n * l.classes))
     }
 
     /// Calls `fill` with row `r`: the destination itself when it is contiguous and of the
@@ -512,9 +520,16 @@ fn for_rows_with<T, R, Fun>(
                 *res = f(first + i, &z, &stats, exps, s, Some(&mut RowOut::Slice(o)));
             }
             if stored {
-                for (i, o) in d.out.chunks_exact(classes).enumerate() {
-                    // SAFETY: as above; `first + i < rows`.
-                    unsafe { sink.write_row(first + i, |mut row| row.copy_from(o)) };
+                // SAFETY: as above.
+                match unsafe { sink.stored_rows_mut(first, LANES) } {
+                    // Half types: the sixteen rows rounded in one go.
+                    Some(rows) => T::narrow_slice(&d.out, rows),
+                    None => {
+                        for (i, o) in d.out.chunks_exact(classes).enumerate() {
+                            // SAFETY: as above; `first + i < rows`.
+                            unsafe { sink.write_row(first + i, |mut row| row.copy_from(o)) };
+                        }
+                    }
                 }
             }
         } else {

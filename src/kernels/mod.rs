@@ -38,13 +38,15 @@ pub struct RowKernels<F> {
 }
 
 /// Kernels over rows stored as `S` (a half type) with compute type `F`: the `max_argmax` and
-/// `sum_exp` of [`RowKernels`], reading the stored elements and widening them as they load,
-/// and `widen(src, dst)` (the same lengths) for the passes that want the compute type. Tiers
-/// without them widen such rows first, with portable code.
+/// `sum_exp` of [`RowKernels`], reading the stored elements and widening them as they load;
+/// `widen(src, dst)` for the passes that want the compute type, and `narrow(src, dst)`
+/// (rounded to nearest even) for the outputs (the same lengths). Tiers without them use
+/// portable code.
 pub struct StoredKernels<S, F> {
     pub max_argmax: fn(&[S]) -> (F, usize),
     pub sum_exp: fn(&[S], F) -> f64,
     pub widen: fn(&[S], &mut [F]),
+    pub narrow: fn(&[F], &mut [S]),
 }
 
 /// The signature of [`RowKernels::target_sums`].

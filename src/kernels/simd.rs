@@ -181,18 +181,24 @@ unsafe fn splat<V: Vector>(x: V::E) -> V {
     V::splat(x)
 }
 
-/// How the statistics kernels read their elements into vectors: as stored in the compute
-/// type ([`Plain`]), or from a half type widened as they are loaded ([`F16Bits`],
-/// [`Bf16Bits`], implemented by the tiers that can), so that a half-type row is read once,
-/// at two bytes an element, with no widened copy.
+/// How kernels read and write elements as stored: in the compute type ([`Plain`]), or in a
+/// half type widened as loaded and rounded as stored ([`F16Bits`], [`Bf16Bits`], implemented
+/// by the tiers that can), so that a half-type row is read once, at two bytes an element,
+/// with no widened copy.
 ///
 /// # Safety
-/// As [`Vector`]: the CPU has the tier's features, pointers are valid for the lanes read.
-pub unsafe trait Load<V: Vector>: Copy {
+/// As [`Vector`]: the CPU has the tier's features, pointers are valid for the lanes read or
+/// written.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // (half types: x86 tiers only, so far)
+pub unsafe trait Storage<V: Vector>: Copy {
     /// The stored element.
     type S: Copy + Default;
     unsafe fn load(p: *const Self::S) -> V;
     fn widen(x: Self::S) -> V::E;
+    /// `v` rounded to nearest (ties to even) into `V::N` elements at `p`.
+    unsafe fn store(p: *mut Self::S, v: V);
+    /// One element rounded as [`Storage::store`] rounds it.
+    fn narrow(x: V::E) -> Self::S;
     /// `n < N` lanes from `p`, the others set to `fill`.
     #[inline(always)]
     unsafe fn load_partial(p: *const Self::S, n: usize, fill: V::E) -> V {
@@ -211,7 +217,7 @@ pub unsafe trait Load<V: Vector>: Copy {
 #[derive(Clone, Copy)]
 pub struct Plain;
 
-unsafe impl<V: Vector> Load<V> for Plain {
+unsafe impl<V: Vector> Storage<V> for Plain {
     type S = V::E;
     #[inline(always)]
     unsafe fn load(p: *const V::E) -> V {
@@ -219,6 +225,14 @@ unsafe impl<V: Vector> Load<V> for Plain {
     }
     #[inline(always)]
     fn widen(x: V::E) -> V::E {
+        x
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut V::E, v: V) {
+        V::store(p, v)
+    }
+    #[inline(always)]
+    fn narrow(x: V::E) -> V::E {
         x
     }
     #[inline(always)]
@@ -351,7 +365,7 @@ unsafe fn poly<V: Vector>(r: V) -> V {
 /// `(max, index of its first occurrence)`, or `(NaN, index of the first NaN)`. `z` is not
 /// empty.
 #[inline(always)]
-pub unsafe fn max_argmax<V: Vector, L: Load<V>>(z: &[L::S]) -> (V::E, usize) {
+pub unsafe fn max_argmax<V: Vector, L: Storage<V>>(z: &[L::S]) -> (V::E, usize) {
     let (n, p, w) = (z.len(), z.as_ptr(), V::N);
     let ninf = V::E::neg_infinity();
     let mut m = [splat::<V>(ninf); 4];
@@ -405,7 +419,7 @@ pub unsafe fn max_argmax<V: Vector, L: Load<V>>(z: &[L::S]) -> (V::E, usize) {
 
 /// `Σ exp(z_j - shift)`, in `N` compensated partial sums, added up in f64.
 #[inline(always)]
-pub unsafe fn sum_exp<V: Vector, L: Load<V>>(z: &[L::S], shift: V::E) -> f64 {
+pub unsafe fn sum_exp<V: Vector, L: Storage<V>>(z: &[L::S], shift: V::E) -> f64 {
     match Split::<V>::new(shift) {
         Some(split) => sum_exp_with::<V, L, _>(z, split, shift),
         None => sum_exp_with::<V, L, _>(z, Compensated { shift: splat::<V>(shift) }, shift),
@@ -447,7 +461,7 @@ impl<V: Vector> KahanSum<V> {
 }
 
 #[inline(always)]
-unsafe fn sum_exp_with<V: Vector, L: Load<V>, S: ShiftedExp<V>>(z: &[L::S], f: S, shift: V::E) -> f64 {
+unsafe fn sum_exp_with<V: Vector, L: Storage<V>, S: ShiftedExp<V>>(z: &[L::S], f: S, shift: V::E) -> f64 {
     let (n, p, w) = (z.len(), z.as_ptr(), V::N);
     let zero = splat::<V>(V::E::zero());
     let mut acc = KahanSum { sum: zero, carry: zero };
@@ -562,7 +576,7 @@ unsafe fn exp_scaled_with<V: Vector, S: ShiftedExp<V>, const STREAM: bool>(
 /// `dst_j = src_j` in the compute type.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-pub unsafe fn widen<V: Vector, L: Load<V>>(src: &[L::S], dst: &mut [V::E]) {
+pub unsafe fn widen<V: Vector, L: Storage<V>>(src: &[L::S], dst: &mut [V::E]) {
     let n = src.len().min(dst.len());
     let (p, o, w) = (src.as_ptr(), dst.as_mut_ptr(), V::N);
     let mut i = 0;
@@ -572,6 +586,22 @@ pub unsafe fn widen<V: Vector, L: Load<V>>(src: &[L::S], dst: &mut [V::E]) {
     }
     if i < n {
         V::store_partial(o.add(i), n - i, L::load_partial(p.add(i), n - i, V::E::zero()));
+    }
+}
+
+/// `dst_j = src_j` rounded to the stored type.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub unsafe fn narrow<V: Vector, L: Storage<V>>(src: &[V::E], dst: &mut [L::S]) {
+    let n = src.len().min(dst.len());
+    let (p, o, w) = (src.as_ptr(), dst.as_mut_ptr(), V::N);
+    let mut i = 0;
+    while i + w <= n {
+        L::store(o.add(i), V::load(p.add(i)));
+        i += w;
+    }
+    for j in i..n {
+        *o.add(j) = L::narrow(*p.add(j));
     }
 }
 

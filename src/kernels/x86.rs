@@ -11,7 +11,7 @@ use std::arch::x86_64::*;
 use half::{bf16, f16};
 
 use super::lanes::{finish_tile, Tile, TileStats, LANES};
-use super::simd::{self, Bf16Bits, ExpConsts, F16Bits, Load, Plain, Vector};
+use super::simd::{self, Bf16Bits, ExpConsts, F16Bits, Plain, Storage, Vector};
 use super::{RowKernels, StoredKernels};
 use crate::dispatch::Tier;
 
@@ -589,7 +589,10 @@ tier!(AVX2_F64, avx2_f64, __m256d, f64, Tier::Avx2, "avx2,fma");
 
 // ---- Half types, widened as loaded ----
 
-unsafe impl Load<__m512> for F16Bits {
+/// Rounds to nearest even as `vcvtps2ph` does (NaN stays NaN).
+const F16_ROUND: i32 = _MM_FROUND_TO_NEAREST_INT;
+
+unsafe impl Storage<__m512> for F16Bits {
     type S = f16;
     #[inline(always)]
     unsafe fn load(p: *const f16) -> __m512 {
@@ -599,9 +602,17 @@ unsafe impl Load<__m512> for F16Bits {
     fn widen(x: f16) -> f32 {
         x.to_f32()
     }
+    #[inline(always)]
+    unsafe fn store(p: *mut f16, v: __m512) {
+        _mm256_storeu_si256(p as *mut __m256i, _mm512_cvtps_ph::<F16_ROUND>(v))
+    }
+    #[inline(always)]
+    fn narrow(x: f32) -> f16 {
+        f16::from_f32(x)
+    }
 }
 
-unsafe impl Load<__m512> for Bf16Bits {
+unsafe impl Storage<__m512> for Bf16Bits {
     type S = bf16;
     #[inline(always)]
     unsafe fn load(p: *const bf16) -> __m512 {
@@ -611,10 +622,24 @@ unsafe impl Load<__m512> for Bf16Bits {
     fn widen(x: bf16) -> f32 {
         x.to_f32()
     }
+    #[inline(always)]
+    unsafe fn store(p: *mut bf16, v: __m512) {
+        // As `element::bf16_rounded`: the top half, rounded to nearest even; NaN quieted.
+        let b = _mm512_castps_si512(v);
+        let odd = _mm512_and_si512(_mm512_srli_epi32::<16>(b), _mm512_set1_epi32(1));
+        let rounded = _mm512_srli_epi32::<16>(_mm512_add_epi32(b, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), odd)));
+        let nan = _mm512_or_si512(_mm512_srli_epi32::<16>(b), _mm512_set1_epi32(0x40));
+        let bits = _mm512_mask_blend_epi32(_mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v), rounded, nan);
+        _mm256_storeu_si256(p as *mut __m256i, _mm512_cvtepi32_epi16(bits))
+    }
+    #[inline(always)]
+    fn narrow(x: f32) -> bf16 {
+        crate::element::bf16_rounded(x)
+    }
 }
 
 /// (Needs F16C besides AVX2: see `dispatch::stored_f16`.)
-unsafe impl Load<__m256> for F16Bits {
+unsafe impl Storage<__m256> for F16Bits {
     type S = f16;
     #[inline(always)]
     unsafe fn load(p: *const f16) -> __m256 {
@@ -624,9 +649,17 @@ unsafe impl Load<__m256> for F16Bits {
     fn widen(x: f16) -> f32 {
         x.to_f32()
     }
+    #[inline(always)]
+    unsafe fn store(p: *mut f16, v: __m256) {
+        _mm_storeu_si128(p as *mut __m128i, _mm256_cvtps_ph::<F16_ROUND>(v))
+    }
+    #[inline(always)]
+    fn narrow(x: f32) -> f16 {
+        f16::from_f32(x)
+    }
 }
 
-unsafe impl Load<__m256> for Bf16Bits {
+unsafe impl Storage<__m256> for Bf16Bits {
     type S = bf16;
     #[inline(always)]
     unsafe fn load(p: *const bf16) -> __m256 {
@@ -635,6 +668,22 @@ unsafe impl Load<__m256> for Bf16Bits {
     #[inline(always)]
     fn widen(x: bf16) -> f32 {
         x.to_f32()
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut bf16, v: __m256) {
+        // As the AVX-512 twin.
+        let b = _mm256_castps_si256(v);
+        let odd = _mm256_and_si256(_mm256_srli_epi32::<16>(b), _mm256_set1_epi32(1));
+        let rounded = _mm256_srli_epi32::<16>(_mm256_add_epi32(b, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), odd)));
+        let nan = _mm256_or_si256(_mm256_srli_epi32::<16>(b), _mm256_set1_epi32(0x40));
+        let bits = _mm256_blendv_epi8(rounded, nan, _mm256_castps_si256(_mm256_cmp_ps::<_CMP_UNORD_Q>(v, v)));
+        // Eight 32-bit lanes (each below 2^16) packed to 16 bits, in order.
+        let packed = _mm256_permute4x64_epi64::<0b1000>(_mm256_packus_epi32(bits, bits));
+        _mm_storeu_si128(p as *mut __m128i, _mm256_castsi256_si128(packed))
+    }
+    #[inline(always)]
+    fn narrow(x: f32) -> bf16 {
+        crate::element::bf16_rounded(x)
     }
 }
 
@@ -656,14 +705,19 @@ macro_rules! half_stats {
             pub unsafe fn widen(src: &[$s], dst: &mut [f32]) {
                 simd::widen::<$vector, $load>(src, dst)
             }
+            #[target_feature(enable = $features)]
+            pub unsafe fn narrow(src: &[f32], dst: &mut [$s]) {
+                simd::narrow::<$vector, $load>(src, dst)
+            }
         }
 
         /// Only to be used on a CPU with the features: `dispatch` hands it out only then.
         pub static $table: StoredKernels<$s, f32> = StoredKernels {
-            // SAFETY (all three): the table is only used when the CPU has the features.
+            // SAFETY (all four): the table is only used when the CPU has the features.
             max_argmax: |z| unsafe { $module::max_argmax(z) },
             sum_exp: |z, s| unsafe { $module::sum_exp(z, s) },
             widen: |src, dst| unsafe { $module::widen(src, dst) },
+            narrow: |src, dst| unsafe { $module::narrow(src, dst) },
         };
     };
 }

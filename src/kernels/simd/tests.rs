@@ -655,3 +655,47 @@ fn stored_half_kernels_match_the_f32_kernels_on_widened_rows() {
         }
     }
 }
+
+/// Rounding to half types as stored gives `half`'s correctly rounded values: every 997th f32
+/// bit pattern (all exponents, signs, NaNs, subnormals and overflows), at every offset into
+/// the vectors and the tails.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn stored_half_kernels_round_as_half_does() {
+    fn check<S: Copy + std::fmt::Debug>(
+        name: &str,
+        s: &StoredKernels<S, f32>,
+        want: impl Fn(f32) -> S,
+        bits: impl Fn(S) -> u16,
+        is_nan: impl Fn(S) -> bool,
+    ) {
+        let mut xs: Vec<f32> = (0..=u32::MAX).step_by(997).map(f32::from_bits).collect();
+        xs.extend([
+            0.0,
+            -0.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::MAX,
+            65520.0,
+            65519.99,
+            5.9604645e-8,
+            2.9802322e-8,
+        ]);
+        for offset in [0, 1, 7, 15] {
+            let src = &xs[offset..];
+            let mut got = vec![want(1.0); src.len()];
+            (s.narrow)(src, &mut got);
+            for (&x, &g) in src.iter().zip(&got) {
+                let w = want(x);
+                let same = bits(g) == bits(w) || (x.is_nan() && is_nan(g));
+                assert!(same, "{name}: {x:e} rounded to {g:?}, expected {w:?}");
+            }
+        }
+    }
+    for t in crate::kernels::x86::test_stored_tiers() {
+        check(t.name, t.bf16, half::bf16::from_f32, half::bf16::to_bits, |h| h.is_nan());
+        if let Some(f16) = t.f16 {
+            check(t.name, f16, half::f16::from_f32, half::f16::to_bits, |h| h.is_nan());
+        }
+    }
+}
