@@ -141,6 +141,11 @@ impl RowLayout {
     }
 }
 
+/// Half-type rows up to this long are widened whole (into L1) and their statistics taken by
+/// the compute type's kernels: when the row is that short the exps bound the work, not the
+/// bytes, and converting once beats converting in both passes. Longer ones are read as stored.
+const WIDEN_WHOLE_MAX: usize = 4096;
+
 /// The rows of a strided n-d view along its class axis, read without copying where the
 /// memory already holds the compute type contiguously.
 struct RowView<'a, T: Element> {
@@ -195,7 +200,7 @@ impl<'a, T: Element> RowView<'a, T> {
         if let (false, Some(c)) = (self.copy, self.contiguous_rows(r, 1)) {
             return Row::Slice(c);
         }
-        if classes >= rows::SPLIT_MIN || self.stats.is_some() {
+        if classes >= rows::SPLIT_MIN || (self.stats.is_some() && classes > WIDEN_WHOLE_MAX) {
             assert!(r < self.layout.rows(), "a row of the view");
             return Row::Stored { start: self.layout.offset(r), len: classes, source: self };
         }
