@@ -226,6 +226,7 @@ impl<F: Float> RowOut<'_, F> {
     }
 
     /// Sets element `j`.
+    #[inline]
     pub fn set(&mut self, j: usize, x: F) {
         match self {
             RowOut::Slice(s) => s[j] = x,

@@ -127,6 +127,7 @@ fn max_argmax<F: Float>(k: &RowKernels<F>, z: &Row<F>) -> (F, usize) {
 /// row `y` of the same length (empty pieces without one) and the output, in the longest
 /// pieces that every side hands over without a buffer of that size; long rows are split
 /// across threads.
+#[inline(always)]
 fn map<F: Float>(z: &Row<F>, y: Option<&Row<F>>, out: &mut RowOut<F>, f: impl Fn(usize, &[F], &[F], &mut [F]) + Sync) {
     // Slices, short enough for one thread: one call (narrow rows are millions of calls).
     if let (Row::Slice(zs), RowOut::Slice(os), None | Some(Row::Slice(_))) = (z, &mut *out, y) {
@@ -138,6 +139,17 @@ fn map<F: Float>(z: &Row<F>, y: Option<&Row<F>>, out: &mut RowOut<F>, f: impl Fn
             return f(0, zs, ys, os);
         }
     }
+    map_blocks(z, y, out, f)
+}
+
+/// [`map`] a block at a time (and across threads for long rows).
+#[inline(never)]
+fn map_blocks<F: Float>(
+    z: &Row<F>,
+    y: Option<&Row<F>>,
+    out: &mut RowOut<F>,
+    f: impl Fn(usize, &[F], &[F], &mut [F]) + Sync,
+) {
     let run = |part: &mut RowOut<F>, at: usize| {
         let piece = z.piece().min(part.piece()).min(y.map_or(usize::MAX, |y| y.piece()));
         let (mut z_reader, mut y_reader, mut buf) = (z.reader(), y.map(|y| y.reader()), BlockBuf::default());
@@ -451,6 +463,7 @@ fn sparse_grad<F: Float>(
 /// `(Σ_{j≠skip} t_j, Σ_j t_j (max - z_j))` over a row's targets (of labels `y`), by kernel
 /// blocks combined with compensated sums (every gap term is ≥ 0: no cancellation), as in
 /// [`sum_exp`]. `scratch` holds a block of targets.
+#[inline(always)]
 fn target_sums<F: Float>(
     k: &RowKernels<F>,
     t: &Targets<F>,
