@@ -1,9 +1,10 @@
 //! Rows as the row math reads and writes them: in the compute type, one block at a time.
 //!
 //! A row that memory already holds contiguously in the compute type is a plain slice. Any
-//! other row (a half type, a class stride, logits about to be overwritten) is widened block
-//! by block into a small buffer, and its outputs are rounded back block by block, so that no
-//! row, however long, is ever copied whole.
+//! other row (a half type, a class stride, logits about to be overwritten) is widened into a
+//! buffer: whole when short (`crate::ops` decides), a block at a time when long; outputs are
+//! rounded back a block at a time. So no long row is ever copied whole, and the scratch a
+//! thread holds is bounded whatever the input.
 
 use std::mem::MaybeUninit;
 use std::ops::Range;
