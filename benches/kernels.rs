@@ -3,7 +3,7 @@
 //! over 256 MiB, the floor of any forward pass.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use fastxent::{bf16, Element, Options};
+use fastxent::{bf16, f16, Element, Options};
 use ndarray::{Array1, Array2, ArrayD};
 use rayon::prelude::*;
 
@@ -81,6 +81,7 @@ fn all(c: &mut Criterion) {
     sparse::<f32>(c, "f32");
     sparse::<f64>(c, "f64");
     sparse::<bf16>(c, "bf16");
+    sparse::<f16>(c, "f16");
     dense_and_rows(c);
 }
 
