@@ -15,6 +15,13 @@ use crate::kernels::Float;
 /// row sums (`crate::rows`), so the sums come out the same however the row is read.
 pub const BLOCK: usize = 1024;
 
+/// `range` cut at the multiples of [`BLOCK`].
+pub fn block_ranges(range: Range<usize>) -> impl Iterator<Item = Range<usize>> {
+    let Range { start, end } = range;
+    let blocks = if start < end { start / BLOCK..end.div_ceil(BLOCK) } else { 0..0 };
+    blocks.map(move |b| (b * BLOCK).max(start)..((b + 1) * BLOCK).min(end))
+}
+
 /// Reads stored rows.
 pub trait Source<F>: Sync {
     /// Fills `dst` with the elements `from..from + dst.len()` of the row that starts at
@@ -121,55 +128,50 @@ pub struct Reader<'a, F> {
     buf: Vec<F>,
 }
 
-impl<F: Float> Reader<'_, F> {
+impl<'a, F: Float> Reader<'a, F> {
+    /// The row's start and source, for a `range` checked to lie inside it (which makes the
+    /// source's methods safe to call on it); `None` for a slice.
+    fn source(&self, range: &Range<usize>) -> Option<(isize, &'a dyn Source<F>)> {
+        match self.row {
+            Row::Slice(_) => None,
+            Row::Stored { start, len, source } => {
+                assert!(range.start <= range.end && range.end <= len, "a read past the row");
+                Some((start, source))
+            }
+        }
+    }
+
     /// Elements `range` of the row: borrowed from a slice, else widened into the buffer (of
     /// `range.len()` elements: callers keep pieces to [`Row::piece`]).
     pub fn read(&mut self, range: Range<usize>) -> &[F] {
-        match self.row {
-            Row::Slice(s) => &s[range],
-            Row::Stored { start, len, source } => {
-                assert!(range.start <= range.end && range.end <= len, "a read past the row");
-                self.buf.resize(range.len(), F::zero());
-                // SAFETY: within the row (checked), as the variant promises.
-                unsafe { source.widen(start, range.start, &mut self.buf) };
-                &self.buf
-            }
+        if let Row::Slice(s) = self.row {
+            return &s[range];
         }
+        let (start, source) = self.source(&range).expect("a stored row");
+        self.buf.resize(range.len(), F::zero());
+        // SAFETY: within the row (checked by `source`).
+        unsafe { source.widen(start, range.start, &mut self.buf) };
+        &self.buf
     }
 
     /// [`Source::max_argmax`] of `range`, for a row read through a source.
     pub fn stored_max_argmax(&self, range: Range<usize>) -> Option<(F, usize)> {
-        match self.row {
-            Row::Slice(_) => None,
-            Row::Stored { start, len, source } => {
-                assert!(range.start <= range.end && range.end <= len, "a read past the row");
-                // SAFETY: within the row (checked), as the variant promises.
-                unsafe { source.max_argmax(start, range) }
-            }
-        }
+        let (start, source) = self.source(&range)?;
+        // SAFETY: within the row (checked by `source`).
+        unsafe { source.max_argmax(start, range) }
     }
 
     /// [`Source::sum_exp`] of `range`, for a row read through a source.
     pub fn stored_sum_exp(&self, range: Range<usize>, shift: F) -> Option<f64> {
-        match self.row {
-            Row::Slice(_) => None,
-            Row::Stored { start, len, source } => {
-                assert!(range.start <= range.end && range.end <= len, "a read past the row");
-                // SAFETY: within the row (checked), as the variant promises.
-                unsafe { source.sum_exp(start, range, shift) }
-            }
-        }
+        let (start, source) = self.source(&range)?;
+        // SAFETY: within the row (checked by `source`).
+        unsafe { source.sum_exp(start, range, shift) }
     }
 
-    /// Calls `f(from, block)` for the blocks of `range`, the row cut at multiples of
-    /// [`BLOCK`].
+    /// Calls `f(from, block)` for the blocks of `range` ([`block_ranges`]).
     pub fn blocks(&mut self, range: Range<usize>, mut f: impl FnMut(usize, &[F])) {
-        let mut from = range.start;
-        while from < range.end {
-            let to = (from / BLOCK + 1) * BLOCK;
-            let to = to.min(range.end);
-            f(from, self.read(from..to));
-            from = to;
+        for block in block_ranges(range) {
+            f(block.start, self.read(block));
         }
     }
 }
@@ -235,22 +237,24 @@ impl<F: Float> RowOut<'_, F> {
         }
     }
 
+    /// Calls `f(range, elements)` to fill the whole row, in pieces [`RowOut::write`] takes.
+    fn write_all(&mut self, mut f: impl FnMut(Range<usize>, &mut [F])) {
+        let (len, piece, mut buf) = (self.len(), self.piece(), BlockBuf::default());
+        for from in (0..len).step_by(piece) {
+            let range = from..(from + piece).min(len);
+            self.write(range.clone(), &mut buf, |o| f(range, o));
+        }
+    }
+
     /// Sets the elements to `src` (of the same length).
     pub fn copy_from(&mut self, src: &[F]) {
-        let (len, piece, mut buf) = (self.len(), self.piece(), BlockBuf::default());
-        assert_eq!(src.len(), len, "a whole row");
-        for from in (0..len).step_by(piece) {
-            let to = (from + piece).min(len);
-            self.write(from..to, &mut buf, |o| o.copy_from_slice(&src[from..to]));
-        }
+        assert_eq!(src.len(), self.len(), "a whole row");
+        self.write_all(|range, o| o.copy_from_slice(&src[range]));
     }
 
     /// Sets every element to `x`.
     pub fn fill(&mut self, x: F) {
-        let (len, piece, mut buf) = (self.len(), self.piece(), BlockBuf::default());
-        for from in (0..len).step_by(piece) {
-            self.write(from..(from + piece).min(len), &mut buf, |o| o.fill(x));
-        }
+        self.write_all(|_, o| o.fill(x));
     }
 
     /// The row cut into parts of `n` elements (the last may be shorter), each writable on
@@ -267,21 +271,44 @@ impl<F: Float> RowOut<'_, F> {
 }
 
 /// Room for one block on the stack, initialised only as far as it is used (a row of ten
-/// classes should not pay for zeroing a thousand).
-pub struct BlockBuf<F>([MaybeUninit<F>; BLOCK]);
+/// classes should not pay for zeroing a thousand), and only once.
+pub struct BlockBuf<F> {
+    elements: [MaybeUninit<F>; BLOCK],
+    /// How many of `elements`, from the first, are initialised.
+    initialised: usize,
+}
 
 impl<F: Float> Default for BlockBuf<F> {
     fn default() -> Self {
-        BlockBuf([const { MaybeUninit::uninit() }; BLOCK])
+        BlockBuf { elements: [const { MaybeUninit::uninit() }; BLOCK], initialised: 0 }
     }
 }
 
 impl<F: Float> BlockBuf<F> {
-    /// The first `n` elements (at most [`BLOCK`]), zeroed.
+    /// The first `n` elements (at most [`BLOCK`]; their values are unspecified).
     fn take(&mut self, n: usize) -> &mut [F] {
-        let part = &mut self.0[..n];
-        part.fill(MaybeUninit::new(F::zero()));
-        // SAFETY: the first `n` elements were just initialised.
+        if n > self.initialised {
+            self.elements[self.initialised..n].fill(MaybeUninit::new(F::zero()));
+            self.initialised = n;
+        }
+        let part = &mut self.elements[..n];
+        // SAFETY: the first `initialised >= n` elements are initialised.
         unsafe { &mut *(part as *mut [MaybeUninit<F>] as *mut [F]) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_ranges_cut_at_multiples_of_the_block() {
+        let cut = |r: Range<usize>| block_ranges(r).collect::<Vec<_>>();
+        assert_eq!(cut(0..0), vec![]);
+        assert_eq!(cut(5..5), vec![]);
+        assert_eq!(cut(0..10), vec![0..10]);
+        assert_eq!(cut(0..BLOCK), vec![0..BLOCK]);
+        assert_eq!(cut(0..BLOCK + 1), vec![0..BLOCK, BLOCK..BLOCK + 1]);
+        assert_eq!(cut(10..2 * BLOCK + 3), vec![10..BLOCK, BLOCK..2 * BLOCK, 2 * BLOCK..2 * BLOCK + 3]);
     }
 }

@@ -34,9 +34,8 @@ pub trait Element: Copy + Send + Sync + 'static {
             *d = Self::narrow(x);
         }
     }
-    /// Kernels over rows as stored, where the tier has them (half types): the rows'
-    /// statistics are taken from the stored elements, widened as they load, so such rows are
-    /// never widened whole first.
+    /// Kernels over rows as stored, where the tier has them (half types): statistics taken
+    /// from the stored elements as they load, and whole slices widened and rounded.
     fn stored_kernels() -> Option<&'static StoredKernels<Self, Self::Compute>> {
         None
     }
@@ -73,7 +72,7 @@ native_element!(f32);
 native_element!(f64);
 
 macro_rules! half_element {
-    ($t:ty, $stats:path, $widen_into:expr, $narrow_slice:expr) => {
+    ($t:ty, $stored:path, $widen_into:expr, $narrow_slice:expr) => {
         impl Element for $t {
             type Compute = f32;
             fn zeros(len: usize) -> Vec<$t> {
@@ -89,16 +88,16 @@ macro_rules! half_element {
                 <$t>::from_f32(x)
             }
             fn stored_kernels() -> Option<&'static StoredKernels<$t, f32>> {
-                $stats()
+                $stored()
             }
             fn widen_into(src: &[$t], dst: &mut [f32]) {
-                match $stats() {
+                match $stored() {
                     Some(k) => (k.widen)(src, dst),
                     None => $widen_into(src, dst),
                 }
             }
             fn narrow_slice(src: &[f32], dst: &mut [$t]) {
-                match $stats() {
+                match $stored() {
                     Some(k) => (k.narrow)(src, dst),
                     None => $narrow_slice(src, dst),
                 }
@@ -130,17 +129,11 @@ half_element!(
 /// but without its branches, so that the loop vectorises (`half` converts one at a time).
 fn narrow_bf16(src: &[f32], dst: &mut [bf16]) {
     for (d, &x) in dst.iter_mut().zip(src) {
-        *d = bf16_rounded(x);
+        let b = x.to_bits();
+        let rounded = b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16;
+        let nan = (b >> 16) | 0x40;
+        *d = bf16::from_bits(if x.is_nan() { nan } else { rounded } as u16);
     }
-}
-
-/// One f32 to bfloat16, as [`narrow_bf16`] (and the SIMD tiers) round it.
-#[inline(always)]
-pub(crate) fn bf16_rounded(x: f32) -> bf16 {
-    let b = x.to_bits();
-    let rounded = b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16;
-    let nan = (b >> 16) | 0x40;
-    bf16::from_bits(if x.is_nan() { nan } else { rounded } as u16)
 }
 
 #[cfg(test)]

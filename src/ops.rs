@@ -152,15 +152,15 @@ struct RowView<'a, T: Element> {
     ptr: *const T,
     layout: RowLayout,
     /// Kernels that take the rows' statistics as stored (contiguous half-type rows).
-    stats: Option<&'static StoredKernels<T, T::Compute>>,
+    stored: Option<&'static StoredKernels<T, T::Compute>>,
     /// Never borrow a row: the gradient is written over these logits.
     copy: bool,
     _view: PhantomData<&'a T>,
 }
 
 // SAFETY: a RowView only reads through `ptr`, like the `ArrayView` it was made from; when
-// the same memory is written (in-place gradient), each row is copied before it is written,
-// by the one task that owns the row.
+// the same memory is written (in-place gradient), each row, or each block of a long row, is
+// read before it is written, by the one task that owns it.
 unsafe impl<T: Element> Send for RowView<'_, T> {}
 unsafe impl<T: Element> Sync for RowView<'_, T> {}
 
@@ -170,8 +170,8 @@ impl<'a, T: Element> RowView<'a, T> {
     }
 
     fn with_copy(ptr: *const T, layout: RowLayout, copy: bool) -> Self {
-        let stats = if layout.class_stride == 1 && !copy { T::stored_kernels() } else { None };
-        RowView { ptr, layout, stats, copy, _view: PhantomData }
+        let stored = if layout.class_stride == 1 && !copy { T::stored_kernels() } else { None };
+        RowView { ptr, layout, stored, copy, _view: PhantomData }
     }
 
     /// Rows `first..first + n` as they are stored, when they lie one after another in memory
@@ -200,7 +200,7 @@ impl<'a, T: Element> RowView<'a, T> {
         if let (false, Some(c)) = (self.copy, self.contiguous_rows(r, 1)) {
             return Row::Slice(c);
         }
-        if classes >= rows::SPLIT_MIN || (self.stats.is_some() && classes > WIDEN_WHOLE_MAX) {
+        if classes >= rows::SPLIT_MIN || (self.stored.is_some() && classes > WIDEN_WHOLE_MAX) {
             assert!(r < self.layout.rows(), "a row of the view");
             return Row::Stored { start: self.layout.offset(r), len: classes, source: self };
         }
@@ -217,14 +217,12 @@ impl<'a, T: Element> RowView<'a, T> {
         // SAFETY: row `r` is in the view, and has `classes` elements.
         unsafe { self.widen(self.layout.offset(r), 0, &mut dst[at..]) };
     }
-}
 
-impl<T: Element> RowView<'_, T> {
     /// Elements `range` of the row at `start`, as stored, where the rows are contiguous.
     ///
     /// # Safety
     /// As [`Source::widen`].
-    unsafe fn stored(&self, start: isize, range: Range<usize>) -> &[T] {
+    unsafe fn elements(&self, start: isize, range: Range<usize>) -> &[T] {
         debug_assert_eq!(self.layout.class_stride, 1);
         std::slice::from_raw_parts(self.ptr.offset(start + range.start as isize), range.len())
     }
@@ -232,11 +230,11 @@ impl<T: Element> RowView<'_, T> {
 
 impl<T: Element> Source<T::Compute> for RowView<'_, T> {
     unsafe fn max_argmax(&self, start: isize, range: Range<usize>) -> Option<(T::Compute, usize)> {
-        self.stats.map(|k| (k.max_argmax)(self.stored(start, range)))
+        self.stored.map(|k| (k.max_argmax)(self.elements(start, range)))
     }
 
     unsafe fn sum_exp(&self, start: isize, range: Range<usize>, shift: T::Compute) -> Option<f64> {
-        self.stats.map(|k| (k.sum_exp)(self.stored(start, range), shift))
+        self.stored.map(|k| (k.sum_exp)(self.elements(start, range), shift))
     }
 
     unsafe fn widen(&self, start: isize, from: usize, dst: &mut [T::Compute]) {
@@ -429,8 +427,9 @@ impl<F, R, G> RowFn<F, R> for G where
 {
 }
 
-/// Takes a whole tile of narrow rows: `(first row, the tile's rows one after another, their
-/// statistics, their results)`; returns false to leave the tile to the row function.
+/// Takes a whole tile of narrow rows of a call without outputs: `(first row, the tile's rows
+/// one after another, their statistics, their results)`; returns false to leave the tile to
+/// the row function.
 type TileFn<'a, F, R> = &'a (dyn Fn(usize, &[F], &[RowStats<F>], &mut [R]) -> bool + Sync);
 
 /// [`for_rows`], with a function that may do a whole tile of narrow rows at once (where the
@@ -510,7 +509,7 @@ fn for_rows_with<T, R, Fun>(
             // SAFETY: this task is the only one handling these rows, and their logits were
             // read (into `tile`) before they are written.
             let direct = unsafe { sink.rows_mut(first, LANES) };
-            let stored = direct.is_none();
+            let buffered = direct.is_none();
             let out = direct.unwrap_or_else(|| {
                 d.out.resize(LANES * classes, T::Compute::zero());
                 &mut d.out
@@ -524,7 +523,7 @@ fn for_rows_with<T, R, Fun>(
                 let exps = (stats.rest == d.stats[i].rest).then_some(exps);
                 *res = f(first + i, &z, &stats, exps, s, Some(&mut RowOut::Slice(o)));
             }
-            if stored {
+            if buffered {
                 // SAFETY: as above.
                 match unsafe { sink.stored_rows_mut(first, LANES) } {
                     // Half types: the sixteen rows rounded in one go.

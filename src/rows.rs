@@ -11,7 +11,7 @@ use rayon::prelude::*;
 
 use std::ops::Range;
 
-use crate::blocks::{BlockBuf, Reader, Row, RowOut, BLOCK};
+use crate::blocks::{block_ranges, BlockBuf, Reader, Row, RowOut, BLOCK};
 use crate::kernels::{CompensatedSum, Float, RowKernels};
 
 /// Rows at least this long are cut into blocks that rayon spreads over the threads, so that
@@ -45,9 +45,6 @@ fn sum_exp<F: Float, N>(k: &RowKernels<F>, z: &Row<F>, shift: F, skip: usize, ne
             sum(range)
         }
     };
-    let blocks = |range: Range<usize>| {
-        (range.start..range.end).step_by(BLOCK).map(move |from| from..(from + BLOCK).min(range.end))
-    };
     let mut total = CompensatedSum::default();
     let len = z.len();
     if len >= SPLIT_MIN {
@@ -55,13 +52,13 @@ fn sum_exp<F: Float, N>(k: &RowKernels<F>, z: &Row<F>, shift: F, skip: usize, ne
             .into_par_iter()
             .map(|i| {
                 let mut reader = z.reader();
-                blocks(split_part(i, len)).map(|block| block_sum(&mut reader, block)).collect()
+                block_ranges(split_part(i, len)).map(|block| block_sum(&mut reader, block)).collect()
             })
             .collect();
         parts.into_iter().flatten().for_each(|x| total.add(x));
     } else {
         let mut reader = z.reader();
-        for block in blocks(0..len) {
+        for block in block_ranges(0..len) {
             if let Some(next) = next {
                 prefetch(next.get(block.start..block.end.min(next.len())).unwrap_or(&[]));
             }
@@ -473,15 +470,8 @@ fn target_sums<F: Float>(
     skip: usize,
     scratch: &mut Vec<F>,
 ) -> (F, F) {
-    let mut sums = (CompensatedSum::default(), CompensatedSum::default());
-    // (A function, not a closure: called from two places, it must still be inlined.)
-    #[inline(always)]
-    fn add_block<F: Float>(
-        (others, gap): &mut (CompensatedSum<F>, CompensatedSum<F>),
-        (k, t, max, skip): (&RowKernels<F>, &Targets<F>, F, usize),
-        scratch: &mut Vec<F>,
-        (from, yb, zb): (usize, &[F], &[F]),
-    ) {
+    let (mut others, mut gap) = (CompensatedSum::default(), CompensatedSum::default());
+    let mut add_block = |from: usize, yb: &[F], zb: &[F]| {
         let tb = if t.plain() {
             yb
         } else {
@@ -493,20 +483,17 @@ fn target_sums<F: Float>(
         // The skipped target is taken out of its own block's sum, where it is of the same size.
         others.add(if (from..from + tb.len()).contains(&skip) { block_sum - tb[skip - from] } else { block_sum });
         gap.add(block_gap);
-    }
-    let row = (k, t, max, skip);
+    };
     if let (Row::Slice(zs), Row::Slice(ys)) = (z, y) {
         // (Slices directly: narrow rows are millions of calls.)
         for (i, (zb, yb)) in zs.chunks(BLOCK).zip(ys.chunks(BLOCK)).enumerate() {
-            add_block(&mut sums, row, scratch, (i * BLOCK, yb, zb));
+            add_block(i * BLOCK, yb, zb);
         }
     } else {
         let mut y_reader = y.reader();
-        z.reader().blocks(0..z.len(), |from, zb| {
-            add_block(&mut sums, row, scratch, (from, y_reader.read(from..from + zb.len()), zb))
-        });
+        z.reader().blocks(0..z.len(), |from, zb| add_block(from, y_reader.read(from..from + zb.len()), zb));
     }
-    (sums.0.value(), sums.1.value())
+    (others.value(), gap.value())
 }
 
 /// Loss of one row against a dense label row `y` (any real numbers), with weights and

@@ -31,9 +31,10 @@ use num_traits::{Float as _, One as _, Zero as _};
 
 use super::lanes::MAX_CLASSES;
 use super::{CompensatedSum, Float};
+use crate::element::Element;
 
-/// Per-type constants of `exp`.
-pub trait ExpConsts: Float {
+/// Per-type constants of `exp`, for the compute types (elements in their own right).
+pub trait ExpConsts: Float + Element<Compute = Self> {
     /// `log2(e)`.
     const LOG2E: Self;
     /// `1.5 · 2^p` (p = mantissa bits) plus a bias: `d · log2e + MAGIC` rounds to an integer
@@ -191,14 +192,12 @@ unsafe fn splat<V: Vector>(x: V::E) -> V {
 /// written.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // (half types: x86 tiers only, so far)
 pub unsafe trait Storage<V: Vector>: Copy {
-    /// The stored element.
-    type S: Copy + Default;
+    /// The stored element (one at a time, it converts as `Element` says).
+    type S: Element<Compute = V::E> + Default;
     unsafe fn load(p: *const Self::S) -> V;
-    fn widen(x: Self::S) -> V::E;
-    /// `v` rounded to nearest (ties to even) into `V::N` elements at `p`.
+    /// `v` rounded to nearest (ties to even) into `V::N` elements at `p`, as
+    /// `Element::narrow` rounds each.
     unsafe fn store(p: *mut Self::S, v: V);
-    /// One element rounded as [`Storage::store`] rounds it.
-    fn narrow(x: V::E) -> Self::S;
     /// `n < N` lanes from `p`, the others set to `fill`.
     #[inline(always)]
     unsafe fn load_partial(p: *const Self::S, n: usize, fill: V::E) -> V {
@@ -224,16 +223,8 @@ unsafe impl<V: Vector> Storage<V> for Plain {
         V::load(p)
     }
     #[inline(always)]
-    fn widen(x: V::E) -> V::E {
-        x
-    }
-    #[inline(always)]
     unsafe fn store(p: *mut V::E, v: V) {
         V::store(p, v)
-    }
-    #[inline(always)]
-    fn narrow(x: V::E) -> V::E {
-        x
     }
     #[inline(always)]
     unsafe fn load_partial(p: *const V::E, n: usize, fill: V::E) -> V {
@@ -396,7 +387,7 @@ pub unsafe fn max_argmax<V: Vector, L: Storage<V>>(z: &[L::S]) -> (V::E, usize) 
         nan |= V::unord_mask(x, x);
     }
     if nan != 0 {
-        let j = z.iter().position(|&x| L::widen(x).is_nan()).unwrap_or(0);
+        let j = z.iter().position(|&x| x.widen().is_nan()).unwrap_or(0);
         return (V::E::nan(), j);
     }
     let best = V::hmax(V::max_num(V::max_num(m[0], m[1]), V::max_num(m[2], m[3])));
@@ -408,13 +399,13 @@ pub unsafe fn max_argmax<V: Vector, L: Storage<V>>(z: &[L::S]) -> (V::E, usize) 
         if hits != 0 {
             let j = i + hits.trailing_zeros() as usize;
             // The element itself: of two zeros, the sign of the first, as the scalar tier.
-            return (L::widen(*z.get_unchecked(j)), j);
+            return (z.get_unchecked(j).widen(), j);
         }
         i += w;
     }
     let hits = V::eq_mask(L::load_partial(p.add(i), n - i, V::E::nan()), target);
     let j = (i + hits.trailing_zeros() as usize).min(n - 1);
-    (L::widen(*z.get_unchecked(j)), j)
+    (z.get_unchecked(j).widen(), j)
 }
 
 /// `Σ exp(z_j - shift)`, in `N` compensated partial sums, added up in f64.
@@ -534,14 +525,10 @@ unsafe fn exp_scaled_with<V: Vector, S: ShiftedExp<V>, const STREAM: bool>(
         let head = o.align_offset(64).min(n);
         while i < head {
             let k = (head - i).min(w);
-            let e = if k == w {
-                exp_any(&f, V::load(p.add(i)), s)
-            } else {
-                exp_any(&f, V::load_partial(p.add(i), k, shift), s)
-            };
             if k == w {
-                V::store(o.add(i), V::mul(e, c));
+                V::store(o.add(i), V::mul(exp_any(&f, V::load(p.add(i)), s), c));
             } else {
+                let e = exp_any(&f, V::load_partial(p.add(i), k, shift), s);
                 V::store_partial(o.add(i), k, V::mul(e, c));
             }
             i += k;
@@ -601,7 +588,7 @@ pub unsafe fn narrow<V: Vector, L: Storage<V>>(src: &[V::E], dst: &mut [L::S]) {
         i += w;
     }
     for j in i..n {
-        *o.add(j) = L::narrow(*p.add(j));
+        *o.add(j) = L::S::narrow(*p.add(j));
     }
 }
 

@@ -587,7 +587,7 @@ tier!(AVX512_F64, avx512_f64, __m512d, f64, Tier::Avx512, "avx512f,avx2,fma");
 tier!(AVX2_F32, avx2_f32, __m256, f32, Tier::Avx2, "avx2,fma");
 tier!(AVX2_F64, avx2_f64, __m256d, f64, Tier::Avx2, "avx2,fma");
 
-// ---- Half types, widened as loaded ----
+// ---- Half types, widened as loaded and rounded as stored ----
 
 /// Rounds to nearest even as `vcvtps2ph` does (NaN stays NaN).
 const F16_ROUND: i32 = _MM_FROUND_TO_NEAREST_INT;
@@ -599,16 +599,8 @@ unsafe impl Storage<__m512> for F16Bits {
         _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i))
     }
     #[inline(always)]
-    fn widen(x: f16) -> f32 {
-        x.to_f32()
-    }
-    #[inline(always)]
     unsafe fn store(p: *mut f16, v: __m512) {
         _mm256_storeu_si256(p as *mut __m256i, _mm512_cvtps_ph::<F16_ROUND>(v))
-    }
-    #[inline(always)]
-    fn narrow(x: f32) -> f16 {
-        f16::from_f32(x)
     }
 }
 
@@ -619,22 +611,14 @@ unsafe impl Storage<__m512> for Bf16Bits {
         _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(_mm256_loadu_si256(p as *const __m256i))))
     }
     #[inline(always)]
-    fn widen(x: bf16) -> f32 {
-        x.to_f32()
-    }
-    #[inline(always)]
     unsafe fn store(p: *mut bf16, v: __m512) {
-        // As `element::bf16_rounded`: the top half, rounded to nearest even; NaN quieted.
+        // The top half, rounded to nearest even; NaN quieted (as `element::narrow_bf16`).
         let b = _mm512_castps_si512(v);
         let odd = _mm512_and_si512(_mm512_srli_epi32::<16>(b), _mm512_set1_epi32(1));
         let rounded = _mm512_srli_epi32::<16>(_mm512_add_epi32(b, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), odd)));
         let nan = _mm512_or_si512(_mm512_srli_epi32::<16>(b), _mm512_set1_epi32(0x40));
         let bits = _mm512_mask_blend_epi32(_mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v), rounded, nan);
         _mm256_storeu_si256(p as *mut __m256i, _mm512_cvtepi32_epi16(bits))
-    }
-    #[inline(always)]
-    fn narrow(x: f32) -> bf16 {
-        crate::element::bf16_rounded(x)
     }
 }
 
@@ -646,16 +630,8 @@ unsafe impl Storage<__m256> for F16Bits {
         _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
     }
     #[inline(always)]
-    fn widen(x: f16) -> f32 {
-        x.to_f32()
-    }
-    #[inline(always)]
     unsafe fn store(p: *mut f16, v: __m256) {
         _mm_storeu_si128(p as *mut __m128i, _mm256_cvtps_ph::<F16_ROUND>(v))
-    }
-    #[inline(always)]
-    fn narrow(x: f32) -> f16 {
-        f16::from_f32(x)
     }
 }
 
@@ -664,10 +640,6 @@ unsafe impl Storage<__m256> for Bf16Bits {
     #[inline(always)]
     unsafe fn load(p: *const bf16) -> __m256 {
         _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i))))
-    }
-    #[inline(always)]
-    fn widen(x: bf16) -> f32 {
-        x.to_f32()
     }
     #[inline(always)]
     unsafe fn store(p: *mut bf16, v: __m256) {
@@ -681,13 +653,9 @@ unsafe impl Storage<__m256> for Bf16Bits {
         let packed = _mm256_permute4x64_epi64::<0b1000>(_mm256_packus_epi32(bits, bits));
         _mm_storeu_si128(p as *mut __m128i, _mm256_castsi256_si128(packed))
     }
-    #[inline(always)]
-    fn narrow(x: f32) -> bf16 {
-        crate::element::bf16_rounded(x)
-    }
 }
 
-macro_rules! half_stats {
+macro_rules! stored_kernels {
     ($table:ident, $module:ident, $vector:ty, $load:ty, $s:ty, $features:literal) => {
         /// Safety (every function): the CPU has the features.
         mod $module {
@@ -722,10 +690,10 @@ macro_rules! half_stats {
     };
 }
 
-half_stats!(AVX512_F16, avx512_f16, __m512, F16Bits, f16, "avx512f,avx2,fma");
-half_stats!(AVX512_BF16, avx512_bf16, __m512, Bf16Bits, bf16, "avx512f,avx2,fma");
-half_stats!(AVX2_F16, avx2_f16, __m256, F16Bits, f16, "avx2,fma,f16c");
-half_stats!(AVX2_BF16, avx2_bf16, __m256, Bf16Bits, bf16, "avx2,fma");
+stored_kernels!(AVX512_F16, avx512_f16, __m512, F16Bits, f16, "avx512f,avx2,fma");
+stored_kernels!(AVX512_BF16, avx512_bf16, __m512, Bf16Bits, bf16, "avx512f,avx2,fma");
+stored_kernels!(AVX2_F16, avx2_f16, __m256, F16Bits, f16, "avx2,fma,f16c");
+stored_kernels!(AVX2_BF16, avx2_bf16, __m256, Bf16Bits, bf16, "avx2,fma");
 
 /// The tiers this CPU runs, for the tests in `super::simd`.
 #[cfg(test)]
