@@ -61,6 +61,20 @@ fn dense_and_rows(c: &mut Criterion) {
     group.finish();
 }
 
+/// The exp kernels alone, on a row in L1 (`FASTXENT_SIMD` picks the tier): the compute ceiling
+/// under the memory-bound figures above, in elements per second.
+fn row_kernels<F: fastxent::kernels::Float>(c: &mut Criterion, name: &str) {
+    let k = F::kernels();
+    let mut group = c.benchmark_group(format!("row_kernels_{name}_{}", k.tier.name()));
+    let z: Vec<F> = logits::<f32>(1, 8192).iter().map(|&x| F::from_f64(x as f64)).collect();
+    let (shift, mut out) = (F::from_f64(4.0), vec![F::zero(); z.len()]);
+    group.throughput(Throughput::Elements(z.len() as u64));
+    group.bench_function("max_argmax", |b| b.iter(|| (k.max_argmax)(&z)));
+    group.bench_function("sum_exp", |b| b.iter(|| (k.sum_exp)(&z, shift)));
+    group.bench_function("exp_scaled", |b| b.iter(|| (k.exp_scaled)(&z, shift, F::from_f64(0.5), &mut out)));
+    group.finish();
+}
+
 fn memory(c: &mut Criterion) {
     // Integer adds vectorise (float sums would not, and would measure the adder instead).
     let data = vec![1u32; 64 << 20]; // 256 MiB
@@ -78,6 +92,8 @@ fn memory(c: &mut Criterion) {
 
 fn all(c: &mut Criterion) {
     memory(c);
+    row_kernels::<f32>(c, "f32");
+    row_kernels::<f64>(c, "f64");
     sparse::<f32>(c, "f32");
     sparse::<f64>(c, "f64");
     sparse::<bf16>(c, "bf16");

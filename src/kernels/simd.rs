@@ -9,9 +9,12 @@
 //! `r = d - n ln2` by a two-constant Cody-Waite reduction (`n · LN2_HI` is exact, `|r| ≤ ln2/2`),
 //! `p` a minimax polynomial for the relative error of `e^r` with `p(0) = 1, p'(0) = 1` fixed
 //! (f32: degree 6, 3.5e-9; f64: degree 11, 4.6e-18, both on `|r| ≤ 1.02 ln2/2`), and `2^n`
-//! applied by `vscalefps/pd` (AVX-512) or by building exponent bits (AVX2, two factors where
-//! the range needs them). Every result is rounded once from `p · 2^n`, so subnormal results
-//! are rounded correctly to within the same bound (no flush to zero). Inputs below
+//! applied by `vscalefps/pd` (AVX-512) or by building exponent bits (AVX2: an integer add to
+//! `p`'s exponent makes `p · 2^(n + 64)` (f64: `2^(n + 600)`), a normal number, then one
+//! multiply; two factors where the range needs them). Every result is rounded once from
+//! `p · 2^n`, so subnormal results are rounded correctly to within the same bound (no flush to
+//! zero). Sums of exps add the biased terms and unbias the total in f64; a scaled exp folds the
+//! unbiasing into its scale where that stays normal. Inputs below
 //! `ln(2^-150) ≈ -103.97` (f32) / `ln(2^-1075) ≈ -745.13` (f64) give 0, `-inf` gives 0, inputs
 //! above `ln(MAX)` (88.72 / 709.78) give `+inf`, NaN gives NaN.
 //!
@@ -141,6 +144,15 @@ pub unsafe trait Vector: Copy {
     /// or `[-1083, 1025]` (f64); `t` is the `MAGIC`-shifted value `n` was read from. Unless
     /// `FULL`, `n ≤ 0`.
     unsafe fn ldexp<const FULL: bool>(p: Self, n: Self, t: Self) -> Self;
+    /// `log2` of the factor [`Vector::ldexp_biased`] scales its results by.
+    const EXP_BIAS: i32 = 0;
+    /// `p · 2^(n + EXP_BIAS)`, rounded once, for `n ≤ 0` (as `ldexp`): where the tier builds
+    /// `2^n` from exponent bits, a biased result is a normal number, made by an integer add
+    /// (no multiply, no subnormal); sums of exps add them up biased and unbias the total.
+    #[inline(always)]
+    unsafe fn ldexp_biased(p: Self, n: Self, t: Self) -> Self {
+        Self::ldexp::<false>(p, n, t)
+    }
     /// `e + e · err`, or `e` where that is NaN (`err` NaN, or `e` infinite).
     unsafe fn fmadd_or_keep(e: Self, err: Self) -> Self;
     /// `acc + t · d` in the lanes where `t != 0` (NaN counts as non-zero), else `acc`.
@@ -254,13 +266,53 @@ pub unsafe fn exp<V: Vector, const FULL: bool>(d: V) -> V {
     let n = V::sub(t, splat(V::E::MAGIC));
     let r = V::fnmadd(n, splat(V::E::LN2_HI), d);
     let r = V::fnmadd(n, splat(V::E::LN2_LO), r);
-    V::ldexp::<FULL>(poly(r), n, t)
+    V::ldexp::<FULL>(poly([r])[0], n, t)
 }
 
-/// A way of computing `exp(x - shift)` for one row's `shift`.
+/// `[f(a_0), …, f(a_U-1)]` for an array of vectors `a`, written out in place: through a
+/// closure (or `array::map`) the body is not always inlined, and then runs without the tier's
+/// target features, a vector at a time through memory.
+macro_rules! each {
+    ($a:expr, |$x:ident| $body:expr) => {{
+        let mut out = $a;
+        for v in out.iter_mut() {
+            let $x = *v;
+            *v = $body;
+        }
+        out
+    }};
+}
+
+/// `U` vectors of `L` from `p`, one after another.
+#[inline(always)]
+unsafe fn load_vectors<V: Vector, L: Storage<V>, const U: usize>(p: *const L::S) -> [V; U] {
+    let mut x = [splat::<V>(V::E::zero()); U];
+    for (k, x) in x.iter_mut().enumerate() {
+        *x = L::load(p.add(k * V::N));
+    }
+    x
+}
+
+/// A way of computing `exp(x - shift)` for one row's `shift`, a few vectors at a time: the
+/// steps of their exps interleaved, so that the out-of-order core overlaps their chains of
+/// ~20 dependent operations (one vector's chain after another ran 10% slower on Zen 3).
 trait ShiftedExp<V: Vector>: Copy {
-    /// `exp(x - shift)`; `FULL`: for any `x` (otherwise `x <= shift`, -inf or NaN).
-    unsafe fn exp<const FULL: bool>(&self, x: V) -> V;
+    /// `exp(x_k - shift)`; `FULL`: for any `x` (otherwise `x <= shift`, -inf or NaN).
+    unsafe fn exps<const FULL: bool, const U: usize>(&self, x: [V; U]) -> [V; U];
+    /// `exp(x_k - shift) · 2^V::EXP_BIAS`, for `x <= shift`, -inf or NaN.
+    #[inline(always)]
+    unsafe fn biased_exps<const U: usize>(&self, x: [V; U]) -> [V; U] {
+        let e = self.exps::<false, U>(x);
+        if V::EXP_BIAS == 0 {
+            return e;
+        }
+        let bias = splat::<V>(V::E::from_f64((V::EXP_BIAS as f64).exp2()));
+        each!(e, |e| V::mul(e, bias))
+    }
+    #[inline(always)]
+    unsafe fn exp<const FULL: bool>(&self, x: V) -> V {
+        self.exps::<FULL, 1>([x])[0]
+    }
 }
 
 /// `exp(x - shift)` from `d = x - shift` and its rounding error (TwoSum, as the scalar tier
@@ -273,15 +325,17 @@ struct Compensated<V> {
 
 impl<V: Vector> ShiftedExp<V> for Compensated<V> {
     #[inline(always)]
-    unsafe fn exp<const FULL: bool>(&self, x: V) -> V {
+    unsafe fn exps<const FULL: bool, const U: usize>(&self, x: [V; U]) -> [V; U] {
         let s = self.shift;
-        let d = V::sub(x, s);
-        let bv = V::sub(d, x);
-        let av = V::sub(d, bv);
-        let err = V::sub(V::sub(x, av), V::add(s, bv));
-        // err is NaN where x is -inf (or x - shift overflows): there exp is 0 and stays 0;
-        // an exp that overflowed stays inf.
-        V::fmadd_or_keep(exp::<V, FULL>(d), err)
+        each!(x, |x| {
+            let d = V::sub(x, s);
+            let bv = V::sub(d, x);
+            let av = V::sub(d, bv);
+            let err = V::sub(V::sub(x, av), V::add(s, bv));
+            // err is NaN where x is -inf (or x - shift overflows): there exp is 0 and stays 0;
+            // an exp that overflowed stays inf.
+            V::fmadd_or_keep(exp::<V, FULL>(d), err)
+        })
     }
 }
 
@@ -327,28 +381,53 @@ impl<V: Vector> Split<V> {
     }
 }
 
+impl<V: Vector> Split<V> {
+    /// `(p(r), n, t)` of each lane's `exp(x - shift) = 2^n · p(r)`, step by step across the
+    /// vectors, for [`Vector::ldexp`].
+    #[inline(always)]
+    unsafe fn reduce<const FULL: bool, const U: usize>(&self, x: [V; U]) -> ([V; U], [V; U], [V; U]) {
+        // Clamped to [shift - SPAN, shift + EXP_HI] (results 0 and inf); NaN goes through.
+        let x = each!(x, |x| if FULL { V::min_nan(self.hi, V::max_nan(self.lo, x)) } else { V::max_nan(self.lo, x) });
+        let t = each!(x, |x| V::add(V::fmadd(x, splat(V::E::LOG2E), self.neg_shift_log2e), splat(V::E::MAGIC)));
+        let n = each!(t, |t| V::sub(t, splat(V::E::MAGIC)));
+        let mut r = x;
+        for k in 0..U {
+            r[k] = V::fnmadd(V::add(n[k], self.k), splat(V::E::LN2_HI), x[k]);
+        }
+        for k in 0..U {
+            r[k] = V::fnmadd(n[k], splat(V::E::LN2_LO), V::sub(r[k], self.s_r));
+        }
+        (poly(r), n, t)
+    }
+}
+
 impl<V: Vector> ShiftedExp<V> for Split<V> {
     #[inline(always)]
-    unsafe fn exp<const FULL: bool>(&self, x: V) -> V {
-        // Clamped to [shift - SPAN, shift + EXP_HI] (results 0 and inf); NaN goes through.
-        let mut x = V::max_nan(self.lo, x);
-        if FULL {
-            x = V::min_nan(self.hi, x);
+    unsafe fn exps<const FULL: bool, const U: usize>(&self, x: [V; U]) -> [V; U] {
+        let (mut p, n, t) = self.reduce::<FULL, U>(x);
+        for k in 0..U {
+            p[k] = V::ldexp::<FULL>(p[k], n[k], t[k]);
         }
-        let t = V::add(V::fmadd(x, splat(V::E::LOG2E), self.neg_shift_log2e), splat(V::E::MAGIC));
-        let n = V::sub(t, splat(V::E::MAGIC));
-        let u = V::fnmadd(V::add(n, self.k), splat(V::E::LN2_HI), x);
-        let r = V::fnmadd(n, splat(V::E::LN2_LO), V::sub(u, self.s_r));
-        V::ldexp::<FULL>(poly(r), n, t)
+        p
+    }
+    #[inline(always)]
+    unsafe fn biased_exps<const U: usize>(&self, x: [V; U]) -> [V; U] {
+        let (mut p, n, t) = self.reduce::<false, U>(x);
+        for k in 0..U {
+            p[k] = V::ldexp_biased(p[k], n[k], t[k]);
+        }
+        p
     }
 }
 
 #[inline(always)]
-unsafe fn poly<V: Vector>(r: V) -> V {
+unsafe fn poly<V: Vector, const U: usize>(r: [V; U]) -> [V; U] {
     let poly = V::E::POLY;
-    let mut p = splat::<V>(poly[0]);
+    let mut p = [splat::<V>(poly[0]); U];
     for &c in &poly[1..] {
-        p = V::fmadd(p, r, splat(c));
+        for k in 0..U {
+            p[k] = V::fmadd(p[k], r[k], splat(c));
+        }
     }
     p
 }
@@ -456,35 +535,31 @@ unsafe fn sum_exp_with<V: Vector, L: Storage<V>, S: ShiftedExp<V>>(z: &[L::S], f
     let (n, p, w) = (z.len(), z.as_ptr(), V::N);
     let zero = splat::<V>(V::E::zero());
     let mut acc = KahanSum { sum: zero, carry: zero };
+    // The terms are summed biased by 2^EXP_BIAS (exactly: no term is subnormal, none
+    // overflows), and the total unbiased in f64.
     let mut i = 0;
     while i + 8 * w <= n {
         // Eight vectors summed as a tree (exact for equal terms), then into the running sum.
-        let e0 = f.exp::<false>(L::load(p.add(i)));
-        let e1 = f.exp::<false>(L::load(p.add(i + w)));
-        let e2 = f.exp::<false>(L::load(p.add(i + 2 * w)));
-        let e3 = f.exp::<false>(L::load(p.add(i + 3 * w)));
-        let e4 = f.exp::<false>(L::load(p.add(i + 4 * w)));
-        let e5 = f.exp::<false>(L::load(p.add(i + 5 * w)));
-        let e6 = f.exp::<false>(L::load(p.add(i + 6 * w)));
-        let e7 = f.exp::<false>(L::load(p.add(i + 7 * w)));
+        let x = load_vectors::<V, L, 8>(p.add(i));
+        let [e0, e1, e2, e3, e4, e5, e6, e7] = f.biased_exps(x);
         let s0 = V::add(V::add(e0, e1), V::add(e2, e3));
         let s1 = V::add(V::add(e4, e5), V::add(e6, e7));
         acc.add(V::add(s0, s1));
         i += 8 * w;
     }
     while i + w <= n {
-        acc.add(f.exp::<false>(L::load(p.add(i))));
+        acc.add(f.biased_exps([L::load(p.add(i))])[0]);
         i += w;
     }
     if i < n {
         // The missing lanes read `shift` (exp 1), then count 0. (Filled with -inf they would
         // underflow through the subnormals: a microcode assist of ~100 cycles on Intel, per
         // row.)
-        let e = f.exp::<false>(L::load_partial(p.add(i), n - i, shift));
+        let [e] = f.biased_exps([L::load_partial(p.add(i), n - i, shift)]);
         let ones = [V::E::one(); 16];
         acc.add(V::mul(e, V::load_partial(ones.as_ptr(), n - i, V::E::zero())));
     }
-    acc.value()
+    acc.value() * (-V::EXP_BIAS as f64).exp2()
 }
 
 /// `out_j = exp(z_j - shift) · scale`, for any `z_j - shift` (positive ones included);
@@ -497,14 +572,39 @@ pub unsafe fn exp_scaled<V: Vector, const STREAM: bool>(z: &[V::E], shift: V::E,
     }
 }
 
-/// `exp(x - shift)` for any `x`: the full-range variant only where a lane needs it (the
-/// contract's rows never do), if the full range costs this tier more.
-#[inline(always)]
-unsafe fn exp_any<V: Vector, S: ShiftedExp<V>>(f: &S, x: V, shift: V) -> V {
-    if V::CHEAP_FULL || V::gt_mask(x, shift) != 0 {
-        f.exp::<true>(x)
-    } else {
-        f.exp::<false>(x)
+/// `exp(x_k - shift) · scale` for any `x`: over the full range only where a lane needs it (the
+/// contract's rows never do), if the full range costs this tier more; else biased exps times
+/// `biased_scale` (`scale · 2^-EXP_BIAS`, where that is a normal number): one rounding, and
+/// no multiply to unbias.
+#[derive(Clone, Copy)]
+struct ScaledExps<V, S> {
+    f: S,
+    shift: V,
+    scale: V,
+    biased_scale: Option<V>,
+}
+
+impl<V: Vector, S: ShiftedExp<V>> ScaledExps<V, S> {
+    #[inline(always)]
+    unsafe fn new(f: S, shift: V::E, scale: V::E) -> Self {
+        let biased = scale * V::E::from_f64((-V::EXP_BIAS as f64).exp2());
+        let biased_scale = (V::EXP_BIAS != 0 && (biased.is_normal() || scale == V::E::zero())).then(|| splat(biased));
+        ScaledExps { f, shift: splat(shift), scale: splat(scale), biased_scale }
+    }
+
+    #[inline(always)]
+    unsafe fn of<const U: usize>(&self, x: [V; U]) -> [V; U] {
+        let mut above = 0;
+        for &x in &x {
+            above |= V::gt_mask(x, self.shift);
+        }
+        if V::CHEAP_FULL || above != 0 {
+            return each!(self.f.exps::<true, U>(x), |e| V::mul(e, self.scale));
+        }
+        match self.biased_scale {
+            Some(c) => each!(self.f.biased_exps(x), |e| V::mul(e, c)),
+            None => each!(self.f.exps::<false, U>(x), |e| V::mul(e, self.scale)),
+        }
     }
 }
 
@@ -518,7 +618,7 @@ unsafe fn exp_scaled_with<V: Vector, S: ShiftedExp<V>, const STREAM: bool>(
 ) {
     let n = z.len().min(out.len());
     let (p, o, w) = (z.as_ptr(), out.as_mut_ptr(), V::N);
-    let (s, c) = (splat::<V>(shift), splat::<V>(scale));
+    let exps = ScaledExps::new(f, shift, scale);
     let mut i = 0;
     if STREAM {
         // Streamed stores want 64-byte alignment: the elements before it go the usual way.
@@ -526,34 +626,33 @@ unsafe fn exp_scaled_with<V: Vector, S: ShiftedExp<V>, const STREAM: bool>(
         while i < head {
             let k = (head - i).min(w);
             if k == w {
-                V::store(o.add(i), V::mul(exp_any(&f, V::load(p.add(i)), s), c));
+                V::store(o.add(i), exps.of([V::load(p.add(i))])[0]);
             } else {
-                let e = exp_any(&f, V::load_partial(p.add(i), k, shift), s);
-                V::store_partial(o.add(i), k, V::mul(e, c));
+                let [e] = exps.of([V::load_partial(p.add(i), k, shift)]);
+                V::store_partial(o.add(i), k, e);
             }
             i += k;
         }
     }
-    while i + 2 * w <= n {
-        let e0 = exp_any(&f, V::load(p.add(i)), s);
-        let e1 = exp_any(&f, V::load(p.add(i + w)), s);
-        if STREAM {
-            V::stream(o.add(i), V::mul(e0, c));
-            V::stream(o.add(i + w), V::mul(e1, c));
-        } else {
-            V::store(o.add(i), V::mul(e0, c));
-            V::store(o.add(i + w), V::mul(e1, c));
+    while i + 4 * w <= n {
+        let e = exps.of(load_vectors::<V, Plain, 4>(p.add(i)));
+        for (k, e) in e.into_iter().enumerate() {
+            if STREAM {
+                V::stream(o.add(i + k * w), e);
+            } else {
+                V::store(o.add(i + k * w), e);
+            }
         }
-        i += 2 * w;
+        i += 4 * w;
     }
     while i + w <= n {
-        V::store(o.add(i), V::mul(exp_any(&f, V::load(p.add(i)), s), c));
+        V::store(o.add(i), exps.of([V::load(p.add(i))])[0]);
         i += w;
     }
     if i < n {
         // The missing lanes read `shift` (exp 1, never stored): no subnormal on the way.
-        let x = V::load_partial(p.add(i), n - i, shift);
-        V::store_partial(o.add(i), n - i, V::mul(exp_any(&f, x, s), c));
+        let [e] = exps.of([V::load_partial(p.add(i), n - i, shift)]);
+        V::store_partial(o.add(i), n - i, e);
     }
     if STREAM {
         V::fence();
