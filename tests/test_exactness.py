@@ -162,3 +162,22 @@ def test_float64_flat_wide_row(capsys):
         print(f"\n  [{fx.simd_tier()}] float64 flat-wide        loss {loss_ulp:5.2f} ulp  grad {grad_ulp:5.2f} ulp", end="")
     assert loss_ulp <= LOSS_ULP
     assert grad_ulp <= GRAD_ULP
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("width", [10, 4096])
+def test_masked_logits_give_exact_zeros_under_large_weights(dtype, width):
+    # Rows whose mass is all on class 0: the others are -inf (masked) or 2000 below. Exactly,
+    # the loss is log1p(e^-2000) and the gradient -e^-2000 at class 0, e^-2000 times the
+    # weight at class 1: all 0 in either precision, however large the class weights (a kernel
+    # that scales its exps up on the way must not leave tiny non-zero values there).
+    z = np.full((3, width), -np.inf, dtype=dtype)
+    z[:, 0], z[:, 1] = 0.0, -2000.0
+    labels = np.zeros(3, dtype=np.int64)
+    weight = np.full(width, 1.0e3, dtype=dtype)
+    for options in ({}, {"weight": weight}, {"weight": weight, "reduction": "sum"}):
+        loss, grad = fx.sparse_softmax_cross_entropy_with_logits_and_grad(labels=labels, logits=z, **options)
+        assert np.all(loss == 0), (options, loss)
+        assert np.all(grad == 0), (options, grad[grad != 0])
+    assert np.all(fx.softmax(z)[:, 1:] == 0)
+    assert np.all(fx.logsumexp(z) == 0)

@@ -9,12 +9,12 @@
 //! `r = d - n ln2` by a two-constant Cody-Waite reduction (`n · LN2_HI` is exact, `|r| ≤ ln2/2`),
 //! `p` a minimax polynomial for the relative error of `e^r` with `p(0) = 1, p'(0) = 1` fixed
 //! (f32: degree 6, 3.5e-9; f64: degree 11, 4.6e-18, both on `|r| ≤ 1.02 ln2/2`), and `2^n`
-//! applied by `vscalefps/pd` (AVX-512) or by building exponent bits (AVX2: an integer add to
-//! `p`'s exponent makes `p · 2^(n + 64)` (f64: `2^(n + 600)`), a normal number, then one
-//! multiply; two factors where the range needs them). Every result is rounded once from
-//! `p · 2^n`, so subnormal results are rounded correctly to within the same bound (no flush to
-//! zero). Sums of exps add the biased terms and unbias the total in f64; a scaled exp folds the
-//! unbiasing into its scale where that stays normal. Inputs below
+//! applied by `vscalefps/pd` (AVX-512) or by building exponent bits (AVX2, two factors where
+//! the range needs them). Every result is rounded once from `p · 2^n`, so subnormal results
+//! are rounded correctly to within the same bound (no flush to zero). AVX2's `exp_scaled`
+//! skips two multiplies: an integer add to `p`'s exponent makes `p · 2^(n + 64)` (f64:
+//! `n + 600`), exact and normal, and the unbiasing goes into its scale where that stays
+//! normal (one rounding). Inputs below
 //! `ln(2^-150) ≈ -103.97` (f32) / `ln(2^-1075) ≈ -745.13` (f64) give 0, `-inf` gives 0, inputs
 //! above `ln(MAX)` (88.72 / 709.78) give `+inf`, NaN gives NaN.
 //!
@@ -144,14 +144,22 @@ pub unsafe trait Vector: Copy {
     /// or `[-1083, 1025]` (f64); `t` is the `MAGIC`-shifted value `n` was read from. Unless
     /// `FULL`, `n ≤ 0`.
     unsafe fn ldexp<const FULL: bool>(p: Self, n: Self, t: Self) -> Self;
-    /// `log2` of the factor [`Vector::ldexp_biased`] scales its results by.
+    /// `log2` of the factor [`Vector::ldexp_biased`] scales its results by; 0: the tier has no
+    /// such form.
     const EXP_BIAS: i32 = 0;
-    /// `p · 2^(n + EXP_BIAS)`, rounded once, for `n ≤ 0` (as `ldexp`): where the tier builds
-    /// `2^n` from exponent bits, a biased result is a normal number, made by an integer add
-    /// (no multiply, no subnormal); sums of exps add them up biased and unbias the total.
+    /// `p · 2^(n + EXP_BIAS)`, exact, for `n` in `[-159, 0]` (f32) or `[-1083, 0]` (f64), from
+    /// finite `p` and `t` (as `ldexp`): where the tier builds `2^n` from exponent bits, this
+    /// is a normal number made by an integer add (no multiply, no subnormal), for a scaled
+    /// exp to unbias in its scale. Unlike `ldexp`, it never rounds to 0, and turns NaN into
+    /// garbage: callers zero the lanes below the range ([`Vector::keep_above`]).
     #[inline(always)]
     unsafe fn ldexp_biased(p: Self, n: Self, t: Self) -> Self {
         Self::ldexp::<false>(p, n, t)
+    }
+    /// `v` in the lanes where `x > lo`, 0 where `x <= lo` (either where `x` is NaN).
+    #[inline(always)]
+    unsafe fn keep_above(v: Self, x: Self, lo: Self) -> Self {
+        Self::select_eq(Self::max_nan(lo, x), lo, Self::splat(Self::E::zero()), v)
     }
     /// `e + e · err`, or `e` where that is NaN (`err` NaN, or `e` infinite).
     unsafe fn fmadd_or_keep(e: Self, err: Self) -> Self;
@@ -299,7 +307,7 @@ unsafe fn load_vectors<V: Vector, L: Storage<V>, const U: usize>(p: *const L::S)
 trait ShiftedExp<V: Vector>: Copy {
     /// `exp(x_k - shift)`; `FULL`: for any `x` (otherwise `x <= shift`, -inf or NaN).
     unsafe fn exps<const FULL: bool, const U: usize>(&self, x: [V; U]) -> [V; U];
-    /// `exp(x_k - shift) · 2^V::EXP_BIAS`, for `x <= shift`, -inf or NaN.
+    /// `exp(x_k - shift) · 2^V::EXP_BIAS`, for `x <= shift` or -inf (not NaN).
     #[inline(always)]
     unsafe fn biased_exps<const U: usize>(&self, x: [V; U]) -> [V; U] {
         let e = self.exps::<false, U>(x);
@@ -383,11 +391,9 @@ impl<V: Vector> Split<V> {
 
 impl<V: Vector> Split<V> {
     /// `(p(r), n, t)` of each lane's `exp(x - shift) = 2^n · p(r)`, step by step across the
-    /// vectors, for [`Vector::ldexp`].
+    /// vectors, for [`Vector::ldexp`]; `x` in `[shift - SPAN, shift + EXP_HI]` (`n` in range).
     #[inline(always)]
-    unsafe fn reduce<const FULL: bool, const U: usize>(&self, x: [V; U]) -> ([V; U], [V; U], [V; U]) {
-        // Clamped to [shift - SPAN, shift + EXP_HI] (results 0 and inf); NaN goes through.
-        let x = each!(x, |x| if FULL { V::min_nan(self.hi, V::max_nan(self.lo, x)) } else { V::max_nan(self.lo, x) });
+    unsafe fn reduce<const U: usize>(&self, x: [V; U]) -> ([V; U], [V; U], [V; U]) {
         let t = each!(x, |x| V::add(V::fmadd(x, splat(V::E::LOG2E), self.neg_shift_log2e), splat(V::E::MAGIC)));
         let n = each!(t, |t| V::sub(t, splat(V::E::MAGIC)));
         let mut r = x;
@@ -404,7 +410,9 @@ impl<V: Vector> Split<V> {
 impl<V: Vector> ShiftedExp<V> for Split<V> {
     #[inline(always)]
     unsafe fn exps<const FULL: bool, const U: usize>(&self, x: [V; U]) -> [V; U] {
-        let (mut p, n, t) = self.reduce::<FULL, U>(x);
+        // Clamped to [shift - SPAN, shift + EXP_HI] (results 0 and inf); NaN goes through.
+        let x = each!(x, |x| if FULL { V::min_nan(self.hi, V::max_nan(self.lo, x)) } else { V::max_nan(self.lo, x) });
+        let (mut p, n, t) = self.reduce(x);
         for k in 0..U {
             p[k] = V::ldexp::<FULL>(p[k], n[k], t[k]);
         }
@@ -412,9 +420,14 @@ impl<V: Vector> ShiftedExp<V> for Split<V> {
     }
     #[inline(always)]
     unsafe fn biased_exps<const U: usize>(&self, x: [V; U]) -> [V; U] {
-        let (mut p, n, t) = self.reduce::<false, U>(x);
+        if V::EXP_BIAS == 0 {
+            return self.exps::<false, U>(x);
+        }
+        // Lanes at or below shift - SPAN (-inf included) are zeroed, not clamped: there a
+        // biased exp would be a tiny normal number, not the 0 that an exp rounds to.
+        let (mut p, n, t) = self.reduce(x);
         for k in 0..U {
-            p[k] = V::ldexp_biased(p[k], n[k], t[k]);
+            p[k] = V::keep_above(V::ldexp_biased(p[k], n[k], t[k]), x[k], self.lo);
         }
         p
     }
@@ -535,31 +548,29 @@ unsafe fn sum_exp_with<V: Vector, L: Storage<V>, S: ShiftedExp<V>>(z: &[L::S], f
     let (n, p, w) = (z.len(), z.as_ptr(), V::N);
     let zero = splat::<V>(V::E::zero());
     let mut acc = KahanSum { sum: zero, carry: zero };
-    // The terms are summed biased by 2^EXP_BIAS (exactly: no term is subnormal, none
-    // overflows), and the total unbiased in f64.
     let mut i = 0;
     while i + 8 * w <= n {
         // Eight vectors summed as a tree (exact for equal terms), then into the running sum.
         let x = load_vectors::<V, L, 8>(p.add(i));
-        let [e0, e1, e2, e3, e4, e5, e6, e7] = f.biased_exps(x);
+        let [e0, e1, e2, e3, e4, e5, e6, e7] = f.exps::<false, 8>(x);
         let s0 = V::add(V::add(e0, e1), V::add(e2, e3));
         let s1 = V::add(V::add(e4, e5), V::add(e6, e7));
         acc.add(V::add(s0, s1));
         i += 8 * w;
     }
     while i + w <= n {
-        acc.add(f.biased_exps([L::load(p.add(i))])[0]);
+        acc.add(f.exps::<false, 1>([L::load(p.add(i))])[0]);
         i += w;
     }
     if i < n {
         // The missing lanes read `shift` (exp 1), then count 0. (Filled with -inf they would
         // underflow through the subnormals: a microcode assist of ~100 cycles on Intel, per
         // row.)
-        let [e] = f.biased_exps([L::load_partial(p.add(i), n - i, shift)]);
+        let [e] = f.exps::<false, 1>([L::load_partial(p.add(i), n - i, shift)]);
         let ones = [V::E::one(); 16];
         acc.add(V::mul(e, V::load_partial(ones.as_ptr(), n - i, V::E::zero())));
     }
-    acc.value() * (-V::EXP_BIAS as f64).exp2()
+    acc.value()
 }
 
 /// `out_j = exp(z_j - shift) · scale`, for any `z_j - shift` (positive ones included);
@@ -572,10 +583,11 @@ pub unsafe fn exp_scaled<V: Vector, const STREAM: bool>(z: &[V::E], shift: V::E,
     }
 }
 
-/// `exp(x_k - shift) · scale` for any `x`: over the full range only where a lane needs it (the
-/// contract's rows never do), if the full range costs this tier more; else biased exps times
-/// `biased_scale` (`scale · 2^-EXP_BIAS`, where that is a normal number): one rounding, and
-/// no multiply to unbias.
+/// `exp(x_k - shift) · scale` for any `x`: over the full range only in the lanes that need it
+/// (the contract's rows have none), if the full range costs this tier more; else, where the
+/// tier has biased exps and `scale · 2^-EXP_BIAS` is a normal number (`biased_scale`), their
+/// product with it: one rounding, no multiply to unbias. Each lane's bits depend on its own
+/// `x` only (streamed and plain stores group vectors differently).
 #[derive(Clone, Copy)]
 struct ScaledExps<V, S> {
     f: S,
@@ -594,17 +606,20 @@ impl<V: Vector, S: ShiftedExp<V>> ScaledExps<V, S> {
 
     #[inline(always)]
     unsafe fn of<const U: usize>(&self, x: [V; U]) -> [V; U] {
-        let mut above = 0;
-        for &x in &x {
-            above |= V::gt_mask(x, self.shift);
-        }
-        if V::CHEAP_FULL || above != 0 {
+        if V::CHEAP_FULL {
             return each!(self.f.exps::<true, U>(x), |e| V::mul(e, self.scale));
         }
-        match self.biased_scale {
+        let mut e = match self.biased_scale {
             Some(c) => each!(self.f.biased_exps(x), |e| V::mul(e, c)),
             None => each!(self.f.exps::<false, U>(x), |e| V::mul(e, self.scale)),
+        };
+        for k in 0..U {
+            if V::gt_mask(x[k], self.shift) != 0 {
+                let full = V::mul(self.f.exp::<true>(x[k]), self.scale);
+                e[k] = V::select_eq(V::max_nan(self.shift, x[k]), self.shift, e[k], full);
+            }
         }
+        e
     }
 }
 

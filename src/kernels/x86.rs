@@ -336,7 +336,8 @@ unsafe impl Vector for __m256 {
             let t2 = _mm256_add_ps(n2, bias);
             _mm256_mul_ps(_mm256_mul_ps(p, pow2_ps(t1)), pow2_ps(t2))
         } else {
-            _mm256_mul_ps(Self::ldexp_biased(p, n, t), _mm256_set1_ps(f32::UNSCALE))
+            // n in [-159, 0]: t's low bits hold n + 191, i.e. 2^(n + 64), a normal number.
+            _mm256_mul_ps(_mm256_mul_ps(p, pow2_ps(t)), _mm256_set1_ps(f32::UNSCALE))
         }
     }
     const EXP_BIAS: i32 = 64;
@@ -346,6 +347,10 @@ unsafe impl Vector for __m256 {
         // with n + 191 - 127 added to its exponent field.
         let k = _mm256_sub_epi32(_mm256_slli_epi32::<23>(_mm256_castps_si256(t)), _mm256_set1_epi32(127 << 23));
         _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), k))
+    }
+    #[inline(always)]
+    unsafe fn keep_above(v: Self, x: Self, lo: Self) -> Self {
+        _mm256_and_ps(v, _mm256_cmp_ps::<_CMP_GT_OQ>(x, lo))
     }
     #[inline(always)]
     unsafe fn fmadd_or_keep(e: Self, err: Self) -> Self {
@@ -469,7 +474,7 @@ unsafe impl Vector for __m256d {
             _mm256_mul_pd(_mm256_mul_pd(p, pow2_pd(t1)), pow2_pd(t2))
         } else {
             // n in [-1083, 0]: t's low bits hold n + 1623, i.e. 2^(n + 600), a normal number.
-            _mm256_mul_pd(Self::ldexp_biased(p, n, t), _mm256_set1_pd(f64::UNSCALE))
+            _mm256_mul_pd(_mm256_mul_pd(p, pow2_pd(t)), _mm256_set1_pd(f64::UNSCALE))
         }
     }
     const EXP_BIAS: i32 = 600;
@@ -478,6 +483,10 @@ unsafe impl Vector for __m256d {
         // As the f32 twin: t's low bits hold n + 1623, p · 2^(n + 600) is normal.
         let k = _mm256_sub_epi64(_mm256_slli_epi64::<52>(_mm256_castpd_si256(t)), _mm256_set1_epi64x(1023 << 52));
         _mm256_castsi256_pd(_mm256_add_epi64(_mm256_castpd_si256(p), k))
+    }
+    #[inline(always)]
+    unsafe fn keep_above(v: Self, x: Self, lo: Self) -> Self {
+        _mm256_and_pd(v, _mm256_cmp_pd::<_CMP_GT_OQ>(x, lo))
     }
     #[inline(always)]
     unsafe fn fmadd_or_keep(e: Self, err: Self) -> Self {

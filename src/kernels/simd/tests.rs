@@ -578,23 +578,57 @@ fn exp_scaled_takes_positive_arguments() {
     }
 }
 
+/// Masked logits (-inf) and logits far below the shift contribute exactly 0 to `sum_exp` and
+/// give exactly 0 from `exp_scaled`, whatever the scale: a kernel that scales its exps up on
+/// the way (AVX2) must not turn their underflow into tiny non-zero values.
+#[test]
+fn masked_and_far_logits_give_exact_zeros() {
+    fn check<F: super::ExpConsts>(k: &RowKernels<F>, name: &str, scales: &[f64]) {
+        let mut z = vec![F::zero()];
+        z.extend((0..3000).map(|i| if i % 3 == 0 { F::from_f64(-3000.0 - i as f64) } else { F::neg_infinity() }));
+        assert_eq!((k.sum_exp)(&z[1..], F::zero()), 0.0, "{name}: sum_exp");
+        assert_eq!((k.sum_exp)(&z, F::zero()), 1.0, "{name}: sum_exp");
+        for &scale in scales {
+            let mut out = vec![F::nan(); z.len()];
+            (k.exp_scaled)(&z, F::zero(), F::from_f64(scale), &mut out);
+            assert_eq!(crate::kernels::Float::to_f64(out[0]), F::from_f64(scale).to_f64(), "{name}: scale {scale}");
+            assert!(out[1..].iter().all(|&o| o == F::zero()), "{name}: scale {scale}: {:?}", &out[1..9]);
+        }
+    }
+    for t in tiers_f32() {
+        check(t.k, t.name, &[1.0, 1.0e3, 1.0e20, 3.0e38]);
+    }
+    for t in tiers_f64() {
+        check(t.k, t.name, &[1.0, 1.0e3, 1.0e100, 1.0e300]);
+    }
+}
+
 /// The streamed `exp_scaled` writes the same bits as the plain one, whatever the output's
-/// alignment and length (its head and tail go through the plain stores).
+/// alignment and length (its head and tail go through the plain stores), also where some
+/// arguments are above the shift (outside the contract) and results are subnormal: each
+/// element's bits depend on its own argument only.
 #[test]
 fn exp_scaled_stream_matches_exp_scaled() {
     fn check<F: super::ExpConsts>(k: &RowKernels<F>, name: &str) {
-        let z: Vec<F> = (0..300).map(|i| F::from_f64(-((i * 37 % 101) as f64) * 0.21)).collect();
-        let (shift, scale) = (F::from_f64(0.5), F::from_f64(0.75));
-        for len in [0, 1, 7, 15, 16, 17, 31, 33, 64, 100, 255, 256, 280] {
-            for offset in 0..16 {
-                let mut plain = [F::zero(); 300];
-                let mut streamed = [F::zero(); 300];
-                (k.exp_scaled)(&z[..len], shift, scale, &mut plain[offset..offset + len]);
-                (k.exp_scaled_stream)(&z[..len], shift, scale, &mut streamed[offset..offset + len]);
-                let same = plain.iter().zip(&streamed).all(|(a, b)| {
-                    crate::kernels::Float::to_f64(*a).to_bits() == crate::kernels::Float::to_f64(*b).to_bits()
-                });
-                assert!(same, "{name}: length {len}, offset {offset}");
+        // Exps down into the subnormals (and below), scaled up.
+        let spread = if F::epsilon() > F::from_f64(1e-10) { 1.1 } else { 7.4 };
+        for (above, spread, scale) in [(0.0, 0.21, 0.75), (12.0, 0.21, 0.75), (12.0, spread, 1000.0)] {
+            let scale = F::from_f64(scale);
+            // (Every 97th element `above` higher: the shift's side differs within vectors.)
+            let x = |i: usize| if i % 97 == 3 { above } else { 0.0 } - ((i * 37 % 101) as f64) * spread;
+            let z: Vec<F> = (0..300).map(|i| F::from_f64(x(i))).collect();
+            let shift = F::from_f64(0.5);
+            for len in [0, 1, 7, 15, 16, 17, 31, 33, 64, 100, 255, 256, 280] {
+                for offset in 0..16 {
+                    let mut plain = [F::zero(); 300];
+                    let mut streamed = [F::zero(); 300];
+                    (k.exp_scaled)(&z[..len], shift, scale, &mut plain[offset..offset + len]);
+                    (k.exp_scaled_stream)(&z[..len], shift, scale, &mut streamed[offset..offset + len]);
+                    let same = plain.iter().zip(&streamed).all(|(a, b)| {
+                        crate::kernels::Float::to_f64(*a).to_bits() == crate::kernels::Float::to_f64(*b).to_bits()
+                    });
+                    assert!(same, "{name}: length {len}, offset {offset}, above {above}");
+                }
             }
         }
     }
