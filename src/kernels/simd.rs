@@ -587,7 +587,8 @@ pub unsafe fn exp_scaled<V: Vector, const STREAM: bool>(z: &[V::E], shift: V::E,
 /// (the contract's rows have none), if the full range costs this tier more; else, where the
 /// tier has biased exps and `scale · 2^-EXP_BIAS` is a normal number (`biased_scale`), their
 /// product with it: one rounding, no multiply to unbias. Each lane's bits depend on its own
-/// `x` only (streamed and plain stores group vectors differently).
+/// `x` only (streamed and plain stores group vectors differently), NaN aside (the contract's
+/// rows have none).
 #[derive(Clone, Copy)]
 struct ScaledExps<V, S> {
     f: S,

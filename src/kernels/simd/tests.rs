@@ -584,15 +584,20 @@ fn exp_scaled_takes_positive_arguments() {
 #[test]
 fn masked_and_far_logits_give_exact_zeros() {
     fn check<F: super::ExpConsts>(k: &RowKernels<F>, name: &str, scales: &[f64]) {
-        let mut z = vec![F::zero()];
-        z.extend((0..3000).map(|i| if i % 3 == 0 { F::from_f64(-3000.0 - i as f64) } else { F::neg_infinity() }));
-        assert_eq!((k.sum_exp)(&z[1..], F::zero()), 0.0, "{name}: sum_exp");
-        assert_eq!((k.sum_exp)(&z, F::zero()), 1.0, "{name}: sum_exp");
-        for &scale in scales {
-            let mut out = vec![F::nan(); z.len()];
-            (k.exp_scaled)(&z, F::zero(), F::from_f64(scale), &mut out);
-            assert_eq!(crate::kernels::Float::to_f64(out[0]), F::from_f64(scale).to_f64(), "{name}: scale {scale}");
-            assert!(out[1..].iter().all(|&o| o == F::zero()), "{name}: scale {scale}: {:?}", &out[1..9]);
+        // (A shift of 1e6 takes the compensated reduction, beyond SPLIT_LIMIT.)
+        for shift in [0.0, 1.0e6] {
+            let mut z = vec![F::from_f64(shift)];
+            let far = |i: usize| F::from_f64(shift - 3000.0 - i as f64);
+            z.extend((0..3000).map(|i| if i % 3 == 0 { far(i) } else { F::neg_infinity() }));
+            let what = format!("{name}, shift {shift}");
+            assert_eq!((k.sum_exp)(&z[1..], z[0]), 0.0, "{what}: sum_exp");
+            assert_eq!((k.sum_exp)(&z, z[0]), 1.0, "{what}: sum_exp");
+            for &scale in scales {
+                let mut out = vec![F::nan(); z.len()];
+                (k.exp_scaled)(&z, z[0], F::from_f64(scale), &mut out);
+                assert_eq!(crate::kernels::Float::to_f64(out[0]), F::from_f64(scale).to_f64(), "{what}: scale {scale}");
+                assert!(out[1..].iter().all(|&o| o == F::zero()), "{what}: scale {scale}: {:?}", &out[1..9]);
+            }
         }
     }
     for t in tiers_f32() {
