@@ -310,12 +310,8 @@ trait ShiftedExp<V: Vector>: Copy {
     /// `exp(x_k - shift) · 2^V::EXP_BIAS`, for `x <= shift` or -inf (not NaN).
     #[inline(always)]
     unsafe fn biased_exps<const U: usize>(&self, x: [V; U]) -> [V; U] {
-        let e = self.exps::<false, U>(x);
-        if V::EXP_BIAS == 0 {
-            return e;
-        }
         let bias = splat::<V>(V::E::from_f64((V::EXP_BIAS as f64).exp2()));
-        each!(e, |e| V::mul(e, bias))
+        each!(self.exps::<false, U>(x), |e| V::mul(e, bias))
     }
     #[inline(always)]
     unsafe fn exp<const FULL: bool>(&self, x: V) -> V {
@@ -420,9 +416,6 @@ impl<V: Vector> ShiftedExp<V> for Split<V> {
     }
     #[inline(always)]
     unsafe fn biased_exps<const U: usize>(&self, x: [V; U]) -> [V; U] {
-        if V::EXP_BIAS == 0 {
-            return self.exps::<false, U>(x);
-        }
         // Lanes at or below shift - SPAN (-inf included) are zeroed, not clamped: there a
         // biased exp would be a tiny normal number, not the 0 that an exp rounds to.
         let (mut p, n, t) = self.reduce(x);
@@ -559,14 +552,14 @@ unsafe fn sum_exp_with<V: Vector, L: Storage<V>, S: ShiftedExp<V>>(z: &[L::S], f
         i += 8 * w;
     }
     while i + w <= n {
-        acc.add(f.exps::<false, 1>([L::load(p.add(i))])[0]);
+        acc.add(f.exp::<false>(L::load(p.add(i))));
         i += w;
     }
     if i < n {
         // The missing lanes read `shift` (exp 1), then count 0. (Filled with -inf they would
         // underflow through the subnormals: a microcode assist of ~100 cycles on Intel, per
         // row.)
-        let [e] = f.exps::<false, 1>([L::load_partial(p.add(i), n - i, shift)]);
+        let e = f.exp::<false>(L::load_partial(p.add(i), n - i, shift));
         let ones = [V::E::one(); 16];
         acc.add(V::mul(e, V::load_partial(ones.as_ptr(), n - i, V::E::zero())));
     }

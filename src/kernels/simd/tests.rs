@@ -616,8 +616,8 @@ fn masked_and_far_logits_give_exact_zeros() {
 fn exp_scaled_stream_matches_exp_scaled() {
     fn check<F: super::ExpConsts>(k: &RowKernels<F>, name: &str) {
         // Exps down into the subnormals (and below), scaled up.
-        let spread = if F::epsilon() > F::from_f64(1e-10) { 1.1 } else { 7.4 };
-        for (above, spread, scale) in [(0.0, 0.21, 0.75), (12.0, 0.21, 0.75), (12.0, spread, 1000.0)] {
+        let wide = if F::epsilon() > F::from_f64(1e-10) { 1.1 } else { 7.4 };
+        for (above, spread, scale) in [(0.0, 0.21, 0.75), (12.0, 0.21, 0.75), (12.0, wide, 1000.0)] {
             let scale = F::from_f64(scale);
             // (Every 97th element `above` higher: the shift's side differs within vectors.)
             let x = |i: usize| if i % 97 == 3 { above } else { 0.0 } - ((i * 37 % 101) as f64) * spread;
