@@ -75,6 +75,23 @@ fn row_kernels<F: fastxent::kernels::Float>(c: &mut Criterion, name: &str) {
     group.finish();
 }
 
+/// The same for rows stored as a half type (`T`), where the tier reads and writes them as
+/// stored; and the widening and rounding passes the other paths make.
+fn stored_kernels<T: Element<Compute = f32>>(c: &mut Criterion, name: &str) {
+    let Some(k) = T::stored_kernels() else { return };
+    let tier = fastxent::simd_tier().name();
+    let mut group = c.benchmark_group(format!("stored_kernels_{name}_{tier}"));
+    let z: Vec<T> = logits::<T>(1, 8192).into_iter().collect();
+    let (mut out, mut wide) = (z.clone(), vec![0.0f32; z.len()]);
+    group.throughput(Throughput::Elements(z.len() as u64));
+    group.bench_function("max_argmax", |b| b.iter(|| (k.max_argmax)(&z)));
+    group.bench_function("sum_exp", |b| b.iter(|| (k.sum_exp)(&z, 4.0)));
+    group.bench_function("exp_scaled", |b| b.iter(|| (k.exp_scaled)(&z, 4.0, 0.5, &mut out)));
+    group.bench_function("widen", |b| b.iter(|| (k.widen)(&z, &mut wide)));
+    group.bench_function("narrow", |b| b.iter(|| (k.narrow)(&wide, &mut out)));
+    group.finish();
+}
+
 fn memory(c: &mut Criterion) {
     // Integer adds vectorise (float sums would not, and would measure the adder instead).
     let data = vec![1u32; 64 << 20]; // 256 MiB
@@ -94,6 +111,8 @@ fn all(c: &mut Criterion) {
     memory(c);
     row_kernels::<f32>(c, "f32");
     row_kernels::<f64>(c, "f64");
+    stored_kernels::<f16>(c, "f16");
+    stored_kernels::<bf16>(c, "bf16");
     sparse::<f32>(c, "f32");
     sparse::<f64>(c, "f64");
     sparse::<bf16>(c, "bf16");

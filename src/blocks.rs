@@ -6,6 +6,8 @@
 //! rounded back a block at a time. So no long row is ever copied whole, and the scratch a
 //! thread holds is bounded whatever the input.
 
+use std::any::TypeId;
+use std::marker::PhantomData;
 use std::mem::MaybeUninit;
 use std::ops::Range;
 
@@ -48,6 +50,43 @@ pub trait Source<F>: Sync {
     unsafe fn sum_exp(&self, _start: isize, _range: Range<usize>, _shift: F) -> Option<f64> {
         None
     }
+
+    /// `out_j = exp(z_j - shift) · scale` over the elements `range` of the row at `start`,
+    /// read and written as stored, in one pass, where the stored type has a kernel for it and
+    /// `out` holds that type; returns whether it did (else `out` is untouched).
+    ///
+    /// # Safety
+    /// As [`Source::widen`], for the range; `out` is as long as the range.
+    unsafe fn exp_scaled(&self, _start: isize, _range: Range<usize>, _shift: F, _scale: F, _out: StoredOut) -> bool {
+        false
+    }
+}
+
+/// Output elements as stored, of a type named at run time: how a [`Sink`] hands its elements
+/// to a [`Source`] of the same stored type (both are `dyn`, and know their own type only).
+pub struct StoredOut<'a> {
+    ptr: *mut (),
+    len: usize,
+    element: TypeId,
+    _elements: PhantomData<&'a mut ()>,
+}
+
+impl<'a> StoredOut<'a> {
+    pub fn new<T: 'static>(elements: &'a mut [T]) -> Self {
+        StoredOut {
+            ptr: elements.as_mut_ptr() as *mut (),
+            len: elements.len(),
+            element: TypeId::of::<T>(),
+            _elements: PhantomData,
+        }
+    }
+
+    /// The elements, if they are `T`s.
+    pub fn get<T: 'static>(self) -> Option<&'a mut [T]> {
+        // SAFETY: made by `new` from a `&'a mut [T]` of this very type.
+        (self.element == TypeId::of::<T>())
+            .then(|| unsafe { std::slice::from_raw_parts_mut(self.ptr as *mut T, self.len) })
+    }
 }
 
 /// Writes stored rows, addressed like [`Source`].
@@ -68,6 +107,12 @@ pub trait Sink<F>: Sync {
 
     /// Whether [`Sink::direct`] hands out slices.
     fn is_direct(&self) -> bool;
+
+    /// Elements `from..from + len` as stored, when they are contiguous.
+    ///
+    /// # Safety
+    /// As [`Sink::direct`].
+    unsafe fn stored(&self, start: isize, from: usize, len: usize) -> Option<StoredOut<'_>>;
 }
 
 /// One row of input in the compute type.
@@ -168,6 +213,16 @@ impl<'a, F: Float> Reader<'a, F> {
         unsafe { source.sum_exp(start, range, shift) }
     }
 
+    /// [`Source::exp_scaled`] of `range` into `out`, for a row read through a source whose
+    /// stored type `out` holds.
+    pub fn stored_exp_scaled(&self, range: Range<usize>, shift: F, scale: F, out: &mut RowOut<F>) -> bool {
+        let Some((start, source)) = self.source(&range) else { return false };
+        assert_eq!(range.len(), out.len(), "as many outputs as inputs");
+        let Some(stored) = out.stored() else { return false };
+        // SAFETY: within the row (checked by `source`), and `stored` is as long as the range.
+        unsafe { source.exp_scaled(start, range, shift, scale, stored) }
+    }
+
     /// Calls `f(from, block)` for the blocks of `range` ([`block_ranges`]).
     pub fn blocks(&mut self, range: Range<usize>, mut f: impl FnMut(usize, &[F])) {
         for block in block_ranges(range) {
@@ -225,6 +280,16 @@ impl<F: Float> RowOut<'_, F> {
                 unsafe { sink.narrow(*start, at, buf) };
                 result
             }
+        }
+    }
+
+    /// The elements as stored, where they are contiguous.
+    fn stored(&mut self) -> Option<StoredOut<'_>> {
+        match self {
+            RowOut::Slice(_) => None,
+            // SAFETY: the elements of this `RowOut`, the only handle on them (see `parts`),
+            // borrowed for as long as it is.
+            RowOut::Stored { start, from, len, sink } => unsafe { sink.stored(*start, *from, *len) },
         }
     }
 

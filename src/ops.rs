@@ -8,7 +8,7 @@ use ndarray::{ArrayD, ArrayView1, ArrayViewD, ArrayViewMutD, IxDyn};
 use num_traits::Zero;
 use rayon::prelude::*;
 
-use crate::blocks::{Row, RowOut, Sink, Source};
+use crate::blocks::{Row, RowOut, Sink, Source, StoredOut};
 use crate::element::{Element, Label};
 use crate::error::{Error, Result};
 use crate::kernels::lanes::LANES;
@@ -237,6 +237,19 @@ impl<T: Element> Source<T::Compute> for RowView<'_, T> {
         self.stored.map(|k| (k.sum_exp)(self.elements(start, range), shift))
     }
 
+    unsafe fn exp_scaled(
+        &self,
+        start: isize,
+        range: Range<usize>,
+        shift: T::Compute,
+        scale: T::Compute,
+        out: StoredOut,
+    ) -> bool {
+        let (Some(k), Some(out)) = (self.stored, out.get::<T>()) else { return false };
+        (k.exp_scaled)(self.elements(start, range), shift, scale, out);
+        true
+    }
+
     unsafe fn widen(&self, start: isize, from: usize, dst: &mut [T::Compute]) {
         let stride = self.layout.class_stride;
         // SAFETY (of the offsets): the caller keeps them inside a row of the view.
@@ -392,6 +405,13 @@ impl<T: Element> Sink<T::Compute> for RowSink<'_, T> {
 
     fn is_direct(&self) -> bool {
         self.layout.class_stride == 1 && T::as_compute_mut(&mut []).is_some()
+    }
+
+    unsafe fn stored(&self, start: isize, from: usize, len: usize) -> Option<StoredOut<'_>> {
+        if self.layout.class_stride != 1 {
+            return None;
+        }
+        Some(StoredOut::new(std::slice::from_raw_parts_mut(self.ptr.offset(start + from as isize), len)))
     }
 }
 

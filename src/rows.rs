@@ -182,6 +182,39 @@ fn scaled_exps<'e, F: Float>(
     }
 }
 
+/// `out_j = exp(z_j - max) · scale` over a whole row (see [`scaled_exps`]); read and written
+/// as stored, in one pass, where the row and `out` are of a half type with a kernel for it.
+fn scaled_exp_row<F: Float>(
+    k: &RowKernels<F>,
+    z: &Row<F>,
+    exps: Option<&[F]>,
+    max: F,
+    scale: F,
+    stream: bool,
+    out: &mut RowOut<F>,
+) {
+    if exps.is_none() && exp_scaled_as_stored(z, max, scale, out) {
+        return;
+    }
+    let exp = scaled_exps(k, exps, max, scale, stream);
+    map(z, None, out, |from, zb, _, ob| exp(from, zb, ob));
+}
+
+/// [`Reader::stored_exp_scaled`] over a whole row, a long one in parts across threads (as
+/// [`map`]); false where the row and `out` are not stored in one type with a kernel for it
+/// (the answer is the same for every part: then none was written).
+fn exp_scaled_as_stored<F: Float>(z: &Row<F>, shift: F, scale: F, out: &mut RowOut<F>) -> bool {
+    let len = z.len();
+    if len < SPLIT_MIN {
+        return z.reader().stored_exp_scaled(0..len, shift, scale, out);
+    }
+    out.parts(SPLIT_BLOCK)
+        .into_par_iter()
+        .enumerate()
+        .map(|(i, mut part)| z.reader().stored_exp_scaled(split_part(i, len), shift, scale, &mut part))
+        .all(|done| done)
+}
+
 /// Max, its index and the mass off the maximum, for one row.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RowStats<F> {
@@ -291,8 +324,7 @@ pub fn softmax<F: Float>(k: &RowKernels<F>, z: &Row<F>, s: &RowStats<F>, exps: O
     if !s.is_regular() {
         return out.fill(F::nan());
     }
-    let exp = scaled_exps(k, exps, s.max, s.probability_scale(F::one()), false);
-    map(z, None, out, |from, zb, _, ob| exp(from, zb, ob));
+    scaled_exp_row(k, z, exps, s.max, s.probability_scale(F::one()), false, out);
 }
 
 /// Per-call constants of the target distribution: class weights and label smoothing.
@@ -435,17 +467,19 @@ fn sparse_grad<F: Float>(
     let inv = F::from_f64(1.0 / (1.0 + s.rest));
     let total = a + b * t.weight_sum;
     let p_scale = s.probability_scale(scale * total);
-    // (With smoothing each piece is read back at once: then it stays in cache.)
-    let exp = scaled_exps(k, exps, s.max, p_scale, stream && b == F::zero());
-    map(z, None, out, |from, zb, _, ob| {
-        exp(from, zb, ob);
-        if b != F::zero() {
+    if b == F::zero() {
+        scaled_exp_row(k, z, exps, s.max, p_scale, stream, out);
+    } else {
+        // (Not streamed: each piece is read back at once.)
+        let exp = scaled_exps(k, exps, s.max, p_scale, false);
+        map(z, None, out, |from, zb, _, ob| {
+            exp(from, zb, ob);
             match t.weight {
                 None => ob.iter_mut().for_each(|o| *o = *o - scale * b),
                 Some(w) => ob.iter_mut().zip(&w[from..]).for_each(|(o, &wj)| *o = *o - scale * b * wj),
             }
-        }
-    });
+        });
+    }
     // The label's entry, without the cancellation of `p_y - 1`: minus the other classes' mass.
     let e_y = match exps {
         _ if label == s.argmax => F::one(),

@@ -37,14 +37,16 @@ pub struct RowKernels<F> {
     pub target_sums: TargetSums<F>,
 }
 
-/// Kernels over rows stored as `S` (a half type) with compute type `F`: the `max_argmax` and
-/// `sum_exp` of [`RowKernels`], reading the stored elements and widening them as they load;
-/// `widen(src, dst)` for the passes that want the compute type, and `narrow(src, dst)`
-/// (rounded to nearest even) for the outputs (the same lengths). Tiers without them use
-/// portable code.
+/// Kernels over rows stored as `S` (a half type) with compute type `F`: the `max_argmax`,
+/// `sum_exp` and `exp_scaled` of [`RowKernels`], reading the stored elements and widening them
+/// as they load (and `exp_scaled` rounding its results as it stores them: the bits of
+/// widening, `RowKernels::exp_scaled` and `narrow`, in one pass); `widen(src, dst)` for the
+/// passes that want the compute type, and `narrow(src, dst)` (rounded to nearest even) for
+/// the outputs (the same lengths). Tiers without them use portable code.
 pub struct StoredKernels<S, F> {
     pub max_argmax: fn(&[S]) -> (F, usize),
     pub sum_exp: fn(&[S], F) -> f64,
+    pub exp_scaled: fn(&[S], F, F, &mut [S]),
     pub widen: fn(&[S], &mut [F]),
     pub narrow: fn(&[F], &mut [S]),
 }

@@ -230,6 +230,19 @@ pub unsafe trait Storage<V: Vector>: Copy {
         V::store(lanes.as_mut_ptr(), Self::load(stored.as_ptr()));
         V::load_partial(lanes.as_ptr(), n, fill)
     }
+    /// The first `n < N` lanes of `v`, stored as [`Storage::store`] stores them.
+    #[inline(always)]
+    unsafe fn store_partial(p: *mut Self::S, n: usize, v: V) {
+        let mut stored = [Self::S::default(); 16];
+        Self::store(stored.as_mut_ptr(), v);
+        std::ptr::copy_nonoverlapping(stored.as_ptr(), p, n);
+    }
+    /// [`Storage::store`] past the caches where the storage can (the compute type's), to a
+    /// 64-byte aligned `p`; else an ordinary store.
+    #[inline(always)]
+    unsafe fn stream(p: *mut Self::S, v: V) {
+        Self::store(p, v)
+    }
 }
 
 /// Elements stored in the compute type.
@@ -249,6 +262,14 @@ unsafe impl<V: Vector> Storage<V> for Plain {
     #[inline(always)]
     unsafe fn load_partial(p: *const V::E, n: usize, fill: V::E) -> V {
         V::load_partial(p, n, fill)
+    }
+    #[inline(always)]
+    unsafe fn store_partial(p: *mut V::E, n: usize, v: V) {
+        V::store_partial(p, n, v)
+    }
+    #[inline(always)]
+    unsafe fn stream(p: *mut V::E, v: V) {
+        V::stream(p, v)
     }
 }
 
@@ -566,13 +587,20 @@ unsafe fn sum_exp_with<V: Vector, L: Storage<V>, S: ShiftedExp<V>>(z: &[L::S], f
     acc.value()
 }
 
-/// `out_j = exp(z_j - shift) · scale`, for any `z_j - shift` (positive ones included);
-/// `STREAM`: stored past the caches.
+/// `out_j = exp(z_j - shift) · scale`, for any `z_j - shift` (positive ones included), with
+/// `z` and `out` stored as `L` (a half type is widened as loaded and rounded as stored: the
+/// bits of the compute type's kernel on the widened row, rounded); `STREAM`: stored past the
+/// caches where `L` can.
 #[inline(always)]
-pub unsafe fn exp_scaled<V: Vector, const STREAM: bool>(z: &[V::E], shift: V::E, scale: V::E, out: &mut [V::E]) {
+pub unsafe fn exp_scaled<V: Vector, L: Storage<V>, const STREAM: bool>(
+    z: &[L::S],
+    shift: V::E,
+    scale: V::E,
+    out: &mut [L::S],
+) {
     match Split::<V>::new(shift) {
-        Some(split) => exp_scaled_with::<V, _, STREAM>(z, split, shift, scale, out),
-        None => exp_scaled_with::<V, _, STREAM>(z, Compensated { shift: splat::<V>(shift) }, shift, scale, out),
+        Some(split) => exp_scaled_with::<V, L, _, STREAM>(z, split, shift, scale, out),
+        None => exp_scaled_with::<V, L, _, STREAM>(z, Compensated { shift: splat::<V>(shift) }, shift, scale, out),
     }
 }
 
@@ -618,12 +646,12 @@ impl<V: Vector, S: ShiftedExp<V>> ScaledExps<V, S> {
 }
 
 #[inline(always)]
-unsafe fn exp_scaled_with<V: Vector, S: ShiftedExp<V>, const STREAM: bool>(
-    z: &[V::E],
+unsafe fn exp_scaled_with<V: Vector, L: Storage<V>, S: ShiftedExp<V>, const STREAM: bool>(
+    z: &[L::S],
     f: S,
     shift: V::E,
     scale: V::E,
-    out: &mut [V::E],
+    out: &mut [L::S],
 ) {
     let n = z.len().min(out.len());
     let (p, o, w) = (z.as_ptr(), out.as_mut_ptr(), V::N);
@@ -635,33 +663,33 @@ unsafe fn exp_scaled_with<V: Vector, S: ShiftedExp<V>, const STREAM: bool>(
         while i < head {
             let k = (head - i).min(w);
             if k == w {
-                V::store(o.add(i), exps.of([V::load(p.add(i))])[0]);
+                L::store(o.add(i), exps.of([L::load(p.add(i))])[0]);
             } else {
-                let [e] = exps.of([V::load_partial(p.add(i), k, shift)]);
-                V::store_partial(o.add(i), k, e);
+                let [e] = exps.of([L::load_partial(p.add(i), k, shift)]);
+                L::store_partial(o.add(i), k, e);
             }
             i += k;
         }
     }
     while i + 4 * w <= n {
-        let e = exps.of(load_vectors::<V, Plain, 4>(p.add(i)));
+        let e = exps.of(load_vectors::<V, L, 4>(p.add(i)));
         for (k, e) in e.into_iter().enumerate() {
             if STREAM {
-                V::stream(o.add(i + k * w), e);
+                L::stream(o.add(i + k * w), e);
             } else {
-                V::store(o.add(i + k * w), e);
+                L::store(o.add(i + k * w), e);
             }
         }
         i += 4 * w;
     }
     while i + w <= n {
-        V::store(o.add(i), exps.of([V::load(p.add(i))])[0]);
+        L::store(o.add(i), exps.of([L::load(p.add(i))])[0]);
         i += w;
     }
     if i < n {
         // The missing lanes read `shift` (exp 1, never stored): no subnormal on the way.
-        let [e] = exps.of([V::load_partial(p.add(i), n - i, shift)]);
-        V::store_partial(o.add(i), n - i, e);
+        let [e] = exps.of([L::load_partial(p.add(i), n - i, shift)]);
+        L::store_partial(o.add(i), n - i, e);
     }
     if STREAM {
         V::fence();

@@ -574,11 +574,11 @@ macro_rules! tier {
             }
             #[target_feature(enable = $features)]
             pub unsafe fn exp_scaled(z: &[$t], shift: $t, scale: $t, out: &mut [$t]) {
-                simd::exp_scaled::<$vector, false>(z, shift, scale, out)
+                simd::exp_scaled::<$vector, Plain, false>(z, shift, scale, out)
             }
             #[target_feature(enable = $features)]
             pub unsafe fn exp_scaled_stream(z: &[$t], shift: $t, scale: $t, out: &mut [$t]) {
-                simd::exp_scaled::<$vector, true>(z, shift, scale, out)
+                simd::exp_scaled::<$vector, Plain, true>(z, shift, scale, out)
             }
             #[target_feature(enable = $features)]
             pub unsafe fn target_sums(t: &[$t], z: &[$t], max: $t) -> ($t, $t) {
@@ -693,6 +693,10 @@ macro_rules! stored_kernels {
                 simd::sum_exp::<$vector, $load>(z, shift)
             }
             #[target_feature(enable = $features)]
+            pub unsafe fn exp_scaled(z: &[$s], shift: f32, scale: f32, out: &mut [$s]) {
+                simd::exp_scaled::<$vector, $load, false>(z, shift, scale, out)
+            }
+            #[target_feature(enable = $features)]
             pub unsafe fn widen(src: &[$s], dst: &mut [f32]) {
                 simd::widen::<$vector, $load>(src, dst)
             }
@@ -704,9 +708,10 @@ macro_rules! stored_kernels {
 
         /// Only to be used on a CPU with the features: `dispatch` hands it out only then.
         pub static $table: StoredKernels<$s, f32> = StoredKernels {
-            // SAFETY (all four): the table is only used when the CPU has the features.
+            // SAFETY (all five): the table is only used when the CPU has the features.
             max_argmax: |z| unsafe { $module::max_argmax(z) },
             sum_exp: |z, s| unsafe { $module::sum_exp(z, s) },
+            exp_scaled: |z, s, c, o| unsafe { $module::exp_scaled(z, s, c, o) },
             widen: |src, dst| unsafe { $module::widen(src, dst) },
             narrow: |src, dst| unsafe { $module::narrow(src, dst) },
         };

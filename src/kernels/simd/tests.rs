@@ -655,7 +655,8 @@ pub(crate) struct StoredTier {
 }
 
 /// Reading half types as stored gives the bits of the f32 kernels on the widened rows: the
-/// maximum, its index, the sums, and the widened values themselves.
+/// maximum, its index, the sums, the widened values themselves, and the scaled exps (rounded
+/// to the half type as stored).
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn stored_half_kernels_match_the_f32_kernels_on_widened_rows() {
@@ -664,6 +665,7 @@ fn stored_half_kernels_match_the_f32_kernels_on_widened_rows() {
         k: &RowKernels<f32>,
         s: &StoredKernels<S, f32>,
         from: impl Fn(f64) -> S,
+        round: impl Fn(f32) -> S,
         to: impl Fn(S) -> f32,
     ) {
         for z in rows(5) {
@@ -683,14 +685,24 @@ fn stored_half_kernels_match_the_f32_kernels_on_widened_rows() {
                 for shift in [m, m + 1.5, 0.0f32.max(m)] {
                     let (got, want) = ((s.sum_exp)(&stored, shift), (k.sum_exp)(&wide, shift));
                     assert_eq!(got.to_bits(), want.to_bits(), "{name} sum_exp (shift {shift}) {stored:?}");
+                    for scale in [1.0, 0.37, 1e3, 3e-30] {
+                        let mut wide_out = vec![f32::NAN; wide.len()];
+                        (k.exp_scaled)(&wide, shift, scale, &mut wide_out);
+                        let mut got = vec![from(f64::NAN); wide.len()];
+                        (s.exp_scaled)(&stored, shift, scale, &mut got);
+                        for (j, (&g, &w)) in got.iter().zip(&wide_out).enumerate() {
+                            let want = to(round(w));
+                            assert_eq!(to(g).to_bits(), want.to_bits(), "{name} exp_scaled {shift} {scale} at {j}");
+                        }
+                    }
                 }
             }
         }
     }
     for t in crate::kernels::x86::test_stored_tiers() {
-        check(t.name, t.k, t.bf16, half::bf16::from_f64, half::bf16::to_f32);
+        check(t.name, t.k, t.bf16, half::bf16::from_f64, half::bf16::from_f32, half::bf16::to_f32);
         if let Some(f16) = t.f16 {
-            check(t.name, t.k, f16, half::f16::from_f64, half::f16::to_f32);
+            check(t.name, t.k, f16, half::f16::from_f64, half::f16::from_f32, half::f16::to_f32);
         }
     }
 }
