@@ -666,14 +666,19 @@ unsafe impl Storage<__m256> for Bf16Bits {
     }
     #[inline(always)]
     unsafe fn store(p: *mut bf16, v: __m256) {
-        // As the AVX-512 twin.
+        // As the AVX-512 twin, with the results in the top halves of the lanes.
         let b = _mm256_castps_si256(v);
         let odd = _mm256_and_si256(_mm256_srli_epi32::<16>(b), _mm256_set1_epi32(1));
-        let rounded = _mm256_srli_epi32::<16>(_mm256_add_epi32(b, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), odd)));
-        let nan = _mm256_or_si256(_mm256_srli_epi32::<16>(b), _mm256_set1_epi32(0x40));
+        let rounded = _mm256_add_epi32(b, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), odd));
+        let nan = _mm256_or_si256(b, _mm256_set1_epi32(0x40_0000));
         let bits = _mm256_blendv_epi8(rounded, nan, _mm256_castps_si256(_mm256_cmp_ps::<_CMP_UNORD_Q>(v, v)));
-        // Eight 32-bit lanes (each below 2^16) packed to 16 bits, in order.
-        let packed = _mm256_permute4x64_epi64::<0b1000>(_mm256_packus_epi32(bits, bits));
+        // The top halves, in order: bytes 2-3 of each lane to the bottom of its 128 bits,
+        // then the two 64-bit halves that hold them together.
+        let top = _mm256_setr_epi8(
+            2, 3, 6, 7, 10, 11, 14, 15, -1, -1, -1, -1, -1, -1, -1, -1, //
+            2, 3, 6, 7, 10, 11, 14, 15, -1, -1, -1, -1, -1, -1, -1, -1,
+        );
+        let packed = _mm256_permute4x64_epi64::<0b1000>(_mm256_shuffle_epi8(bits, top));
         _mm_storeu_si128(p as *mut __m128i, _mm256_castsi256_si128(packed))
     }
 }
