@@ -247,32 +247,33 @@ impl<F: Float> RowStats<F> {
     /// (below 2^-96 in f32) that the exps making it up were subnormal and lost their bits.
     /// Rare (the leader is ahead by ~66 or more), and it keeps those rows' tiny losses, and
     /// the gradient at the label, within an ulp.
-    #[inline]
-    pub fn refined(self, z: &Row<F>) -> Self {
+    #[inline(always)]
+    pub fn refined(&self, z: &Row<F>) -> Self {
         let narrow = F::epsilon() > F::from_f64(f64::EPSILON);
         let tiny = <F as Float>::to_f64(F::min_positive_value()) * 2f64.powi(30);
         if narrow && self.is_regular() && self.rest < tiny {
-            self.summed_in_f64(z)
+            Self::summed_in_f64(self.max, self.argmax, z)
         } else {
-            self
+            *self
         }
     }
 
-    /// (The rare part of [`RowStats::refined`], out of line.)
+    /// (The rare part of [`RowStats::refined`], out of line: narrow rows are millions of calls,
+    /// and the common part is a comparison. Taking the statistics by reference made callers
+    /// copy them to the stack first, and the comparison then waited on that copy.)
+    #[cold]
     #[inline(never)]
-    fn summed_in_f64(mut self, z: &Row<F>) -> Self {
-        let m = <F as Float>::to_f64(self.max);
+    fn summed_in_f64(max: F, argmax: usize, z: &Row<F>) -> Self {
+        let m = <F as Float>::to_f64(max);
         let mut rest = 0.0;
         z.reader().blocks(0..z.len(), |from, block| {
             for (j, &x) in (from..).zip(block) {
-                if j != self.argmax {
+                if j != argmax {
                     rest += (<F as Float>::to_f64(x) - m).exp();
                 }
             }
         });
-        self.rest = rest;
-        self.log_rest = F::from_f64(rest.ln_1p());
-        self
+        RowStats { max, argmax, rest, log_rest: F::from_f64(rest.ln_1p()) }
     }
 
     /// `factor / (1 + rest)`, rounded once (computed in f64): the factor that turns
