@@ -57,7 +57,14 @@ pub trait Source<F>: Sync {
     ///
     /// # Safety
     /// As [`Source::widen`], for the range; `out` is as long as the range.
-    unsafe fn exp_scaled(&self, _start: isize, _range: Range<usize>, _shift: F, _scale: F, _out: StoredOut) -> bool {
+    unsafe fn exp_scaled(
+        &self,
+        _start: isize,
+        _range: Range<usize>,
+        _shift: F,
+        _scale: F,
+        _out: StoredOut<'_>,
+    ) -> bool {
         false
     }
 }
@@ -72,6 +79,7 @@ pub struct StoredOut<'a> {
 }
 
 impl<'a> StoredOut<'a> {
+    /// The elements, with their type.
     pub fn new<T: 'static>(elements: &'a mut [T]) -> Self {
         StoredOut {
             ptr: elements.as_mut_ptr() as *mut (),
@@ -108,11 +116,12 @@ pub trait Sink<F>: Sync {
     /// Whether [`Sink::direct`] hands out slices.
     fn is_direct(&self) -> bool;
 
-    /// Elements `from..from + len` as stored, when they are contiguous.
+    /// Elements `from..from + len` as stored (exactly `len` of them), when the sink's rows are
+    /// contiguous: whether it hands them out depends on the sink alone, not on the range.
     ///
     /// # Safety
     /// As [`Sink::direct`].
-    unsafe fn stored(&self, start: isize, from: usize, len: usize) -> Option<StoredOut<'_>>;
+    unsafe fn stored_elements(&self, start: isize, from: usize, len: usize) -> Option<StoredOut<'_>>;
 }
 
 /// One row of input in the compute type.
@@ -218,7 +227,7 @@ impl<'a, F: Float> Reader<'a, F> {
     pub fn stored_exp_scaled(&self, range: Range<usize>, shift: F, scale: F, out: &mut RowOut<F>) -> bool {
         let Some((start, source)) = self.source(&range) else { return false };
         assert_eq!(range.len(), out.len(), "as many outputs as inputs");
-        let Some(stored) = out.stored() else { return false };
+        let Some(stored) = out.stored_elements() else { return false };
         // SAFETY: within the row (checked by `source`), and `stored` is as long as the range.
         unsafe { source.exp_scaled(start, range, shift, scale, stored) }
     }
@@ -283,13 +292,13 @@ impl<F: Float> RowOut<'_, F> {
         }
     }
 
-    /// The elements as stored, where they are contiguous.
-    fn stored(&mut self) -> Option<StoredOut<'_>> {
+    /// The elements as stored, where they are contiguous ([`Sink::stored_elements`]).
+    fn stored_elements(&mut self) -> Option<StoredOut<'_>> {
         match self {
             RowOut::Slice(_) => None,
             // SAFETY: the elements of this `RowOut`, the only handle on them (see `parts`),
             // borrowed for as long as it is.
-            RowOut::Stored { start, from, len, sink } => unsafe { sink.stored(*start, *from, *len) },
+            RowOut::Stored { start, from, len, sink } => unsafe { sink.stored_elements(*start, *from, *len) },
         }
     }
 

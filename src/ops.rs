@@ -243,8 +243,12 @@ impl<T: Element> Source<T::Compute> for RowView<'_, T> {
         range: Range<usize>,
         shift: T::Compute,
         scale: T::Compute,
-        out: StoredOut,
+        out: StoredOut<'_>,
     ) -> bool {
+        // Never over logits the output overwrites: the stored input and output would alias.
+        if self.copy {
+            return false;
+        }
         let (Some(k), Some(out)) = (self.stored, out.get::<T>()) else { return false };
         (k.exp_scaled)(self.elements(start, range), shift, scale, out);
         true
@@ -407,7 +411,7 @@ impl<T: Element> Sink<T::Compute> for RowSink<'_, T> {
         self.layout.class_stride == 1 && T::as_compute_mut(&mut []).is_some()
     }
 
-    unsafe fn stored(&self, start: isize, from: usize, len: usize) -> Option<StoredOut<'_>> {
+    unsafe fn stored_elements(&self, start: isize, from: usize, len: usize) -> Option<StoredOut<'_>> {
         if self.layout.class_stride != 1 {
             return None;
         }

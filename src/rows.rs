@@ -183,7 +183,8 @@ fn scaled_exps<'e, F: Float>(
 }
 
 /// `out_j = exp(z_j - max) · scale` over a whole row (see [`scaled_exps`]); read and written
-/// as stored, in one pass, where the row and `out` are of a half type with a kernel for it.
+/// as stored, in one pass, where the row and `out` are of a half type with a kernel for it
+/// (then never streamed: only outputs of the compute type are).
 fn scaled_exp_row<F: Float>(
     k: &RowKernels<F>,
     z: &Row<F>,
@@ -193,7 +194,7 @@ fn scaled_exp_row<F: Float>(
     stream: bool,
     out: &mut RowOut<F>,
 ) {
-    if exps.is_none() && exp_scaled_as_stored(z, max, scale, out) {
+    if exps.is_none() && stored_exp_scaled_row(z, max, scale, out) {
         return;
     }
     let exp = scaled_exps(k, exps, max, scale, stream);
@@ -203,7 +204,10 @@ fn scaled_exp_row<F: Float>(
 /// [`Reader::stored_exp_scaled`] over a whole row, a long one in parts across threads (as
 /// [`map`]); false where the row and `out` are not stored in one type with a kernel for it
 /// (the answer is the same for every part: then none was written).
-fn exp_scaled_as_stored<F: Float>(z: &Row<F>, shift: F, scale: F, out: &mut RowOut<F>) -> bool {
+fn stored_exp_scaled_row<F: Float>(z: &Row<F>, shift: F, scale: F, out: &mut RowOut<F>) -> bool {
+    if !matches!((z, &*out), (Row::Stored { .. }, RowOut::Stored { .. })) {
+        return false;
+    }
     let len = z.len();
     if len < SPLIT_MIN {
         return z.reader().stored_exp_scaled(0..len, shift, scale, out);
@@ -259,8 +263,8 @@ impl<F: Float> RowStats<F> {
     }
 
     /// (The rare part of [`RowStats::refined`], out of line: narrow rows are millions of calls,
-    /// and the common part is a comparison. Taking the statistics by reference made callers
-    /// copy them to the stack first, and the comparison then waited on that copy.)
+    /// and the common part is a comparison. Handed the whole statistics, callers copied them
+    /// to the stack first, and the comparison then waited on that copy.)
     #[cold]
     #[inline(never)]
     fn summed_in_f64(max: F, argmax: usize, z: &Row<F>) -> Self {
