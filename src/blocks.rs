@@ -122,6 +122,16 @@ pub trait Sink<F>: Sync {
     /// # Safety
     /// As [`Sink::direct`].
     unsafe fn stored_elements(&self, start: isize, from: usize, len: usize) -> Option<StoredOut<'_>>;
+
+    /// Stores `exp(z_j - shift) · scale` of `z` (in the compute type) as the elements
+    /// `from..`, rounded as stored, in one pass, where the stored type has a kernel for it;
+    /// returns whether it did (else nothing was written).
+    ///
+    /// # Safety
+    /// As [`Sink::direct`], for `z.len()` elements.
+    unsafe fn exp_scaled(&self, _start: isize, _from: usize, _z: &[F], _shift: F, _scale: F) -> bool {
+        false
+    }
 }
 
 /// One row of input in the compute type.
@@ -299,6 +309,19 @@ impl<F: Float> RowOut<'_, F> {
             // SAFETY: the elements of this `RowOut`, the only handle on them (see `parts`),
             // borrowed for as long as it is.
             RowOut::Stored { start, from, len, sink } => unsafe { sink.stored_elements(*start, *from, *len) },
+        }
+    }
+
+    /// [`Sink::exp_scaled`] of `z` (as long as this row) into the elements, where they are
+    /// stored in a type with a kernel for it; returns whether it did.
+    pub fn stored_exp_scaled(&mut self, z: &[F], shift: F, scale: F) -> bool {
+        match self {
+            RowOut::Slice(_) => false,
+            RowOut::Stored { start, from, len, sink } => {
+                assert_eq!(z.len(), *len, "as many outputs as inputs");
+                // SAFETY: the elements of this `RowOut`, the only handle on them (see `parts`).
+                unsafe { sink.exp_scaled(*start, *from, z, shift, scale) }
+            }
         }
     }
 

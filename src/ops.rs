@@ -417,6 +417,20 @@ impl<T: Element> Sink<T::Compute> for RowSink<'_, T> {
         }
         Some(StoredOut::new(std::slice::from_raw_parts_mut(self.ptr.offset(start + from as isize), len)))
     }
+
+    unsafe fn exp_scaled(
+        &self,
+        start: isize,
+        from: usize,
+        z: &[T::Compute],
+        shift: T::Compute,
+        scale: T::Compute,
+    ) -> bool {
+        let (1, Some(k)) = (self.layout.class_stride, T::stored_kernels()) else { return false };
+        let out = std::slice::from_raw_parts_mut(self.ptr.offset(start + from as isize), z.len());
+        (k.exp_scaled_narrow)(z, shift, scale, out);
+        true
+    }
 }
 
 /// Calls on at most this many elements run on the calling thread, not on the pool (the one

@@ -182,9 +182,9 @@ fn scaled_exps<'e, F: Float>(
     }
 }
 
-/// `out_j = exp(z_j - max) · scale` over a whole row (see [`scaled_exps`]); read and written
-/// as stored, in one pass, where the row and `out` are of a half type with a kernel for it
-/// (then never streamed: only outputs of the compute type are).
+/// `out_j = exp(z_j - max) · scale` over a whole row (see [`scaled_exps`]); in one pass, read
+/// (unless widened already) and written as stored, where `out` is of a half type with a kernel
+/// for it (then never streamed: only outputs of the compute type are).
 fn scaled_exp_row<F: Float>(
     k: &RowKernels<F>,
     z: &Row<F>,
@@ -201,14 +201,18 @@ fn scaled_exp_row<F: Float>(
     map(z, None, out, |from, zb, _, ob| exp(from, zb, ob));
 }
 
-/// [`Reader::stored_exp_scaled`] over a whole row, a long one in parts across threads (as
-/// [`map`]); false where the row and `out` are not stored in one type with a kernel for it
-/// (the answer is the same for every part: then none was written).
+/// The scaled exps of a whole row into an output stored in another type, by
+/// [`RowOut::stored_exp_scaled`] from a row widened already, by [`Reader::stored_exp_scaled`]
+/// from a stored one (a long one in parts across threads, as [`map`]); false where there is
+/// no kernel for the stored types (the answer is the same for every part: then none was
+/// written).
 fn stored_exp_scaled_row<F: Float>(z: &Row<F>, shift: F, scale: F, out: &mut RowOut<F>) -> bool {
-    if !matches!((z, &*out), (Row::Stored { .. }, RowOut::Stored { .. })) {
-        return false;
-    }
     let len = z.len();
+    match (z, &*out) {
+        (_, RowOut::Slice(_)) => return false,
+        (Row::Slice(zs), _) => return len < SPLIT_MIN && out.stored_exp_scaled(zs, shift, scale),
+        (Row::Stored { .. }, _) => {}
+    }
     if len < SPLIT_MIN {
         return z.reader().stored_exp_scaled(0..len, shift, scale, out);
     }

@@ -40,13 +40,15 @@ pub struct RowKernels<F> {
 /// Kernels over rows stored as `S` (a half type) with compute type `F`: the `max_argmax`,
 /// `sum_exp` and `exp_scaled` of [`RowKernels`], reading the stored elements and widening them
 /// as they load (and `exp_scaled` rounding its results as it stores them: the bits of
-/// widening, `RowKernels::exp_scaled` and `narrow`, in one pass); `widen(src, dst)` for the
-/// passes that want the compute type, and `narrow(src, dst)` (rounded to nearest even) for
-/// the outputs (the same lengths). Tiers without them use portable code.
+/// widening, `RowKernels::exp_scaled` and `narrow`, in one pass); `exp_scaled_narrow`, the
+/// same from a row already widened; `widen(src, dst)` for the passes that want the compute
+/// type, and `narrow(src, dst)` (rounded to nearest even) for the outputs (the same lengths).
+/// Tiers without them use portable code.
 pub struct StoredKernels<S, F> {
     pub max_argmax: fn(&[S]) -> (F, usize),
     pub sum_exp: fn(&[S], F) -> f64,
     pub exp_scaled: fn(&[S], F, F, &mut [S]),
+    pub exp_scaled_narrow: fn(&[F], F, F, &mut [S]),
     pub widen: fn(&[S], &mut [F]),
     pub narrow: fn(&[F], &mut [S]),
 }

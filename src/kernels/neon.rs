@@ -282,7 +282,7 @@ macro_rules! tier {
                 simd::sum_exp::<$vector, simd::Plain>(z, shift)
             }
             pub unsafe fn exp_scaled(z: &[$t], shift: $t, scale: $t, out: &mut [$t]) {
-                simd::exp_scaled::<$vector, Plain, false>(z, shift, scale, out)
+                simd::exp_scaled::<$vector, Plain, Plain, false>(z, shift, scale, out)
             }
             pub unsafe fn target_sums(t: &[$t], z: &[$t], max: $t) -> ($t, $t) {
                 simd::target_sums::<$vector>(t, z, max)

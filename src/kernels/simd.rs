@@ -588,19 +588,22 @@ unsafe fn sum_exp_with<V: Vector, L: Storage<V>, S: ShiftedExp<V>>(z: &[L::S], f
 }
 
 /// `out_j = exp(z_j - shift) · scale`, for any `z_j - shift` (positive ones included), with
-/// `z` and `out` stored as `L` (a half type is widened as loaded and rounded as stored: the
-/// bits of the compute type's kernel on the widened row, rounded); `STREAM`: stored past the
-/// caches where `L` can.
+/// `z` stored as `In` and `out` as `Out` (a half type is widened as loaded and rounded as
+/// stored: the bits of the compute type's kernel on the widened row, rounded); `STREAM`:
+/// stored past the caches where `Out` can.
 #[inline(always)]
-pub unsafe fn exp_scaled<V: Vector, L: Storage<V>, const STREAM: bool>(
-    z: &[L::S],
+pub unsafe fn exp_scaled<V: Vector, In: Storage<V>, Out: Storage<V>, const STREAM: bool>(
+    z: &[In::S],
     shift: V::E,
     scale: V::E,
-    out: &mut [L::S],
+    out: &mut [Out::S],
 ) {
     match Split::<V>::new(shift) {
-        Some(split) => exp_scaled_with::<V, L, _, STREAM>(z, split, shift, scale, out),
-        None => exp_scaled_with::<V, L, _, STREAM>(z, Compensated { shift: splat::<V>(shift) }, shift, scale, out),
+        Some(split) => exp_scaled_with::<V, In, Out, _, STREAM>(z, split, shift, scale, out),
+        None => {
+            let f = Compensated { shift: splat::<V>(shift) };
+            exp_scaled_with::<V, In, Out, _, STREAM>(z, f, shift, scale, out)
+        }
     }
 }
 
@@ -646,12 +649,12 @@ impl<V: Vector, S: ShiftedExp<V>> ScaledExps<V, S> {
 }
 
 #[inline(always)]
-unsafe fn exp_scaled_with<V: Vector, L: Storage<V>, S: ShiftedExp<V>, const STREAM: bool>(
-    z: &[L::S],
+unsafe fn exp_scaled_with<V: Vector, In: Storage<V>, Out: Storage<V>, S: ShiftedExp<V>, const STREAM: bool>(
+    z: &[In::S],
     f: S,
     shift: V::E,
     scale: V::E,
-    out: &mut [L::S],
+    out: &mut [Out::S],
 ) {
     let n = z.len().min(out.len());
     let (p, o, w) = (z.as_ptr(), out.as_mut_ptr(), V::N);
@@ -663,33 +666,33 @@ unsafe fn exp_scaled_with<V: Vector, L: Storage<V>, S: ShiftedExp<V>, const STRE
         while i < head {
             let k = (head - i).min(w);
             if k == w {
-                L::store(o.add(i), exps.of([L::load(p.add(i))])[0]);
+                Out::store(o.add(i), exps.of([In::load(p.add(i))])[0]);
             } else {
-                let [e] = exps.of([L::load_partial(p.add(i), k, shift)]);
-                L::store_partial(o.add(i), k, e);
+                let [e] = exps.of([In::load_partial(p.add(i), k, shift)]);
+                Out::store_partial(o.add(i), k, e);
             }
             i += k;
         }
     }
     while i + 4 * w <= n {
-        let e = exps.of(load_vectors::<V, L, 4>(p.add(i)));
+        let e = exps.of(load_vectors::<V, In, 4>(p.add(i)));
         for (k, e) in e.into_iter().enumerate() {
             if STREAM {
-                L::stream(o.add(i + k * w), e);
+                Out::stream(o.add(i + k * w), e);
             } else {
-                L::store(o.add(i + k * w), e);
+                Out::store(o.add(i + k * w), e);
             }
         }
         i += 4 * w;
     }
     while i + w <= n {
-        L::store(o.add(i), exps.of([L::load(p.add(i))])[0]);
+        Out::store(o.add(i), exps.of([In::load(p.add(i))])[0]);
         i += w;
     }
     if i < n {
         // The missing lanes read `shift` (exp 1, never stored): no subnormal on the way.
-        let [e] = exps.of([L::load_partial(p.add(i), n - i, shift)]);
-        L::store_partial(o.add(i), n - i, e);
+        let [e] = exps.of([In::load_partial(p.add(i), n - i, shift)]);
+        Out::store_partial(o.add(i), n - i, e);
     }
     if STREAM {
         V::fence();

@@ -574,11 +574,11 @@ macro_rules! tier {
             }
             #[target_feature(enable = $features)]
             pub unsafe fn exp_scaled(z: &[$t], shift: $t, scale: $t, out: &mut [$t]) {
-                simd::exp_scaled::<$vector, Plain, false>(z, shift, scale, out)
+                simd::exp_scaled::<$vector, Plain, Plain, false>(z, shift, scale, out)
             }
             #[target_feature(enable = $features)]
             pub unsafe fn exp_scaled_stream(z: &[$t], shift: $t, scale: $t, out: &mut [$t]) {
-                simd::exp_scaled::<$vector, Plain, true>(z, shift, scale, out)
+                simd::exp_scaled::<$vector, Plain, Plain, true>(z, shift, scale, out)
             }
             #[target_feature(enable = $features)]
             pub unsafe fn target_sums(t: &[$t], z: &[$t], max: $t) -> ($t, $t) {
@@ -699,7 +699,11 @@ macro_rules! stored_kernels {
             }
             #[target_feature(enable = $features)]
             pub unsafe fn exp_scaled(z: &[$s], shift: f32, scale: f32, out: &mut [$s]) {
-                simd::exp_scaled::<$vector, $load, false>(z, shift, scale, out)
+                simd::exp_scaled::<$vector, $load, $load, false>(z, shift, scale, out)
+            }
+            #[target_feature(enable = $features)]
+            pub unsafe fn exp_scaled_narrow(z: &[f32], shift: f32, scale: f32, out: &mut [$s]) {
+                simd::exp_scaled::<$vector, Plain, $load, false>(z, shift, scale, out)
             }
             #[target_feature(enable = $features)]
             pub unsafe fn widen(src: &[$s], dst: &mut [f32]) {
@@ -713,10 +717,11 @@ macro_rules! stored_kernels {
 
         /// Only to be used on a CPU with the features: `dispatch` hands it out only then.
         pub static $table: StoredKernels<$s, f32> = StoredKernels {
-            // SAFETY (all five): the table is only used when the CPU has the features.
+            // SAFETY (all six): the table is only used when the CPU has the features.
             max_argmax: |z| unsafe { $module::max_argmax(z) },
             sum_exp: |z, s| unsafe { $module::sum_exp(z, s) },
             exp_scaled: |z, s, c, o| unsafe { $module::exp_scaled(z, s, c, o) },
+            exp_scaled_narrow: |z, s, c, o| unsafe { $module::exp_scaled_narrow(z, s, c, o) },
             widen: |src, dst| unsafe { $module::widen(src, dst) },
             narrow: |src, dst| unsafe { $module::narrow(src, dst) },
         };

@@ -656,7 +656,7 @@ pub(crate) struct StoredTier {
 
 /// Reading half types as stored gives the bits of the f32 kernels on the widened rows: the
 /// maximum, its index, the sums, the widened values themselves, and the scaled exps (rounded
-/// to the half type as stored).
+/// to the half type as stored), from the stored row and from the widened one.
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn stored_half_kernels_match_the_f32_kernels_on_widened_rows() {
@@ -690,9 +690,16 @@ fn stored_half_kernels_match_the_f32_kernels_on_widened_rows() {
                         (k.exp_scaled)(&wide, shift, scale, &mut wide_out);
                         let mut got = vec![from(f64::NAN); wide.len()];
                         (s.exp_scaled)(&stored, shift, scale, &mut got);
-                        for (j, (&g, &w)) in got.iter().zip(&wide_out).enumerate() {
+                        let mut got_narrowed = vec![from(f64::NAN); wide.len()];
+                        (s.exp_scaled_narrow)(&wide, shift, scale, &mut got_narrowed);
+                        for (j, ((&g, &gn), &w)) in got.iter().zip(&got_narrowed).zip(&wide_out).enumerate() {
                             let want = to(round(w));
                             assert_eq!(to(g).to_bits(), want.to_bits(), "{name} exp_scaled {shift} {scale} at {j}");
+                            assert_eq!(
+                                to(gn).to_bits(),
+                                want.to_bits(),
+                                "{name} exp_scaled_narrow {shift} {scale} at {j}"
+                            );
                         }
                     }
                 }
