@@ -282,7 +282,7 @@ struct DriverScratch<F> {
     /// A tile's outputs, where they are not written in place.
     out: Vec<F>,
     stats: Vec<RowStats<F>>,
-    /// A tile's `exp(z_j - max)`, row by row.
+    /// A tile's `exp(z_j - max)`, row by row, or a row's.
     exps: Vec<F>,
 }
 
@@ -487,12 +487,18 @@ fn for_rows_with<T, R, Fun>(
     let k = T::Compute::kernels();
     let tiled = T::Compute::tiles(classes);
     let group = if tiled { LANES } else { 1 };
-    let call = |r: usize, z: &Row<T::Compute>, stats: &RowStats<T::Compute>, s: &mut Scratch<T::Compute>| {
-        let stats = &stats.refined(z);
+    let call = |r: usize,
+                z: &Row<T::Compute>,
+                stats: &RowStats<T::Compute>,
+                exps: Option<&[T::Compute]>,
+                s: &mut Scratch<T::Compute>| {
+        let refined = &stats.refined(z);
+        // (Where the off-maximum mass was summed again, so are the exps.)
+        let exps = exps.filter(|_| refined.rest == stats.rest);
         match sink {
             // SAFETY: `r < rows`, and this task is the only one handling row `r`.
-            Some(sink) => unsafe { sink.write_row(r, |mut o| f(r, z, stats, None, s, Some(&mut o))) },
-            None => f(r, z, stats, None, s, None),
+            Some(sink) => unsafe { sink.write_row(r, |mut o| f(r, z, refined, exps, s, Some(&mut o))) },
+            None => f(r, z, refined, exps, s, None),
         }
     };
     assert_eq!(results.len(), rows, "one result per row");
@@ -575,11 +581,20 @@ fn for_rows_with<T, R, Fun>(
                 }
             }
         } else {
+            // With outputs, the exps of the statistics are kept (in cache): the outputs need no
+            // others.
+            let keep_exps = sink.is_some() && classes < rows::SPLIT_MIN;
             for (i, res) in results.iter_mut().enumerate() {
                 let r = first + i;
                 let z = view.row(r, &mut d.row);
                 let next = view.stored_rows(r + 1, 1);
-                *res = call(r, &z, &RowStats::of_before(k, &z, next), s);
+                if keep_exps {
+                    d.exps.resize(classes, T::Compute::zero());
+                    let stats = RowStats::of_before(k, &z, next, Some(&mut d.exps));
+                    *res = call(r, &z, &stats, stats.is_regular().then_some(&d.exps[..]), s);
+                } else {
+                    *res = call(r, &z, &RowStats::of_before(k, &z, next, None), None, s);
+                }
             }
         }
     };

@@ -30,14 +30,28 @@ fn split_part(i: usize, len: usize) -> Range<usize> {
 /// `Σ_{j≠skip} exp(z_j - shift)`, accurate to a few ulp however long the row: the kernel sums
 /// blocks of `BLOCK`, and a compensated sum adds the blocks. While a block is summed (from
 /// cache: the max pass just read it), the same stretch of `next`, the row to come, is
-/// prefetched, so that memory works while the exps are computed.
-fn sum_exp<F: Float, N>(k: &RowKernels<F>, z: &Row<F>, shift: F, skip: usize, next: Option<&[N]>) -> f64 {
+/// prefetched, so that memory works while the exps are computed. With `exps` (a row shorter
+/// than `SPLIT_MIN`), each term is also stored there (1 at `skip`): the same sum, bit for bit.
+fn sum_exp<F: Float, N>(
+    k: &RowKernels<F>,
+    z: &Row<F>,
+    shift: F,
+    skip: usize,
+    next: Option<&[N]>,
+    mut exps: Option<&mut [F]>,
+) -> f64 {
     // The sum of one block less its `skip` term: from the stored elements where the source
-    // reads them, else from the block in the compute type.
-    let block_sum = |reader: &mut Reader<F>, range: Range<usize>| {
-        let mut sum = |r: Range<usize>| match reader.stored_sum_exp(r.clone(), shift) {
-            Some(s) => s,
-            None => (k.sum_exp)(reader.read(r), shift),
+    // reads them, else from the block in the compute type (keeping the terms in `exps`, a
+    // whole row's, where given).
+    let block_sum = |reader: &mut Reader<F>, range: Range<usize>, mut exps: Option<&mut [F]>| {
+        let mut sum = |r: Range<usize>| {
+            if let Some(e) = exps.as_deref_mut() {
+                return (k.sum_exp_store)(reader.read(r.clone()), shift, &mut e[r]);
+            }
+            match reader.stored_sum_exp(r.clone(), shift) {
+                Some(s) => s,
+                None => (k.sum_exp)(reader.read(r), shift),
+            }
         };
         if range.contains(&skip) {
             sum(range.start..skip) + sum(skip + 1..range.end)
@@ -48,11 +62,12 @@ fn sum_exp<F: Float, N>(k: &RowKernels<F>, z: &Row<F>, shift: F, skip: usize, ne
     let mut total = CompensatedSum::default();
     let len = z.len();
     if len >= SPLIT_MIN {
+        assert!(exps.is_none(), "the terms of a row split across threads are not kept");
         let parts: Vec<Vec<f64>> = (0..len.div_ceil(SPLIT_BLOCK))
             .into_par_iter()
             .map(|i| {
                 let mut reader = z.reader();
-                block_ranges(split_part(i, len)).map(|block| block_sum(&mut reader, block)).collect()
+                block_ranges(split_part(i, len)).map(|block| block_sum(&mut reader, block, None)).collect()
             })
             .collect();
         parts.into_iter().flatten().for_each(|x| total.add(x));
@@ -62,7 +77,10 @@ fn sum_exp<F: Float, N>(k: &RowKernels<F>, z: &Row<F>, shift: F, skip: usize, ne
             if let Some(next) = next {
                 prefetch(next.get(block.start..block.end.min(next.len())).unwrap_or(&[]));
             }
-            total.add(block_sum(&mut reader, block));
+            total.add(block_sum(&mut reader, block, exps.as_deref_mut()));
+        }
+        if let Some(e) = exps {
+            e[skip] = F::one();
         }
     }
     total.value()
@@ -165,9 +183,16 @@ fn map_blocks<F: Float>(
     }
 }
 
+/// The row's `exps` (`exp(z_j - max)`, kept from its statistics), where their product with
+/// `scale` is as accurate as the exp kernel: a scale above 1 would lift an exp rounded to a
+/// subnormal, with the few bits it kept, into the normal range.
+fn reusable<F: Float>(exps: Option<&[F]>, scale: F) -> Option<&[F]> {
+    exps.filter(|_| scale <= F::one())
+}
+
 /// What turns a piece of a row (from element `from`) into `exp(z_j - max) · scale`: a product
-/// with the row's `exps` (`exp(z_j - max)`) where its tile computed them, else the exp kernel
-/// (`stream`: its stores past the caches).
+/// with the row's kept `exps` where [`reusable`], else the exp kernel (`stream`: either's
+/// stores past the caches).
 fn scaled_exps<'e, F: Float>(
     k: &RowKernels<F>,
     exps: Option<&'e [F]>,
@@ -175,10 +200,12 @@ fn scaled_exps<'e, F: Float>(
     scale: F,
     stream: bool,
 ) -> impl Fn(usize, &[F], &mut [F]) + Sync + 'e {
-    let kernel = if stream { k.exp_scaled_stream } else { k.exp_scaled };
+    let (exp_kernel, scale_kernel) =
+        if stream { (k.exp_scaled_stream, k.scale_stream) } else { (k.exp_scaled, k.scale) };
+    let exps = reusable(exps, scale);
     move |from, zb, ob| match exps {
-        Some(e) => ob.iter_mut().zip(&e[from..]).for_each(|(o, &x)| *o = x * scale),
-        None => kernel(zb, max, scale, ob),
+        Some(e) => scale_kernel(&e[from..from + ob.len()], scale, ob),
+        None => exp_kernel(zb, max, scale, ob),
     }
 }
 
@@ -194,7 +221,7 @@ fn scaled_exp_row<F: Float>(
     stream: bool,
     out: &mut RowOut<F>,
 ) {
-    if exps.is_none() && stored_exp_scaled_row(z, max, scale, out) {
+    if reusable(exps, scale).is_none() && stored_exp_scaled_row(z, max, scale, out) {
         return;
     }
     let exp = scaled_exps(k, exps, max, scale, stream);
@@ -237,17 +264,20 @@ pub struct RowStats<F> {
 
 impl<F: Float> RowStats<F> {
     pub fn of(k: &RowKernels<F>, z: &Row<F>) -> Self {
-        Self::of_before::<F>(k, z, None)
+        Self::of_before::<F>(k, z, None, None)
     }
 
     /// [`RowStats::of`], prefetching `next` (the row that comes after) on the way.
     /// `next` is in its stored type (a half type is prefetched as it lies in memory).
-    pub fn of_before<N>(k: &RowKernels<F>, z: &Row<F>, next: Option<&[N]>) -> Self {
+    /// With `exps` (as long as a row shorter than `SPLIT_MIN`), also `exp(z_j - max)` of each
+    /// element, where the maximum is finite: the terms of the sum (the same statistics, bit for
+    /// bit), which a softmax or a gradient then reuses instead of computing a second exp.
+    pub fn of_before<N>(k: &RowKernels<F>, z: &Row<F>, next: Option<&[N]>, exps: Option<&mut [F]>) -> Self {
         if z.is_empty() {
             return RowStats { max: F::neg_infinity(), argmax: 0, rest: f64::NAN, log_rest: F::nan() };
         }
         let (max, argmax) = max_argmax(k, z);
-        let rest = if max.is_finite() { sum_exp(k, z, max, argmax, next) } else { f64::NAN };
+        let rest = if max.is_finite() { sum_exp(k, z, max, argmax, next, exps) } else { f64::NAN };
         RowStats { max, argmax, rest, log_rest: F::from_f64(rest.ln_1p()) }
     }
 

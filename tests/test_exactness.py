@@ -181,3 +181,24 @@ def test_masked_logits_give_exact_zeros_under_large_weights(dtype, width):
         assert np.all(grad == 0), (options, grad[grad != 0])
     assert np.all(fx.softmax(z)[:, 1:] == 0)
     assert np.all(fx.logsumexp(z) == 0)
+
+
+@pytest.mark.parametrize("width", [10, 1000, 40000])
+def test_weighted_gradients_of_subnormal_probabilities(width):
+    # Probabilities below float32's normal range (e^-88 to e^-100) lifted back into it by a
+    # class weight of 1000: the gradient must be as accurate as elsewhere, not carry the few
+    # bits a subnormal exp kept (an exp rounded to 2^-140 has 9 bits left). Reference:
+    # float64 on the same float32 inputs.
+    rng = np.random.default_rng(width)
+    rows = 32  # (two tiles of sixteen narrow rows)
+    z = np.zeros((rows, width), dtype=np.float32)
+    z[:, 1:] = -rng.uniform(88.0, 100.0, (rows, width - 1)).astype(np.float32)
+    z[:, 1] = -1.0  # (mass off the maximum that is not tiny: no row is summed again in f64)
+    labels = np.zeros(rows, dtype=np.int64)
+    weight = np.full(width, 1.0e3, dtype=np.float32)
+    _, grad = fx.sparse_softmax_cross_entropy_with_logits_and_grad(labels=labels, logits=z, weight=weight)
+    z64 = z.astype(np.float64)
+    p = np.exp(z64 - z64.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    want = 1.0e3 * p[:, 1:]
+    assert ulps(grad[:, 1:], want, np.float32) <= GRAD_ULP

@@ -19,8 +19,11 @@ use crate::dispatch::Tier;
 ///   NaN. `z` is never empty.
 /// - `sum_exp(z, shift)`: `Σ exp(z_j - shift)`, with `exp(-inf) = 0`, in f64 (not rounded to
 ///   `F`: the callers add partial sums, and `log1p` of the total keeps its extra bits).
+///   `sum_exp_store(z, shift, out)`: the same sum, bit for bit, also storing each term in `out`
+///   (`out.len() == z.len()`).
 /// - `exp_scaled(z, shift, scale, out)`: `out_j = exp(z_j - shift) * scale`; `out.len() == z.len()`.
 ///   `exp_scaled_stream`: the same bits, stored past the caches where the tier can.
+/// - `scale(x, c, out)`: `out_j = x_j * c` (`out.len() == x.len()`); `scale_stream` as above.
 /// - `target_sums(t, z, max)`: `(Σ t_j, Σ_{t_j≠0} t_j (max - z_j))`, the two sums of a dense
 ///   target row (a zero target on a -inf logit counts 0); `t.len() == z.len()`.
 ///
@@ -30,10 +33,13 @@ pub struct RowKernels<F> {
     pub tier: Tier,
     pub max_argmax: fn(&[F]) -> (F, usize),
     pub sum_exp: fn(&[F], F) -> f64,
+    pub sum_exp_store: fn(&[F], F, &mut [F]) -> f64,
     pub exp_scaled: fn(&[F], F, F, &mut [F]),
     /// `exp_scaled` with its stores past the caches (where the tier can): for outputs far
     /// larger than the caches, written once and not read back soon.
     pub exp_scaled_stream: fn(&[F], F, F, &mut [F]),
+    pub scale: fn(&[F], F, &mut [F]),
+    pub scale_stream: fn(&[F], F, &mut [F]),
     pub target_sums: TargetSums<F>,
 }
 

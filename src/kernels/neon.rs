@@ -281,8 +281,14 @@ macro_rules! tier {
             pub unsafe fn sum_exp(z: &[$t], shift: $t) -> f64 {
                 simd::sum_exp::<$vector, simd::Plain>(z, shift)
             }
+            pub unsafe fn sum_exp_store(z: &[$t], shift: $t, out: &mut [$t]) -> f64 {
+                simd::sum_exp_store::<$vector>(z, shift, out)
+            }
             pub unsafe fn exp_scaled(z: &[$t], shift: $t, scale: $t, out: &mut [$t]) {
                 simd::exp_scaled::<$vector, Plain, Plain, false>(z, shift, scale, out)
+            }
+            pub unsafe fn scale(x: &[$t], scale: $t, out: &mut [$t]) {
+                simd::scale::<$vector, false>(x, scale, out)
             }
             pub unsafe fn target_sums(t: &[$t], z: &[$t], max: $t) -> ($t, $t) {
                 simd::target_sums::<$vector>(t, z, max)
@@ -299,8 +305,11 @@ macro_rules! tier {
             // SAFETY (all four): NEON is part of the aarch64 baseline.
             max_argmax: |z| unsafe { $module::max_argmax(z) },
             sum_exp: |z, s| unsafe { $module::sum_exp(z, s) },
+            sum_exp_store: |z, s, o| unsafe { $module::sum_exp_store(z, s, o) },
             exp_scaled: |z, s, c, o| unsafe { $module::exp_scaled(z, s, c, o) },
             exp_scaled_stream: |z, s, c, o| unsafe { $module::exp_scaled(z, s, c, o) },
+            scale: |x, c, o| unsafe { $module::scale(x, c, o) },
+            scale_stream: |x, c, o| unsafe { $module::scale(x, c, o) },
             target_sums: |t, z, m| unsafe { $module::target_sums(t, z, m) },
         };
     };

@@ -17,36 +17,57 @@ pub fn max_argmax<F: Float>(z: &[F]) -> (F, usize) {
 }
 
 pub fn sum_exp<F: Float>(z: &[F], shift: F) -> f64 {
+    sum_exp_into(z, shift, None)
+}
+
+pub fn sum_exp_store<F: Float>(z: &[F], shift: F, out: &mut [F]) -> f64 {
+    assert_eq!(z.len(), out.len(), "a term per element");
+    sum_exp_into(z, shift, Some(out))
+}
+
+/// `Σ exp(z_j - shift)`, each term also stored in `out` where given.
+fn sum_exp_into<F: Float>(z: &[F], shift: F, mut out: Option<&mut [F]>) -> f64 {
     // Eight compensated partial sums in f64: the portable tier has time to
     // spare, and a plain sum of L equal f64 terms is up to L/2 ulp off (rows whose other
     // classes are all equal). Each term carries the rounding error of `x - shift`, as in
     // `exp_scaled`: it is what keeps confident rows (every `d` far below 0) exact.
     let mut acc = [CompensatedSum::<f64>::default(); 8];
-    let add = |acc: &mut CompensatedSum<f64>, x: F| {
-        let (d, err) = two_diff(x, shift);
+    let tail = z.len() / 8 * 8;
+    // (The tail first, into the first sums, as the chunks below leave it.)
+    for j in (tail..z.len()).chain(0..tail) {
+        let (d, err) = two_diff(z[j], shift);
         let e = d.exp();
-        acc.add((e + e * err).to_f64());
-    };
-    let chunks = z.chunks_exact(8);
-    for (a, &x) in acc.iter_mut().zip(chunks.remainder()) {
-        add(a, x);
-    }
-    for c in chunks {
-        for (a, &x) in acc.iter_mut().zip(c) {
-            add(a, x);
+        let term = e + e * err;
+        if let Some(out) = out.as_deref_mut() {
+            out[j] = term;
         }
+        acc[(j - if j >= tail { tail } else { 0 }) % 8].add(term.to_f64());
     }
     let v = acc.map(CompensatedSum::value);
     ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]))
 }
 
 pub fn exp_scaled<F: Float>(z: &[F], shift: F, scale: F, out: &mut [F]) {
+    let narrow = F::epsilon() > F::from_f64(f64::EPSILON);
     for (o, &x) in out.iter_mut().zip(z) {
         let (d, err) = two_diff(x, shift);
         // exp(d + err) = exp(d) (1 + err) to first order: recovers the rounding of `x - shift`,
         // which alone costs |d|/2 ulp (50 ulp at d = -100).
         let e = d.exp();
-        *o = (e + e * err) * scale;
+        *o = if narrow && scale > F::one() && e < F::min_positive_value() {
+            // A subnormal exp kept few bits, which a scale above 1 would lift into the normal
+            // range: in f64 instead, where it is normal (rounded once, at the end).
+            let e = d.to_f64().exp();
+            F::from_f64((e + e * err.to_f64()) * scale.to_f64())
+        } else {
+            (e + e * err) * scale
+        };
+    }
+}
+
+pub fn scale<F: Float>(x: &[F], scale: F, out: &mut [F]) {
+    for (o, &x) in out.iter_mut().zip(x) {
+        *o = x * scale;
     }
 }
 
@@ -75,8 +96,11 @@ pub static F32: RowKernels<f32> = RowKernels {
     tier: Tier::Scalar,
     max_argmax: max_argmax::<f32>,
     sum_exp: sum_exp::<f32>,
+    sum_exp_store: sum_exp_store::<f32>,
     exp_scaled: exp_scaled::<f32>,
     exp_scaled_stream: exp_scaled::<f32>,
+    scale: scale::<f32>,
+    scale_stream: scale::<f32>,
     target_sums: target_sums::<f32>,
 };
 
@@ -84,7 +108,10 @@ pub static F64: RowKernels<f64> = RowKernels {
     tier: Tier::Scalar,
     max_argmax: max_argmax::<f64>,
     sum_exp: sum_exp::<f64>,
+    sum_exp_store: sum_exp_store::<f64>,
     exp_scaled: exp_scaled::<f64>,
     exp_scaled_stream: exp_scaled::<f64>,
+    scale: scale::<f64>,
+    scale_stream: scale::<f64>,
     target_sums: target_sums::<f64>,
 };

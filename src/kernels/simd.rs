@@ -517,9 +517,23 @@ pub unsafe fn max_argmax<V: Vector, L: Storage<V>>(z: &[L::S]) -> (V::E, usize) 
 /// `Σ exp(z_j - shift)`, in `N` compensated partial sums, added up in f64.
 #[inline(always)]
 pub unsafe fn sum_exp<V: Vector, L: Storage<V>>(z: &[L::S], shift: V::E) -> f64 {
+    sum_exp_into::<V, L, false>(z, shift, std::ptr::null_mut())
+}
+
+/// [`sum_exp`], bit for bit, also storing each term `exp(z_j - shift)` in `out` (as long as
+/// `z`): a gradient or softmax of the row then costs no second exp.
+#[inline(always)]
+pub unsafe fn sum_exp_store<V: Vector>(z: &[V::E], shift: V::E, out: &mut [V::E]) -> f64 {
+    assert_eq!(z.len(), out.len(), "a term per element");
+    sum_exp_into::<V, Plain, true>(z, shift, out.as_mut_ptr())
+}
+
+/// [`sum_exp`], storing the terms to `out` if `STORE`.
+#[inline(always)]
+unsafe fn sum_exp_into<V: Vector, L: Storage<V>, const STORE: bool>(z: &[L::S], shift: V::E, out: *mut V::E) -> f64 {
     match Split::<V>::new(shift) {
-        Some(split) => sum_exp_with::<V, L, _>(z, split, shift),
-        None => sum_exp_with::<V, L, _>(z, Compensated { shift: splat::<V>(shift) }, shift),
+        Some(split) => sum_exp_with::<V, L, _, STORE>(z, split, shift, out),
+        None => sum_exp_with::<V, L, _, STORE>(z, Compensated { shift: splat::<V>(shift) }, shift, out),
     }
 }
 
@@ -558,7 +572,12 @@ impl<V: Vector> KahanSum<V> {
 }
 
 #[inline(always)]
-unsafe fn sum_exp_with<V: Vector, L: Storage<V>, S: ShiftedExp<V>>(z: &[L::S], f: S, shift: V::E) -> f64 {
+unsafe fn sum_exp_with<V: Vector, L: Storage<V>, S: ShiftedExp<V>, const STORE: bool>(
+    z: &[L::S],
+    f: S,
+    shift: V::E,
+    out: *mut V::E,
+) -> f64 {
     let (n, p, w) = (z.len(), z.as_ptr(), V::N);
     let zero = splat::<V>(V::E::zero());
     let mut acc = KahanSum { sum: zero, carry: zero };
@@ -566,14 +585,24 @@ unsafe fn sum_exp_with<V: Vector, L: Storage<V>, S: ShiftedExp<V>>(z: &[L::S], f
     while i + 8 * w <= n {
         // Eight vectors summed as a tree (exact for equal terms), then into the running sum.
         let x = load_vectors::<V, L, 8>(p.add(i));
-        let [e0, e1, e2, e3, e4, e5, e6, e7] = f.exps::<false, 8>(x);
+        let e = f.exps::<false, 8>(x);
+        if STORE {
+            for (k, &e) in e.iter().enumerate() {
+                V::store(out.add(i + k * w), e);
+            }
+        }
+        let [e0, e1, e2, e3, e4, e5, e6, e7] = e;
         let s0 = V::add(V::add(e0, e1), V::add(e2, e3));
         let s1 = V::add(V::add(e4, e5), V::add(e6, e7));
         acc.add(V::add(s0, s1));
         i += 8 * w;
     }
     while i + w <= n {
-        acc.add(f.exp::<false>(L::load(p.add(i))));
+        let e = f.exp::<false>(L::load(p.add(i)));
+        if STORE {
+            V::store(out.add(i), e);
+        }
+        acc.add(e);
         i += w;
     }
     if i < n {
@@ -581,6 +610,9 @@ unsafe fn sum_exp_with<V: Vector, L: Storage<V>, S: ShiftedExp<V>>(z: &[L::S], f
         // underflow through the subnormals: a microcode assist of ~100 cycles on Intel, per
         // row.)
         let e = f.exp::<false>(L::load_partial(p.add(i), n - i, shift));
+        if STORE {
+            V::store_partial(out.add(i), n - i, e);
+        }
         let ones = [V::E::one(); 16];
         acc.add(V::mul(e, V::load_partial(ones.as_ptr(), n - i, V::E::zero())));
     }
@@ -598,12 +630,35 @@ pub unsafe fn exp_scaled<V: Vector, In: Storage<V>, Out: Storage<V>, const STREA
     scale: V::E,
     out: &mut [Out::S],
 ) {
+    // (Missing lanes read `shift`: exp 1, never stored, and no subnormal on the way.)
     match Split::<V>::new(shift) {
-        Some(split) => exp_scaled_with::<V, In, Out, _, STREAM>(z, split, shift, scale, out),
+        Some(split) => map_lanes::<V, In, Out, _, STREAM>(z, ScaledExps::new(split, shift, scale), shift, out),
         None => {
-            let f = Compensated { shift: splat::<V>(shift) };
-            exp_scaled_with::<V, In, Out, _, STREAM>(z, f, shift, scale, out)
+            let f = ScaledExps::new(Compensated { shift: splat::<V>(shift) }, shift, scale);
+            map_lanes::<V, In, Out, _, STREAM>(z, f, shift, out)
         }
+    }
+}
+
+/// `out_j = x_j · scale`; `STREAM`: stored past the caches.
+#[inline(always)]
+pub unsafe fn scale<V: Vector, const STREAM: bool>(x: &[V::E], scale: V::E, out: &mut [V::E]) {
+    map_lanes::<V, Plain, Plain, _, STREAM>(x, Scaled(splat::<V>(scale)), V::E::zero(), out)
+}
+
+/// A lane-wise function of vectors, applied a few at a time by [`map_lanes`].
+trait LaneMap<V: Vector>: Copy {
+    unsafe fn of<const U: usize>(&self, x: [V; U]) -> [V; U];
+}
+
+/// `x · c`.
+#[derive(Clone, Copy)]
+struct Scaled<V>(V);
+
+impl<V: Vector> LaneMap<V> for Scaled<V> {
+    #[inline(always)]
+    unsafe fn of<const U: usize>(&self, x: [V; U]) -> [V; U] {
+        each!(x, |x| V::mul(x, self.0))
     }
 }
 
@@ -628,7 +683,9 @@ impl<V: Vector, S: ShiftedExp<V>> ScaledExps<V, S> {
         let biased_scale = (V::EXP_BIAS != 0 && (biased.is_normal() || scale == V::E::zero())).then(|| splat(biased));
         ScaledExps { f, shift: splat(shift), scale: splat(scale), biased_scale }
     }
+}
 
+impl<V: Vector, S: ShiftedExp<V>> LaneMap<V> for ScaledExps<V, S> {
     #[inline(always)]
     unsafe fn of<const U: usize>(&self, x: [V; U]) -> [V; U] {
         if V::CHEAP_FULL {
@@ -648,17 +705,19 @@ impl<V: Vector, S: ShiftedExp<V>> ScaledExps<V, S> {
     }
 }
 
+/// `out_j = m(z_j)`, with `z` stored as `In` and `out` as `Out`, a few vectors at a time;
+/// missing lanes of a partial vector read `fill`. `STREAM`: stored past the caches where `Out`
+/// can (`m` must then give each lane's bits from its own lane: the head and tail group lanes
+/// differently).
 #[inline(always)]
-unsafe fn exp_scaled_with<V: Vector, In: Storage<V>, Out: Storage<V>, S: ShiftedExp<V>, const STREAM: bool>(
+unsafe fn map_lanes<V: Vector, In: Storage<V>, Out: Storage<V>, M: LaneMap<V>, const STREAM: bool>(
     z: &[In::S],
-    f: S,
-    shift: V::E,
-    scale: V::E,
+    m: M,
+    fill: V::E,
     out: &mut [Out::S],
 ) {
     let n = z.len().min(out.len());
     let (p, o, w) = (z.as_ptr(), out.as_mut_ptr(), V::N);
-    let exps = ScaledExps::new(f, shift, scale);
     let mut i = 0;
     if STREAM {
         // Streamed stores want 64-byte alignment: the elements before it go the usual way.
@@ -666,16 +725,16 @@ unsafe fn exp_scaled_with<V: Vector, In: Storage<V>, Out: Storage<V>, S: Shifted
         while i < head {
             let k = (head - i).min(w);
             if k == w {
-                Out::store(o.add(i), exps.of([In::load(p.add(i))])[0]);
+                Out::store(o.add(i), m.of([In::load(p.add(i))])[0]);
             } else {
-                let [e] = exps.of([In::load_partial(p.add(i), k, shift)]);
+                let [e] = m.of([In::load_partial(p.add(i), k, fill)]);
                 Out::store_partial(o.add(i), k, e);
             }
             i += k;
         }
     }
     while i + 4 * w <= n {
-        let e = exps.of(load_vectors::<V, In, 4>(p.add(i)));
+        let e = m.of(load_vectors::<V, In, 4>(p.add(i)));
         for (k, e) in e.into_iter().enumerate() {
             if STREAM {
                 Out::stream(o.add(i + k * w), e);
@@ -686,12 +745,11 @@ unsafe fn exp_scaled_with<V: Vector, In: Storage<V>, Out: Storage<V>, S: Shifted
         i += 4 * w;
     }
     while i + w <= n {
-        Out::store(o.add(i), exps.of([In::load(p.add(i))])[0]);
+        Out::store(o.add(i), m.of([In::load(p.add(i))])[0]);
         i += w;
     }
     if i < n {
-        // The missing lanes read `shift` (exp 1, never stored): no subnormal on the way.
-        let [e] = exps.of([In::load_partial(p.add(i), n - i, shift)]);
+        let [e] = m.of([In::load_partial(p.add(i), n - i, fill)]);
         Out::store_partial(o.add(i), n - i, e);
     }
     if STREAM {

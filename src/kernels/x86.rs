@@ -573,12 +573,24 @@ macro_rules! tier {
                 simd::sum_exp::<$vector, Plain>(z, shift)
             }
             #[target_feature(enable = $features)]
+            pub unsafe fn sum_exp_store(z: &[$t], shift: $t, out: &mut [$t]) -> f64 {
+                simd::sum_exp_store::<$vector>(z, shift, out)
+            }
+            #[target_feature(enable = $features)]
             pub unsafe fn exp_scaled(z: &[$t], shift: $t, scale: $t, out: &mut [$t]) {
                 simd::exp_scaled::<$vector, Plain, Plain, false>(z, shift, scale, out)
             }
             #[target_feature(enable = $features)]
             pub unsafe fn exp_scaled_stream(z: &[$t], shift: $t, scale: $t, out: &mut [$t]) {
                 simd::exp_scaled::<$vector, Plain, Plain, true>(z, shift, scale, out)
+            }
+            #[target_feature(enable = $features)]
+            pub unsafe fn scale(x: &[$t], scale: $t, out: &mut [$t]) {
+                simd::scale::<$vector, false>(x, scale, out)
+            }
+            #[target_feature(enable = $features)]
+            pub unsafe fn scale_stream(x: &[$t], scale: $t, out: &mut [$t]) {
+                simd::scale::<$vector, true>(x, scale, out)
             }
             #[target_feature(enable = $features)]
             pub unsafe fn target_sums(t: &[$t], z: &[$t], max: $t) -> ($t, $t) {
@@ -595,11 +607,14 @@ macro_rules! tier {
         /// `dispatch::kernels_f32`/`kernels_f64` hand it out only then.
         pub static $table: RowKernels<$t> = RowKernels {
             tier: $tier,
-            // SAFETY (all four): the table is only used when the CPU has the features.
+            // SAFETY (all of them): the table is only used when the CPU has the features.
             max_argmax: |z| unsafe { $module::max_argmax(z) },
             sum_exp: |z, s| unsafe { $module::sum_exp(z, s) },
+            sum_exp_store: |z, s, o| unsafe { $module::sum_exp_store(z, s, o) },
             exp_scaled: |z, s, c, o| unsafe { $module::exp_scaled(z, s, c, o) },
             exp_scaled_stream: |z, s, c, o| unsafe { $module::exp_scaled_stream(z, s, c, o) },
+            scale: |x, c, o| unsafe { $module::scale(x, c, o) },
+            scale_stream: |x, c, o| unsafe { $module::scale_stream(x, c, o) },
             target_sums: |t, z, m| unsafe { $module::target_sums(t, z, m) },
         };
     };

@@ -645,6 +645,40 @@ fn exp_scaled_stream_matches_exp_scaled() {
     }
 }
 
+/// `sum_exp_store` returns `sum_exp`'s sum, bit for bit, and stores the terms it summed: the
+/// exps of `exp_scaled` with a scale of 1, bit for bit (every tier, the scalar one included).
+#[test]
+fn sum_exp_store_stores_the_terms_it_sums() {
+    fn check<F: super::ExpConsts>(k: &RowKernels<F>, name: &str) {
+        let bits = |x: F| crate::kernels::Float::to_f64(x).to_bits();
+        for z in rows(9) {
+            let z: Vec<F> = z.iter().map(|&x| F::from_f64(x)).collect();
+            let Some(max) = z.iter().copied().reduce(F::max).filter(|m| m.is_finite()) else { continue };
+            if z.iter().any(|x| x.is_nan()) {
+                continue;
+            }
+            for shift in [max, max + F::from_f64(0.5)] {
+                let mut terms = vec![F::nan(); z.len()];
+                let sum = (k.sum_exp_store)(&z, shift, &mut terms);
+                assert_eq!(sum.to_bits(), (k.sum_exp)(&z, shift).to_bits(), "{name}: sum of {} terms", z.len());
+                let mut want = vec![F::nan(); z.len()];
+                (k.exp_scaled)(&z, shift, F::one(), &mut want);
+                for (j, (&t, &w)) in terms.iter().zip(&want).enumerate() {
+                    assert_eq!(bits(t), bits(w), "{name}: term {j} of {}", z.len());
+                }
+            }
+        }
+    }
+    check(&scalar::F32, "scalar");
+    check(&scalar::F64, "scalar");
+    for t in tiers_f32() {
+        check(t.k, t.name);
+    }
+    for t in tiers_f64() {
+        check(t.k, t.name);
+    }
+}
+
 /// A tier's kernels over half-type rows as stored, with its f32 kernels.
 #[cfg(target_arch = "x86_64")]
 pub(crate) struct StoredTier {
