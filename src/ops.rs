@@ -308,6 +308,9 @@ struct RowSink<'a, T> {
     /// The rows are also read, block by block, as they are written (see
     /// [`RowSink::in_place`]).
     read_back: bool,
+    /// The outputs are built from the rows' exps (a softmax, a gradient), which the
+    /// statistics then keep (see [`for_rows`]).
+    from_exps: bool,
     _view: PhantomData<&'a mut T>,
 }
 
@@ -323,6 +326,7 @@ impl<'a, T: Element> RowSink<'a, T> {
             layout: RowLayout::new(view.shape(), view.strides(), axis),
             stream: false,
             read_back: false,
+            from_exps: true,
             _view: PhantomData,
         }
     }
@@ -334,6 +338,12 @@ impl<'a, T: Element> RowSink<'a, T> {
         const STREAM_MIN_BYTES: usize = 64 << 20;
         let l = &self.layout;
         self.stream = self.is_direct() && l.rows() * l.classes * std::mem::size_of::<T>() >= STREAM_MIN_BYTES;
+        self
+    }
+
+    /// For outputs that need no exps (`log_softmax`).
+    fn without_exps(mut self) -> Self {
+        self.from_exps = false;
         self
     }
 
@@ -581,9 +591,9 @@ fn for_rows_with<T, R, Fun>(
                 }
             }
         } else {
-            // With outputs, the exps of the statistics are kept (in cache): the outputs need no
-            // others.
-            let keep_exps = sink.is_some() && classes < rows::SPLIT_MIN;
+            // Where the outputs are built from exps, the statistics keep theirs (a row of scratch,
+            // read back from cache): the outputs need no others where the scale allows.
+            let keep_exps = sink.is_some_and(|s| s.from_exps) && classes < rows::SPLIT_MIN;
             for (i, res) in results.iter_mut().enumerate() {
                 let r = first + i;
                 let z = view.row(r, &mut d.row);
@@ -1138,11 +1148,17 @@ pub fn softmax_cross_entropy_grad_in_place<T: Element, Y: Element<Compute = T::C
 type RowOp<F> = fn(&crate::kernels::RowKernels<F>, &Row<F>, &RowStats<F>, Option<&[F]>, &mut RowOut<F>);
 
 /// Runs a row-to-row operation (`log_softmax`, `softmax`) over every row.
-fn map_rows<T: Element>(logits: ArrayViewD<T>, axis: isize, op: RowOp<T::Compute>) -> Result<ArrayD<T>> {
+fn map_rows<T: Element>(
+    logits: ArrayViewD<T>,
+    axis: isize,
+    op: RowOp<T::Compute>,
+    from_exps: bool,
+) -> Result<ArrayD<T>> {
     let axis = class_axis(axis, logits.ndim())?;
     let view = RowView::new(&logits, axis);
     let mut out = row_major_like(&without(logits.shape(), axis), view.layout.classes, axis);
     let sink = RowSink::new(&mut out.view_mut(), axis);
+    let sink = if from_exps { sink } else { sink.without_exps() };
     let k = T::Compute::kernels();
     let mut done = vec![(); view.layout.rows()];
     for_rows(&view, Some(&sink), &mut done, |_, z, stats, exps, _, o| {
@@ -1153,12 +1169,12 @@ fn map_rows<T: Element>(logits: ArrayViewD<T>, axis: isize, op: RowOp<T::Compute
 
 /// `z - logsumexp(z)` along `axis`. Rows with NaN or +inf, and rows of -inf, give NaN.
 pub fn log_softmax<T: Element>(logits: ArrayViewD<T>, axis: isize) -> Result<ArrayD<T>> {
-    map_rows(logits, axis, rows::log_softmax)
+    map_rows(logits, axis, rows::log_softmax, false)
 }
 
 /// `exp(z - logsumexp(z))` along `axis`. Rows with NaN or +inf, and rows of -inf, give NaN.
 pub fn softmax<T: Element>(logits: ArrayViewD<T>, axis: isize) -> Result<ArrayD<T>> {
-    map_rows(logits, axis, rows::softmax)
+    map_rows(logits, axis, rows::softmax, true)
 }
 
 /// `log Σ exp(z)` along `axis`; the result has the logits' shape without `axis`. A row of

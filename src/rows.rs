@@ -441,7 +441,7 @@ pub struct Grad<'g, 'o, F> {
     /// `out` is the destination itself and the whole gradient is far larger than the caches:
     /// rows written once may be stored past them.
     pub stream: bool,
-    /// The row's `exp(z_j - max)`, where its tile already computed them.
+    /// The row's `exp(z_j - max)`, where its statistics kept them.
     pub exps: Option<&'g [F]>,
 }
 

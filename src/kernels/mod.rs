@@ -27,8 +27,10 @@ use crate::dispatch::Tier;
 /// - `target_sums(t, z, max)`: `(Σ t_j, Σ_{t_j≠0} t_j (max - z_j))`, the two sums of a dense
 ///   target row (a zero target on a -inf logit counts 0); `t.len() == z.len()`.
 ///
-/// `sum_exp` and `exp_scaled` are only called on rows without NaN, with a finite `shift` not
-/// below any `z_j` (the row's maximum).
+/// `sum_exp`, `sum_exp_store` and `exp_scaled` are only called on rows without NaN, with a
+/// finite `shift` not below any `z_j` (the row's maximum). `exp_scaled` with a scale above 1
+/// keeps its bound where the exps alone would be subnormal (the row math relies on it: see
+/// `rows::reusable`).
 pub struct RowKernels<F> {
     pub tier: Tier,
     pub max_argmax: fn(&[F]) -> (F, usize),

@@ -302,7 +302,7 @@ macro_rules! tier {
         /// The row kernels of the NEON tier.
         pub static $table: RowKernels<$t> = RowKernels {
             tier: Tier::Neon,
-            // SAFETY (all four): NEON is part of the aarch64 baseline.
+            // SAFETY (all of them): NEON is part of the aarch64 baseline.
             max_argmax: |z| unsafe { $module::max_argmax(z) },
             sum_exp: |z, s| unsafe { $module::sum_exp(z, s) },
             sum_exp_store: |z, s, o| unsafe { $module::sum_exp_store(z, s, o) },

@@ -33,7 +33,8 @@ fn sum_exp_into<F: Float>(z: &[F], shift: F, mut out: Option<&mut [F]>) -> f64 {
     // `exp_scaled`: it is what keeps confident rows (every `d` far below 0) exact.
     let mut acc = [CompensatedSum::<f64>::default(); 8];
     let tail = z.len() / 8 * 8;
-    // (The tail first, into the first sums, as the chunks below leave it.)
+    // (The last `len % 8` elements first, into the first sums, then each run of eight into
+    // the eight: the order the sums had when this loop went chunk by chunk.)
     for j in (tail..z.len()).chain(0..tail) {
         let (d, err) = two_diff(z[j], shift);
         let e = d.exp();

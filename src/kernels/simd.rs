@@ -287,6 +287,13 @@ pub struct Bf16Bits;
 /// to overflow); otherwise inputs are `≤ 0`, `-inf` or NaN.
 #[inline(always)]
 pub unsafe fn exp<V: Vector, const FULL: bool>(d: V) -> V {
+    exp_times::<V, FULL, false>(d, splat(V::E::one()))
+}
+
+/// `exp(d) · c` if `TIMES` (`c` multiplies the polynomial before the power of two is applied;
+/// with `FULL` and `c = 1 / UNSCALE`, exact and normal down to `d = EXP_LO`), else `exp(d)`.
+#[inline(always)]
+unsafe fn exp_times<V: Vector, const FULL: bool, const TIMES: bool>(d: V, c: V) -> V {
     let mut d = V::max_nan(splat(V::E::EXP_LO), d);
     if FULL {
         d = V::min_nan(splat(V::E::EXP_HI), d);
@@ -295,7 +302,8 @@ pub unsafe fn exp<V: Vector, const FULL: bool>(d: V) -> V {
     let n = V::sub(t, splat(V::E::MAGIC));
     let r = V::fnmadd(n, splat(V::E::LN2_HI), d);
     let r = V::fnmadd(n, splat(V::E::LN2_LO), r);
-    V::ldexp::<FULL>(poly([r])[0], n, t)
+    let p = poly([r])[0];
+    V::ldexp::<FULL>(if TIMES { V::mul(p, c) } else { p }, n, t)
 }
 
 /// `[f(a_0), …, f(a_U-1)]` for an array of vectors `a`, written out in place: through a
@@ -328,6 +336,10 @@ unsafe fn load_vectors<V: Vector, L: Storage<V>, const U: usize>(p: *const L::S)
 trait ShiftedExp<V: Vector>: Copy {
     /// `exp(x_k - shift)`; `FULL`: for any `x` (otherwise `x <= shift`, -inf or NaN).
     unsafe fn exps<const FULL: bool, const U: usize>(&self, x: [V; U]) -> [V; U];
+    /// `exp(x_k - shift) / UNSCALE`, exact (a normal number), for `x <= shift` or -inf (not
+    /// NaN), with the lanes below the range (-inf included) zeroed, as [`Vector::keep_above`]:
+    /// the biased exps of tiers that have none of their own, by the full-range `ldexp`.
+    unsafe fn lifted_exps<const U: usize>(&self, x: [V; U]) -> [V; U];
     /// `exp(x_k - shift) · 2^V::EXP_BIAS`, for `x <= shift` or -inf (not NaN).
     #[inline(always)]
     unsafe fn biased_exps<const U: usize>(&self, x: [V; U]) -> [V; U] {
@@ -360,6 +372,24 @@ impl<V: Vector> ShiftedExp<V> for Compensated<V> {
             // err is NaN where x is -inf (or x - shift overflows): there exp is 0 and stays 0;
             // an exp that overflowed stays inf.
             V::fmadd_or_keep(exp::<V, FULL>(d), err)
+        })
+    }
+    #[inline(always)]
+    unsafe fn biased_exps<const U: usize>(&self, x: [V; U]) -> [V; U] {
+        // (The default would round each exp first: to a subnormal, far below the shift.)
+        debug_assert!(V::E::from_f64((V::EXP_BIAS as f64).exp2()) == V::E::one() / V::E::UNSCALE);
+        self.lifted_exps(x)
+    }
+    #[inline(always)]
+    unsafe fn lifted_exps<const U: usize>(&self, x: [V; U]) -> [V; U] {
+        let (s, lift) = (self.shift, splat::<V>(V::E::one() / V::E::UNSCALE));
+        each!(x, |x| {
+            let d = V::sub(x, s);
+            let bv = V::sub(d, x);
+            let av = V::sub(d, bv);
+            let err = V::sub(V::sub(x, av), V::add(s, bv));
+            let e = V::fmadd_or_keep(exp_times::<V, true, true>(d, lift), err);
+            V::keep_above(e, d, splat(V::E::EXP_LO))
         })
     }
 }
@@ -432,6 +462,15 @@ impl<V: Vector> ShiftedExp<V> for Split<V> {
         let (mut p, n, t) = self.reduce(x);
         for k in 0..U {
             p[k] = V::ldexp::<FULL>(p[k], n[k], t[k]);
+        }
+        p
+    }
+    #[inline(always)]
+    unsafe fn lifted_exps<const U: usize>(&self, x: [V; U]) -> [V; U] {
+        let lift = splat::<V>(V::E::one() / V::E::UNSCALE);
+        let (mut p, n, t) = self.reduce(x);
+        for k in 0..U {
+            p[k] = V::keep_above(V::ldexp::<true>(V::mul(p[k], lift), n[k], t[k]), x[k], self.lo);
         }
         p
     }
@@ -640,10 +679,10 @@ pub unsafe fn exp_scaled<V: Vector, In: Storage<V>, Out: Storage<V>, const STREA
     }
 }
 
-/// `out_j = x_j · scale`; `STREAM`: stored past the caches.
+/// `out_j = x_j · c`; `STREAM`: stored past the caches.
 #[inline(always)]
-pub unsafe fn scale<V: Vector, const STREAM: bool>(x: &[V::E], scale: V::E, out: &mut [V::E]) {
-    map_lanes::<V, Plain, Plain, _, STREAM>(x, Scaled(splat::<V>(scale)), V::E::zero(), out)
+pub unsafe fn scale<V: Vector, const STREAM: bool>(x: &[V::E], c: V::E, out: &mut [V::E]) {
+    map_lanes::<V, Plain, Plain, _, STREAM>(x, Scaled(splat::<V>(c)), V::E::zero(), out)
 }
 
 /// A lane-wise function of vectors, applied a few at a time by [`map_lanes`].
@@ -665,15 +704,18 @@ impl<V: Vector> LaneMap<V> for Scaled<V> {
 /// `exp(x_k - shift) · scale` for any `x`: over the full range only in the lanes that need it
 /// (the contract's rows have none), if the full range costs this tier more; else, where the
 /// tier has biased exps and `scale · 2^-EXP_BIAS` is a normal number (`biased_scale`), their
-/// product with it: one rounding, no multiply to unbias. Each lane's bits depend on its own
-/// `x` only (streamed and plain stores group vectors differently), NaN aside (the contract's
-/// rows have none).
+/// product with it: one rounding, no multiply to unbias. A scale above 1 on a tier without
+/// biased exps takes [`ShiftedExp::lifted_exps`] times `scale · UNSCALE` (`lifted_scale`):
+/// an exp rounded to a subnormal first would carry its few bits into the normal range (by
+/// hundreds of ulp). Each lane's bits depend on its own `x` only (streamed and plain stores
+/// group vectors differently), NaN aside (the contract's rows have none).
 #[derive(Clone, Copy)]
 struct ScaledExps<V, S> {
     f: S,
     shift: V,
     scale: V,
     biased_scale: Option<V>,
+    lifted_scale: Option<V>,
 }
 
 impl<V: Vector, S: ShiftedExp<V>> ScaledExps<V, S> {
@@ -681,19 +723,20 @@ impl<V: Vector, S: ShiftedExp<V>> ScaledExps<V, S> {
     unsafe fn new(f: S, shift: V::E, scale: V::E) -> Self {
         let biased = scale * V::E::from_f64((-V::EXP_BIAS as f64).exp2());
         let biased_scale = (V::EXP_BIAS != 0 && (biased.is_normal() || scale == V::E::zero())).then(|| splat(biased));
-        ScaledExps { f, shift: splat(shift), scale: splat(scale), biased_scale }
+        let lifted = scale * V::E::UNSCALE;
+        let lifted_scale = (biased_scale.is_none() && scale > V::E::one()).then(|| splat(lifted));
+        ScaledExps { f, shift: splat(shift), scale: splat(scale), biased_scale, lifted_scale }
     }
 }
 
 impl<V: Vector, S: ShiftedExp<V>> LaneMap<V> for ScaledExps<V, S> {
     #[inline(always)]
     unsafe fn of<const U: usize>(&self, x: [V; U]) -> [V; U] {
-        if V::CHEAP_FULL {
-            return each!(self.f.exps::<true, U>(x), |e| V::mul(e, self.scale));
-        }
-        let mut e = match self.biased_scale {
-            Some(c) => each!(self.f.biased_exps(x), |e| V::mul(e, c)),
-            None => each!(self.f.exps::<false, U>(x), |e| V::mul(e, self.scale)),
+        let mut e = match (self.lifted_scale, self.biased_scale) {
+            (Some(c), _) => each!(self.f.lifted_exps(x), |e| V::mul(e, c)),
+            _ if V::CHEAP_FULL => return each!(self.f.exps::<true, U>(x), |e| V::mul(e, self.scale)),
+            (None, Some(c)) => each!(self.f.biased_exps(x), |e| V::mul(e, c)),
+            (None, None) => each!(self.f.exps::<false, U>(x), |e| V::mul(e, self.scale)),
         };
         for k in 0..U {
             if V::gt_mask(x[k], self.shift) != 0 {
