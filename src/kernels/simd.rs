@@ -360,17 +360,24 @@ struct Compensated<V> {
     shift: V,
 }
 
+impl<V: Vector> Compensated<V> {
+    /// `x - shift` and its rounding error (TwoSum). The error is NaN where `x` is -inf (or
+    /// `x - shift` overflows): there an exp is 0 and stays 0, one that overflowed stays inf.
+    #[inline(always)]
+    unsafe fn diff(&self, x: V) -> (V, V) {
+        let s = self.shift;
+        let d = V::sub(x, s);
+        let bv = V::sub(d, x);
+        let av = V::sub(d, bv);
+        (d, V::sub(V::sub(x, av), V::add(s, bv)))
+    }
+}
+
 impl<V: Vector> ShiftedExp<V> for Compensated<V> {
     #[inline(always)]
     unsafe fn exps<const FULL: bool, const U: usize>(&self, x: [V; U]) -> [V; U] {
-        let s = self.shift;
         each!(x, |x| {
-            let d = V::sub(x, s);
-            let bv = V::sub(d, x);
-            let av = V::sub(d, bv);
-            let err = V::sub(V::sub(x, av), V::add(s, bv));
-            // err is NaN where x is -inf (or x - shift overflows): there exp is 0 and stays 0;
-            // an exp that overflowed stays inf.
+            let (d, err) = self.diff(x);
             V::fmadd_or_keep(exp::<V, FULL>(d), err)
         })
     }
@@ -382,12 +389,9 @@ impl<V: Vector> ShiftedExp<V> for Compensated<V> {
     }
     #[inline(always)]
     unsafe fn lifted_exps<const U: usize>(&self, x: [V; U]) -> [V; U] {
-        let (s, lift) = (self.shift, splat::<V>(V::E::one() / V::E::UNSCALE));
+        let lift = splat::<V>(V::E::one() / V::E::UNSCALE);
         each!(x, |x| {
-            let d = V::sub(x, s);
-            let bv = V::sub(d, x);
-            let av = V::sub(d, bv);
-            let err = V::sub(V::sub(x, av), V::add(s, bv));
+            let (d, err) = self.diff(x);
             let e = V::fmadd_or_keep(exp_times::<V, true, true>(d, lift), err);
             V::keep_above(e, d, splat(V::E::EXP_LO))
         })
