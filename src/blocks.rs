@@ -51,6 +51,14 @@ pub trait Source<F>: Sync {
         None
     }
 
+    /// [`Source::sum_exp`], also storing each term in `out` (as long as the range).
+    ///
+    /// # Safety
+    /// As [`Source::widen`], for the range.
+    unsafe fn sum_exp_store(&self, _start: isize, _range: Range<usize>, _shift: F, _out: &mut [F]) -> Option<f64> {
+        None
+    }
+
     /// `out_j = exp(z_j - shift) · scale` over the elements `range` of the row at `start`,
     /// read and written as stored, in one pass, where the stored type has a kernel for it and
     /// `out` holds that type; returns whether it did (else `out` is untouched).
@@ -230,6 +238,14 @@ impl<'a, F: Float> Reader<'a, F> {
         let (start, source) = self.source(&range)?;
         // SAFETY: within the row (checked by `source`).
         unsafe { source.sum_exp(start, range, shift) }
+    }
+
+    /// [`Source::sum_exp_store`] of `range`, for a row read through a source.
+    pub fn stored_sum_exp_store(&self, range: Range<usize>, shift: F, out: &mut [F]) -> Option<f64> {
+        let (start, source) = self.source(&range)?;
+        assert_eq!(range.len(), out.len(), "a term per element");
+        // SAFETY: within the row (checked by `source`).
+        unsafe { source.sum_exp_store(start, range, shift, out) }
     }
 
     /// [`Source::exp_scaled`] of `range` into `out`, for a row read through a source whose

@@ -237,6 +237,16 @@ impl<T: Element> Source<T::Compute> for RowView<'_, T> {
         self.stored.map(|k| (k.sum_exp)(self.elements(start, range), shift))
     }
 
+    unsafe fn sum_exp_store(
+        &self,
+        start: isize,
+        range: Range<usize>,
+        shift: T::Compute,
+        out: &mut [T::Compute],
+    ) -> Option<f64> {
+        self.stored.map(|k| (k.sum_exp_store)(self.elements(start, range), shift, out))
+    }
+
     unsafe fn exp_scaled(
         &self,
         start: isize,

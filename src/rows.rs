@@ -46,7 +46,11 @@ fn sum_exp<F: Float, N>(
     let block_sum = |reader: &mut Reader<F>, range: Range<usize>, mut exps: Option<&mut [F]>| {
         let mut sum = |r: Range<usize>| {
             if let Some(e) = exps.as_deref_mut() {
-                return (k.sum_exp_store)(reader.read(r.clone()), shift, &mut e[r]);
+                let e = &mut e[r.clone()];
+                return match reader.stored_sum_exp_store(r.clone(), shift, e) {
+                    Some(s) => s,
+                    None => (k.sum_exp_store)(reader.read(r), shift, e),
+                };
             }
             match reader.stored_sum_exp(r.clone(), shift) {
                 Some(s) => s,

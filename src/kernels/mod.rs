@@ -46,7 +46,7 @@ pub struct RowKernels<F> {
 }
 
 /// Kernels over rows stored as `S` (a half type) with compute type `F`: the `max_argmax`,
-/// `sum_exp` and `exp_scaled` of [`RowKernels`], reading the stored elements and widening them
+/// `sum_exp`, `sum_exp_store` and `exp_scaled` of [`RowKernels`], reading the stored elements and widening them
 /// as they load (and `exp_scaled` rounding its results as it stores them: the bits of
 /// widening, `RowKernels::exp_scaled` and `narrow`, in one pass); `exp_scaled_narrow`, the
 /// same from a row already widened; `widen(src, dst)` for the passes that want the compute
@@ -55,6 +55,7 @@ pub struct RowKernels<F> {
 pub struct StoredKernels<S, F> {
     pub max_argmax: fn(&[S]) -> (F, usize),
     pub sum_exp: fn(&[S], F) -> f64,
+    pub sum_exp_store: fn(&[S], F, &mut [F]) -> f64,
     pub exp_scaled: fn(&[S], F, F, &mut [S]),
     pub exp_scaled_narrow: fn(&[F], F, F, &mut [S]),
     pub widen: fn(&[S], &mut [F]),

@@ -282,7 +282,7 @@ macro_rules! tier {
                 simd::sum_exp::<$vector, simd::Plain>(z, shift)
             }
             pub unsafe fn sum_exp_store(z: &[$t], shift: $t, out: &mut [$t]) -> f64 {
-                simd::sum_exp_store::<$vector>(z, shift, out)
+                simd::sum_exp_store::<$vector, Plain>(z, shift, out)
             }
             pub unsafe fn exp_scaled(z: &[$t], shift: $t, scale: $t, out: &mut [$t]) {
                 simd::exp_scaled::<$vector, Plain, Plain, false>(z, shift, scale, out)

@@ -564,11 +564,11 @@ pub unsafe fn sum_exp<V: Vector, L: Storage<V>>(z: &[L::S], shift: V::E) -> f64 
 }
 
 /// [`sum_exp`], bit for bit, also storing each term `exp(z_j - shift)` in `out` (as long as
-/// `z`): a gradient or softmax of the row then costs no second exp.
+/// `z`, in the compute type): a gradient or softmax of the row then costs no second exp.
 #[inline(always)]
-pub unsafe fn sum_exp_store<V: Vector>(z: &[V::E], shift: V::E, out: &mut [V::E]) -> f64 {
+pub unsafe fn sum_exp_store<V: Vector, L: Storage<V>>(z: &[L::S], shift: V::E, out: &mut [V::E]) -> f64 {
     assert_eq!(z.len(), out.len(), "a term per element");
-    sum_exp_into::<V, Plain, true>(z, shift, out.as_mut_ptr())
+    sum_exp_into::<V, L, true>(z, shift, out.as_mut_ptr())
 }
 
 /// [`sum_exp`], storing the terms to `out` if `STORE`.

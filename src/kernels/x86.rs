@@ -574,7 +574,7 @@ macro_rules! tier {
             }
             #[target_feature(enable = $features)]
             pub unsafe fn sum_exp_store(z: &[$t], shift: $t, out: &mut [$t]) -> f64 {
-                simd::sum_exp_store::<$vector>(z, shift, out)
+                simd::sum_exp_store::<$vector, Plain>(z, shift, out)
             }
             #[target_feature(enable = $features)]
             pub unsafe fn exp_scaled(z: &[$t], shift: $t, scale: $t, out: &mut [$t]) {
@@ -713,6 +713,10 @@ macro_rules! stored_kernels {
                 simd::sum_exp::<$vector, $load>(z, shift)
             }
             #[target_feature(enable = $features)]
+            pub unsafe fn sum_exp_store(z: &[$s], shift: f32, out: &mut [f32]) -> f64 {
+                simd::sum_exp_store::<$vector, $load>(z, shift, out)
+            }
+            #[target_feature(enable = $features)]
             pub unsafe fn exp_scaled(z: &[$s], shift: f32, scale: f32, out: &mut [$s]) {
                 simd::exp_scaled::<$vector, $load, $load, false>(z, shift, scale, out)
             }
@@ -732,9 +736,10 @@ macro_rules! stored_kernels {
 
         /// Only to be used on a CPU with the features: `dispatch` hands it out only then.
         pub static $table: StoredKernels<$s, f32> = StoredKernels {
-            // SAFETY (all six): the table is only used when the CPU has the features.
+            // SAFETY (all of them): the table is only used when the CPU has the features.
             max_argmax: |z| unsafe { $module::max_argmax(z) },
             sum_exp: |z, s| unsafe { $module::sum_exp(z, s) },
+            sum_exp_store: |z, s, o| unsafe { $module::sum_exp_store(z, s, o) },
             exp_scaled: |z, s, c, o| unsafe { $module::exp_scaled(z, s, c, o) },
             exp_scaled_narrow: |z, s, c, o| unsafe { $module::exp_scaled_narrow(z, s, c, o) },
             widen: |src, dst| unsafe { $module::widen(src, dst) },

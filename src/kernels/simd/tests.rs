@@ -743,6 +743,12 @@ fn stored_half_kernels_match_the_f32_kernels_on_widened_rows() {
                 for shift in [m, m + 1.5, 0.0f32.max(m)] {
                     let (got, want) = ((s.sum_exp)(&stored, shift), (k.sum_exp)(&wide, shift));
                     assert_eq!(got.to_bits(), want.to_bits(), "{name} sum_exp (shift {shift}) {stored:?}");
+                    let (mut terms, mut wide_terms) = (vec![f32::NAN; wide.len()], vec![f32::NAN; wide.len()]);
+                    let got = (s.sum_exp_store)(&stored, shift, &mut terms);
+                    let want = (k.sum_exp_store)(&wide, shift, &mut wide_terms);
+                    assert_eq!(got.to_bits(), want.to_bits(), "{name} sum_exp_store (shift {shift})");
+                    let same = terms.iter().zip(&wide_terms).all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "{name} sum_exp_store terms (shift {shift})");
                     for scale in [1.0, 0.37, 1e3, 3e-30] {
                         let mut wide_out = vec![f32::NAN; wide.len()];
                         (k.exp_scaled)(&wide, shift, scale, &mut wide_out);
