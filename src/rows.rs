@@ -194,6 +194,12 @@ fn reusable<F: Float>(exps: Option<&[F]>, scale: F) -> Option<&[F]> {
     exps.filter(|_| scale <= F::one())
 }
 
+/// The row an output pass reads alongside [`scaled_exps`]: the kept exps themselves where they
+/// serve (then the logits need not be read, nor widened, again), else the logits.
+fn read_row<'a, F: Float>(z: &Row<'a, F>, exps: Option<&'a [F]>, scale: F) -> Row<'a, F> {
+    reusable(exps, scale).map_or(*z, Row::Slice)
+}
+
 /// What turns a piece of a row (from element `from`) into `exp(z_j - max) · scale`: a product
 /// with the row's kept `exps` where [`reusable`], else the exp kernel (`stream`: either's
 /// stores past the caches).
@@ -229,7 +235,7 @@ fn scaled_exp_row<F: Float>(
         return;
     }
     let exp = scaled_exps(k, exps, max, scale, stream);
-    map(z, None, out, |from, zb, _, ob| exp(from, zb, ob));
+    map(&read_row(z, exps, scale), None, out, |from, zb, _, ob| exp(from, zb, ob));
 }
 
 /// The scaled exps of a whole row into an output stored in another type, by
@@ -515,7 +521,7 @@ fn sparse_grad<F: Float>(
     } else {
         // (Not streamed: each piece is read back at once.)
         let exp = scaled_exps(k, exps, s.max, p_scale, false);
-        map(z, None, out, |from, zb, _, ob| {
+        map(&read_row(z, exps, p_scale), None, out, |from, zb, _, ob| {
             exp(from, zb, ob);
             match t.weight {
                 None => ob.iter_mut().for_each(|o| *o = *o - scale * b),
@@ -600,8 +606,9 @@ pub fn dense<F: Float>(
     if let Some(Grad { out, scale, exps, .. }) = grad {
         let inv = F::from_f64(1.0 / (1.0 + s.rest));
         // (Not streamed: each piece is read back at once.)
-        let exp = scaled_exps(k, exps, s.max, s.probability_scale(scale * total), false);
-        map(z, Some(y), out, |from, zb, yb, ob| {
+        let p_scale = s.probability_scale(scale * total);
+        let exp = scaled_exps(k, exps, s.max, p_scale, false);
+        map(&read_row(z, exps, p_scale), Some(y), out, |from, zb, yb, ob| {
             exp(from, zb, ob);
             t.dense_map(from, yb, ob, |o, tj| o - scale * tj);
         });
