@@ -351,12 +351,6 @@ impl<'a, T: Element> RowSink<'a, T> {
         self
     }
 
-    /// For outputs that need no exps (`log_softmax`).
-    fn without_exps(mut self) -> Self {
-        self.from_exps = false;
-        self
-    }
-
     /// The sink and a reader of the same rows, for logits the gradient overwrites: the
     /// reader never borrows a row; short rows are copied into scratch before they are
     /// written, long ones read a block at a time just before each block is written.
@@ -1167,8 +1161,7 @@ fn map_rows<T: Element>(
     let axis = class_axis(axis, logits.ndim())?;
     let view = RowView::new(&logits, axis);
     let mut out = row_major_like(&without(logits.shape(), axis), view.layout.classes, axis);
-    let sink = RowSink::new(&mut out.view_mut(), axis);
-    let sink = if from_exps { sink } else { sink.without_exps() };
+    let sink = RowSink { from_exps, ..RowSink::new(&mut out.view_mut(), axis) };
     let k = T::Compute::kernels();
     let mut done = vec![(); view.layout.rows()];
     for_rows(&view, Some(&sink), &mut done, |_, z, stats, exps, _, o| {

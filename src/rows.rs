@@ -194,29 +194,26 @@ fn reusable<F: Float>(exps: Option<&[F]>, scale: F) -> Option<&[F]> {
     exps.filter(|_| scale <= F::one())
 }
 
-/// The row an output pass reads alongside [`scaled_exps`]: the kept exps themselves where they
-/// serve (then the logits need not be read, nor widened, again), else the logits.
-fn read_row<'a, F: Float>(z: &Row<'a, F>, exps: Option<&'a [F]>, scale: F) -> Row<'a, F> {
-    reusable(exps, scale).map_or(*z, Row::Slice)
-}
-
-/// What turns a piece of a row (from element `from`) into `exp(z_j - max) · scale`: a product
-/// with the row's kept `exps` where [`reusable`], else the exp kernel (`stream`: either's
-/// stores past the caches).
+/// What turns a piece of a row into `exp(z_j - max) · scale`, and the row to read the pieces
+/// from: a product with the row's kept `exps` where [`reusable`] (the exps are then
+/// the row read: the logits need not be read, nor widened, again), else the exp kernel on the
+/// logits `z` (`stream`: either's stores past the caches).
 fn scaled_exps<'e, F: Float>(
     k: &RowKernels<F>,
+    z: &Row<'e, F>,
     exps: Option<&'e [F]>,
     max: F,
     scale: F,
     stream: bool,
-) -> impl Fn(usize, &[F], &mut [F]) + Sync + 'e {
+) -> (Row<'e, F>, impl Fn(&[F], &mut [F]) + Sync + 'e) {
     let (exp_kernel, scale_kernel) =
         if stream { (k.exp_scaled_stream, k.scale_stream) } else { (k.exp_scaled, k.scale) };
     let exps = reusable(exps, scale);
-    move |from, zb, ob| match exps {
-        Some(e) => scale_kernel(&e[from..from + ob.len()], scale, ob),
+    let piece = move |zb: &[F], ob: &mut [F]| match exps {
+        Some(_) => scale_kernel(zb, scale, ob),
         None => exp_kernel(zb, max, scale, ob),
-    }
+    };
+    (exps.map_or(*z, Row::Slice), piece)
 }
 
 /// `out_j = exp(z_j - max) · scale` over a whole row (see [`scaled_exps`]); in one pass, read
@@ -234,8 +231,8 @@ fn scaled_exp_row<F: Float>(
     if reusable(exps, scale).is_none() && stored_exp_scaled_row(z, max, scale, out) {
         return;
     }
-    let exp = scaled_exps(k, exps, max, scale, stream);
-    map(&read_row(z, exps, scale), None, out, |from, zb, _, ob| exp(from, zb, ob));
+    let (read, exp) = scaled_exps(k, z, exps, max, scale, stream);
+    map(&read, None, out, |_, zb, _, ob| exp(zb, ob));
 }
 
 /// The scaled exps of a whole row into an output stored in another type, by
@@ -520,9 +517,9 @@ fn sparse_grad<F: Float>(
         scaled_exp_row(k, z, exps, s.max, p_scale, stream, out);
     } else {
         // (Not streamed: each piece is read back at once.)
-        let exp = scaled_exps(k, exps, s.max, p_scale, false);
-        map(&read_row(z, exps, p_scale), None, out, |from, zb, _, ob| {
-            exp(from, zb, ob);
+        let (read, exp) = scaled_exps(k, z, exps, s.max, p_scale, false);
+        map(&read, None, out, |from, zb, _, ob| {
+            exp(zb, ob);
             match t.weight {
                 None => ob.iter_mut().for_each(|o| *o = *o - scale * b),
                 Some(w) => ob.iter_mut().zip(&w[from..]).for_each(|(o, &wj)| *o = *o - scale * b * wj),
@@ -606,10 +603,9 @@ pub fn dense<F: Float>(
     if let Some(Grad { out, scale, exps, .. }) = grad {
         let inv = F::from_f64(1.0 / (1.0 + s.rest));
         // (Not streamed: each piece is read back at once.)
-        let p_scale = s.probability_scale(scale * total);
-        let exp = scaled_exps(k, exps, s.max, p_scale, false);
-        map(&read_row(z, exps, p_scale), Some(y), out, |from, zb, yb, ob| {
-            exp(from, zb, ob);
+        let (read, exp) = scaled_exps(k, z, exps, s.max, s.probability_scale(scale * total), false);
+        map(&read, Some(y), out, |from, zb, yb, ob| {
+            exp(zb, ob);
             t.dense_map(from, yb, ob, |o, tj| o - scale * tj);
         });
         // At the maximum, `Σt p_k - t_k = (Σ_{j≠k} t_j - t_k rest) / (1 + rest)`: exact for
