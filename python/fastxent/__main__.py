@@ -98,16 +98,22 @@ def _torch_peer(op: str) -> Callable[..., Any] | None:
     except ImportError:
         return None
 
+    def tensor(a: np.ndarray) -> Any:
+        # torch.from_numpy refuses ml_dtypes' bfloat16: share its bits as torch's own bfloat16.
+        if a.dtype.name == "bfloat16":
+            return torch.from_numpy(a.view(np.uint16)).view(torch.bfloat16)
+        return torch.from_numpy(a)
+
     def run(z: np.ndarray, y: np.ndarray, p: np.ndarray) -> Any:
-        zt = torch.from_numpy(z)
-        target = torch.from_numpy(y if op.startswith("sparse") else p)
+        zt = tensor(z)  # a fresh leaf each call, so gradients never accumulate across calls
+        target = tensor(y if op.startswith("sparse") else p)
         if op.endswith("grad"):
             zt.requires_grad_(True)
             loss = F.cross_entropy(zt, target, reduction="none")
             loss.sum().backward()
-            return loss.detach().numpy(), zt.grad.numpy()
+            return loss.detach(), zt.grad
         with torch.no_grad():
-            return F.cross_entropy(zt, target, reduction="none").numpy()
+            return F.cross_entropy(zt, target, reduction="none")
 
     return run
 
