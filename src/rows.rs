@@ -294,13 +294,25 @@ impl<F: Float> RowStats<F> {
     /// the gradient at the label, within an ulp.
     #[inline(always)]
     pub fn refined(&self, z: &Row<F>) -> Self {
-        let narrow = F::epsilon() > F::from_f64(f64::EPSILON);
-        let tiny = <F as Float>::to_f64(F::min_positive_value()) * 2f64.powi(30);
-        if narrow && self.is_regular() && self.rest < tiny {
+        if self.is_regular() && self.lost_bits() {
             Self::summed_in_f64(self.max, self.argmax, z)
         } else {
             *self
         }
+    }
+
+    /// Whether the off-maximum mass is so small that its exps lost bits (see [`Self::refined`]).
+    #[inline(always)]
+    fn lost_bits(&self) -> bool {
+        let narrow = F::epsilon() > F::from_f64(f64::EPSILON);
+        let tiny = <F as Float>::to_f64(F::min_positive_value()) * 2f64.powi(30);
+        narrow && self.rest < tiny
+    }
+
+    /// A regular row whose statistics need no refining: the common row.
+    #[inline(always)]
+    pub fn is_plain(&self) -> bool {
+        self.is_regular() && !self.lost_bits()
     }
 
     /// (The rare part of [`RowStats::refined`], out of line: narrow rows are millions of calls,

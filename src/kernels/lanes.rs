@@ -149,7 +149,8 @@ pub(crate) fn finish_tile(lanes: &[[f32; LANES]; 4], out: &mut TileStats) {
     for r in 0..LANES {
         let rest = lanes[2][r] as f64 - lanes[3][r] as f64;
         out.max[r] = lanes[0][r];
-        out.argmax[r] = lanes[1][r] as u32;
+        // SAFETY: a class index below MAX_CLASSES, exact in f32 (`as` would saturate, lane by lane).
+        out.argmax[r] = unsafe { lanes[1][r].to_int_unchecked::<i32>() } as u32;
         out.rest[r] = rest;
         out.log_rest[r] = log1p_lane(rest);
     }
