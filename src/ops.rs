@@ -941,9 +941,10 @@ fn sparse_run<T: Element, L: Label>(
     let tile_losses = |first: usize, tile: &[T::Compute], stats: &[RowStats<T::Compute>], out: &mut [T::Compute]| {
         // The common tile (labels in place, none ignored, only plain rows) without a branch per
         // row: the label lookup and the checks cost more than the loss.
-        if let ClassIndices::Flat { labels, ignore: None } = &indices {
-            if stats.iter().all(RowStats::is_plain) {
-                let labels = &labels[first..first + out.len()];
+        if let ClassIndices::Flat { labels, ignore } = &indices {
+            let labels = &labels[first..first + out.len()];
+            let kept = |l: &L| Some(l.to_i128()) != *ignore;
+            if stats.iter().all(RowStats::is_plain) && labels.iter().all(kept) {
                 for (i, ((o, s), &label)) in out.iter_mut().zip(stats).zip(labels).enumerate() {
                     *o = (s.max - tile[i * classes + label.to_i128() as usize]) + s.log_rest;
                 }
