@@ -939,14 +939,15 @@ fn sparse_run<T: Element, L: Label>(
     // Without options or a gradient, a tile's losses come straight from its statistics.
     let plain = sink.is_none() && weight.is_none() && options.label_smoothing == 0.0;
     let tile_losses = |first: usize, tile: &[T::Compute], stats: &[RowStats<T::Compute>], out: &mut [T::Compute]| {
-        // The common tile (labels in place, none ignored, only plain rows) without a branch per
-        // row: the label lookup and the checks cost more than the loss.
+        // The common tile (labels in place, none ignored, only plain rows), checked as a whole:
+        // decoding each label and refining each row's statistics cost more than its loss.
         if let ClassIndices::Flat { labels, ignore } = &indices {
-            let labels = &labels[first..first + out.len()];
+            let tile_labels = &labels[first..first + out.len()];
             let kept = |l: &L| Some(l.to_i128()) != *ignore;
-            if stats.iter().all(RowStats::is_plain) && labels.iter().all(kept) {
-                for (i, ((o, s), &label)) in out.iter_mut().zip(stats).zip(labels).enumerate() {
-                    *o = (s.max - tile[i * classes + label.to_i128() as usize]) + s.log_rest;
+            if stats.iter().all(RowStats::is_plain) && tile_labels.iter().all(kept) {
+                let rows_in = tile.chunks_exact(classes).zip(stats).zip(tile_labels);
+                for (o, ((z, s), &label)) in out.iter_mut().zip(rows_in) {
+                    *o = rows::sparse_plain(z, s, label.to_i128() as usize);
                 }
                 return true;
             }

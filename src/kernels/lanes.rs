@@ -149,8 +149,9 @@ pub(crate) fn finish_tile(lanes: &[[f32; LANES]; 4], out: &mut TileStats) {
     for r in 0..LANES {
         let rest = lanes[2][r] as f64 - lanes[3][r] as f64;
         out.max[r] = lanes[0][r];
-        // SAFETY: a class index below MAX_CLASSES, exact in f32 (`as` would saturate, lane by lane).
-        out.argmax[r] = unsafe { lanes[1][r].to_int_unchecked::<i32>() } as u32;
+        // The class index (a whole number below 2^23) read from the mantissa of `x + 2^23`:
+        // an add and a mask, where `as` saturates through a scalar conversion per lane.
+        out.argmax[r] = (lanes[1][r] + 8_388_608.0).to_bits() & 0x7f_ffff;
         out.rest[r] = rest;
         out.log_rest[r] = log1p_lane(rest);
     }
