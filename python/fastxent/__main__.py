@@ -111,7 +111,7 @@ def _torch_peer(op: str) -> Callable[..., Any] | None:
             zt.requires_grad_(True)
             loss = F.cross_entropy(zt, target, reduction="none")
             loss.sum().backward()
-            return loss.detach(), zt.grad
+            return loss.detach(), zt.grad  # (tensors: `.numpy()` refuses bfloat16)
         with torch.no_grad():
             return F.cross_entropy(zt, target, reduction="none")
 
