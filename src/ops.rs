@@ -506,16 +506,17 @@ fn for_rows_with<T, R, Fun>(
                 stats: &RowStats<T::Compute>,
                 exps: Option<&[T::Compute]>,
                 s: &mut Scratch<T::Compute>| {
-        let refined = &stats.refined(z);
-        // (Where the off-maximum mass was summed again, so are the exps.)
-        let exps = exps.filter(|_| refined.rest == stats.rest);
+        let (refined, exps) = stats.refined_with(z, exps);
         match sink {
             // SAFETY: `r < rows`, and this task is the only one handling row `r`.
-            Some(sink) => unsafe { sink.write_row(r, |mut o| f(r, z, refined, exps, s, Some(&mut o))) },
-            None => f(r, z, refined, exps, s, None),
+            Some(sink) => unsafe { sink.write_row(r, |mut o| f(r, z, &refined, exps, s, Some(&mut o))) },
+            None => f(r, z, &refined, exps, s, None),
         }
     };
     assert_eq!(results.len(), rows, "one result per row");
+    // Where the outputs are built from exps, a row's statistics keep theirs (a row of scratch,
+    // read back from cache): the outputs need no others where the scale allows.
+    let keep_exps = sink.is_some_and(|s| s.from_exps) && classes < rows::SPLIT_MIN;
     let init = || (Scratch::default(), DriverScratch::default());
     let group_rows = |(s, d): &mut (Scratch<T::Compute>, DriverScratch<T::Compute>),
                       (g, results): (usize, &mut [R])| {
@@ -576,9 +577,7 @@ fn for_rows_with<T, R, Fun>(
                 results.iter_mut().zip(rows_in).zip(out.chunks_exact_mut(classes)).enumerate()
             {
                 let z = Row::Slice(z);
-                let stats = stats.refined(&z);
-                // (Where the off-maximum mass was summed again, so are the exps.)
-                let exps = (stats.rest == d.stats[i].rest).then_some(exps);
+                let (stats, exps) = stats.refined_with(&z, Some(exps));
                 *res = f(first + i, &z, &stats, exps, s, Some(&mut RowOut::Slice(o)));
             }
             if buffered {
@@ -595,9 +594,6 @@ fn for_rows_with<T, R, Fun>(
                 }
             }
         } else {
-            // Where the outputs are built from exps, the statistics keep theirs (a row of scratch,
-            // read back from cache): the outputs need no others where the scale allows.
-            let keep_exps = sink.is_some_and(|s| s.from_exps) && classes < rows::SPLIT_MIN;
             for (i, res) in results.iter_mut().enumerate() {
                 let r = first + i;
                 let z = view.row(r, &mut d.row);

@@ -301,6 +301,14 @@ impl<F: Float> RowStats<F> {
         }
     }
 
+    /// [`Self::refined`], with the row's kept exps (see [`RowStats::of_before`]) where they
+    /// are still the terms of its rest: not where the rest was summed again in f64.
+    #[inline(always)]
+    pub fn refined_with<'e>(&self, z: &Row<F>, exps: Option<&'e [F]>) -> (Self, Option<&'e [F]>) {
+        let refined = self.refined(z);
+        (refined, exps.filter(|_| refined.rest == self.rest))
+    }
+
     /// Whether the off-maximum mass is so small that its exps lost bits (see [`Self::refined`]).
     #[inline(always)]
     fn lost_bits(&self) -> bool {

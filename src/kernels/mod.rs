@@ -46,11 +46,12 @@ pub struct RowKernels<F> {
 }
 
 /// Kernels over rows stored as `S` (a half type) with compute type `F`: the `max_argmax`,
-/// `sum_exp`, `sum_exp_store` and `exp_scaled` of [`RowKernels`], reading the stored elements and widening them
-/// as they load (and `exp_scaled` rounding its results as it stores them: the bits of
-/// widening, `RowKernels::exp_scaled` and `narrow`, in one pass); `exp_scaled_narrow`, the
-/// same from a row already widened; `widen(src, dst)` for the passes that want the compute
-/// type, and `narrow(src, dst)` (rounded to nearest even) for the outputs (the same lengths).
+/// `sum_exp`, `sum_exp_store` and `exp_scaled` of [`RowKernels`], reading the stored elements
+/// and widening them as they load (and `exp_scaled` rounding its results as it stores them:
+/// the bits of widening, `RowKernels::exp_scaled` and `narrow`, in one pass);
+/// `exp_scaled_narrow`, the same from a row already widened; `widen(src, dst)` for the passes
+/// that want the compute type, and `narrow(src, dst)` (rounded to nearest even) for the
+/// outputs (the same lengths).
 /// Tiers without them use portable code.
 pub struct StoredKernels<S, F> {
     pub max_argmax: fn(&[S]) -> (F, usize),

@@ -42,7 +42,7 @@ fn sum_exp_into<F: Float>(z: &[F], shift: F, mut out: Option<&mut [F]>) -> f64 {
         if let Some(out) = out.as_deref_mut() {
             out[j] = term;
         }
-        acc[(j - if j >= tail { tail } else { 0 }) % 8].add(term.to_f64());
+        acc[j % 8].add(term.to_f64()); // (`tail` is a multiple of 8)
     }
     let v = acc.map(CompensatedSum::value);
     ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]))
