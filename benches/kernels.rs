@@ -3,6 +3,7 @@
 //! over 1 GiB, the floor of any forward pass.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use fastxent::kernels::Ahead;
 use fastxent::{bf16, f16, Element, Options};
 use ndarray::{Array1, Array2, ArrayD};
 use rayon::prelude::*;
@@ -70,7 +71,7 @@ fn row_kernels<F: fastxent::kernels::Float>(c: &mut Criterion, name: &str) {
     let (shift, mut out) = (F::from_f64(4.0), vec![F::zero(); z.len()]);
     group.throughput(Throughput::Elements(z.len() as u64));
     group.bench_function("max_argmax", |b| b.iter(|| (k.max_argmax)(&z)));
-    group.bench_function("sum_exp", |b| b.iter(|| (k.sum_exp)(&z, shift)));
+    group.bench_function("sum_exp", |b| b.iter(|| (k.sum_exp)(&z, shift, Ahead::NONE)));
     group.bench_function("exp_scaled", |b| b.iter(|| (k.exp_scaled)(&z, shift, F::from_f64(0.5), &mut out)));
     group.finish();
 }
@@ -101,7 +102,7 @@ fn stored_kernels<T: Element<Compute = f32>>(c: &mut Criterion, name: &str) {
     let (mut out, mut wide) = (z.clone(), vec![0.0f32; z.len()]);
     group.throughput(Throughput::Elements(z.len() as u64));
     group.bench_function("max_argmax", |b| b.iter(|| (k.max_argmax)(&z)));
-    group.bench_function("sum_exp", |b| b.iter(|| (k.sum_exp)(&z, 4.0)));
+    group.bench_function("sum_exp", |b| b.iter(|| (k.sum_exp)(&z, 4.0, Ahead::NONE)));
     group.bench_function("exp_scaled", |b| b.iter(|| (k.exp_scaled)(&z, 4.0, 0.5, &mut out)));
     group.bench_function("widen", |b| b.iter(|| (k.widen)(&z, &mut wide)));
     group.bench_function("narrow", |b| b.iter(|| (k.narrow)(&wide, &mut out)));

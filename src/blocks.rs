@@ -11,7 +11,7 @@ use std::marker::PhantomData;
 use std::mem::MaybeUninit;
 use std::ops::Range;
 
-use crate::kernels::Float;
+use crate::kernels::{Ahead, Float};
 
 /// Elements per block of a row read or written through a buffer. Also the block of the
 /// row sums (`crate::rows`), so the sums come out the same however the row is read.
@@ -43,11 +43,12 @@ pub trait Source<F>: Sync {
         None
     }
 
-    /// `Σ exp(z_j - shift)` over the elements `range`, as [`Source::max_argmax`].
+    /// `Σ exp(z_j - shift)` over the elements `range`, as [`Source::max_argmax`], asking for
+    /// `ahead` on the way.
     ///
     /// # Safety
     /// As [`Source::widen`], for the range.
-    unsafe fn sum_exp(&self, _start: isize, _range: Range<usize>, _shift: F) -> Option<f64> {
+    unsafe fn sum_exp(&self, _start: isize, _range: Range<usize>, _shift: F, _ahead: Ahead) -> Option<f64> {
         None
     }
 
@@ -55,7 +56,14 @@ pub trait Source<F>: Sync {
     ///
     /// # Safety
     /// As [`Source::widen`], for the range.
-    unsafe fn sum_exp_store(&self, _start: isize, _range: Range<usize>, _shift: F, _out: &mut [F]) -> Option<f64> {
+    unsafe fn sum_exp_store(
+        &self,
+        _start: isize,
+        _range: Range<usize>,
+        _shift: F,
+        _out: &mut [F],
+        _ahead: Ahead,
+    ) -> Option<f64> {
         None
     }
 
@@ -234,18 +242,18 @@ impl<'a, F: Float> Reader<'a, F> {
     }
 
     /// [`Source::sum_exp`] of `range`, for a row read through a source.
-    pub fn stored_sum_exp(&self, range: Range<usize>, shift: F) -> Option<f64> {
+    pub fn stored_sum_exp(&self, range: Range<usize>, shift: F, ahead: Ahead) -> Option<f64> {
         let (start, source) = self.source(&range)?;
         // SAFETY: within the row (checked by `source`).
-        unsafe { source.sum_exp(start, range, shift) }
+        unsafe { source.sum_exp(start, range, shift, ahead) }
     }
 
     /// [`Source::sum_exp_store`] of `range`, for a row read through a source.
-    pub fn stored_sum_exp_store(&self, range: Range<usize>, shift: F, out: &mut [F]) -> Option<f64> {
+    pub fn stored_sum_exp_store(&self, range: Range<usize>, shift: F, out: &mut [F], ahead: Ahead) -> Option<f64> {
         let (start, source) = self.source(&range)?;
         assert_eq!(range.len(), out.len(), "a term per element");
         // SAFETY: within the row (checked by `source`).
-        unsafe { source.sum_exp_store(start, range, shift, out) }
+        unsafe { source.sum_exp_store(start, range, shift, out, ahead) }
     }
 
     /// [`Source::exp_scaled`] of `range` into `out`, for a row read through a source whose

@@ -12,7 +12,7 @@ use crate::blocks::{Row, RowOut, Sink, Source, StoredOut};
 use crate::element::{Element, Label};
 use crate::error::{Error, Result};
 use crate::kernels::lanes::LANES;
-use crate::kernels::{Float, StoredKernels};
+use crate::kernels::{Ahead, Float, StoredKernels};
 use crate::rows::{self, Grad, RowStats, Targets};
 
 /// How per-row losses are combined, as in `torch.nn.functional.cross_entropy`.
@@ -233,8 +233,8 @@ impl<T: Element> Source<T::Compute> for RowView<'_, T> {
         self.stored.map(|k| (k.max_argmax)(self.elements(start, range)))
     }
 
-    unsafe fn sum_exp(&self, start: isize, range: Range<usize>, shift: T::Compute) -> Option<f64> {
-        self.stored.map(|k| (k.sum_exp)(self.elements(start, range), shift))
+    unsafe fn sum_exp(&self, start: isize, range: Range<usize>, shift: T::Compute, ahead: Ahead) -> Option<f64> {
+        self.stored.map(|k| (k.sum_exp)(self.elements(start, range), shift, ahead))
     }
 
     unsafe fn sum_exp_store(
@@ -243,8 +243,9 @@ impl<T: Element> Source<T::Compute> for RowView<'_, T> {
         range: Range<usize>,
         shift: T::Compute,
         out: &mut [T::Compute],
+        ahead: Ahead,
     ) -> Option<f64> {
-        self.stored.map(|k| (k.sum_exp_store)(self.elements(start, range), shift, out))
+        self.stored.map(|k| (k.sum_exp_store)(self.elements(start, range), shift, out, ahead))
     }
 
     unsafe fn exp_scaled(
@@ -465,7 +466,7 @@ where
     R: Copy + Default + Send,
     Fun: RowFn<T::Compute, R>,
 {
-    for_rows_with(view, sink, results, f, None)
+    for_rows_with(view, sink, results, f, None, &|_| Ahead::NONE)
 }
 
 /// The function [`for_rows`] calls on each row: `(r, z, stats, exps, scratch, out)`, `exps`
@@ -484,14 +485,20 @@ impl<F, R, G> RowFn<F, R> for G where
 /// the row function.
 type TileFn<'a, F, R> = &'a (dyn Fn(usize, &[F], &[RowStats<F>], &mut [R]) -> bool + Sync);
 
+/// What the row function reads from memory for row `r` besides its logits (at most one
+/// region: a dense row's labels), to ask for while the row's exps are summed.
+type RowAhead<'a> = &'a (dyn Fn(usize) -> Ahead<'a> + Sync);
+
 /// [`for_rows`], with a function that may do a whole tile of narrow rows at once (where the
-/// work per row is so small that calling the row function costs more than it).
+/// work per row is so small that calling the row function costs more than it), and what the
+/// row function reads besides the logits.
 fn for_rows_with<T, R, Fun>(
     view: &RowView<T>,
     sink: Option<&RowSink<T>>,
     results: &mut [R],
     f: Fun,
     tile_f: Option<TileFn<T::Compute, R>>,
+    row_ahead: RowAhead,
 ) where
     T: Element,
     R: Copy + Default + Send,
@@ -525,7 +532,7 @@ fn for_rows_with<T, R, Fun>(
             // The gathers of a tile stall on memory the prefetcher has not brought yet: ask
             // for a tile a few ahead.
             if let Some(ahead) = view.stored_rows(first + TILES_AHEAD * LANES, LANES) {
-                rows::prefetch(ahead);
+                crate::kernels::prefetch(ahead);
             }
             let tile = match view.contiguous_rows(first, LANES) {
                 Some(rows) => rows,
@@ -597,13 +604,17 @@ fn for_rows_with<T, R, Fun>(
             for (i, res) in results.iter_mut().enumerate() {
                 let r = first + i;
                 let z = view.row(r, &mut d.row);
-                let next = view.stored_rows(r + 1, 1);
+                // What comes next from memory: the next row, and what `f` reads of this one.
+                let ahead = match view.stored_rows(r + 1, 1) {
+                    Some(next) => row_ahead(r).and(next),
+                    None => row_ahead(r),
+                };
                 if keep_exps {
                     d.exps.resize(classes, T::Compute::zero());
-                    let stats = RowStats::of_before(k, &z, next, Some(&mut d.exps));
+                    let stats = RowStats::of_before(k, &z, ahead, Some(&mut d.exps));
                     *res = call(r, &z, &stats, stats.is_regular().then_some(&d.exps[..]), s);
                 } else {
-                    *res = call(r, &z, &RowStats::of_before(k, &z, next, None), None, s);
+                    *res = call(r, &z, &RowStats::of_before(k, &z, ahead, None), None, s);
                 }
             }
         }
@@ -975,7 +986,9 @@ fn sparse_run<T: Element, L: Label>(
         rows::sparse(k, z, stats, label, &targets, out.map(|out| Grad { out, scale, stream, exps }))
     };
     fill_losses(&mut loss, rows, options.reduction, divisor, |losses| {
-        for_rows_with(&view, sink.as_ref(), losses, row, plain.then_some(&tile_losses as TileFn<_, _>))
+        for_rows_with(&view, sink.as_ref(), losses, row, plain.then_some(&tile_losses as TileFn<_, _>), &|_| {
+            Ahead::NONE
+        })
     });
     Ok(fresh)
 }
@@ -1012,11 +1025,18 @@ fn dense_run<T: Element, Y: Element<Compute = T::Compute>>(
     let (z_rows, sink) = io.rows(&shape, axis)?;
     let y_rows = RowView::new(&labels, axis);
     fill_losses(&mut loss, rows, options.reduction, divisor, |losses| {
-        for_rows(&z_rows, sink.as_ref(), losses, |r, z, stats, exps, s, out| {
+        let row = |r,
+                   z: &Row<_>,
+                   stats: &RowStats<_>,
+                   exps: Option<&[_]>,
+                   s: &mut Scratch<_>,
+                   out: Option<&mut RowOut<_>>| {
             let y = y_rows.row(r, &mut s.labels);
             let grad = out.map(|out| Grad { out, scale, stream: false, exps });
             rows::dense(k, z, stats, &y, &targets, &mut s.targets, grad)
-        })
+        };
+        let labels_ahead = |r| y_rows.stored_rows(r, 1).map_or(Ahead::NONE, |y| Ahead::NONE.and(y));
+        for_rows_with(&z_rows, sink.as_ref(), losses, row, None, &labels_ahead)
     });
     Ok(fresh)
 }

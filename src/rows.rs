@@ -12,7 +12,7 @@ use rayon::prelude::*;
 use std::ops::Range;
 
 use crate::blocks::{block_ranges, BlockBuf, Reader, Row, RowOut, BLOCK};
-use crate::kernels::{CompensatedSum, Float, RowKernels};
+use crate::kernels::{Ahead, CompensatedSum, Float, RowKernels};
 
 /// Rows at least this long are cut into blocks that rayon spreads over the threads, so that
 /// a few huge rows (8 × 256 Ki classes) still use every core. The blocks depend on the row
@@ -28,33 +28,37 @@ fn split_part(i: usize, len: usize) -> Range<usize> {
 }
 
 /// `Σ_{j≠skip} exp(z_j - shift)`, accurate to a few ulp however long the row: the kernel sums
-/// blocks of `BLOCK`, and a compensated sum adds the blocks. While a block is summed (from
-/// cache: the max pass just read it), the same stretch of `next`, the row to come, is
-/// prefetched, so that memory works while the exps are computed. With `exps` (a row shorter
-/// than `SPLIT_MIN`), each term is also stored there (1 at `skip`): the same sum, bit for bit.
-fn sum_exp<F: Float, N>(
+/// blocks of `BLOCK`, and a compensated sum adds the blocks. While a stretch of the row is
+/// summed (from cache: the max pass just read it), the same share of `ahead` (a row shorter
+/// than `SPLIT_MIN`) is asked for, so that memory works while the exps are computed. With
+/// `exps` (such a row too), each term is also stored there (1 at `skip`): the same sum, bit
+/// for bit.
+fn sum_exp<F: Float>(
     k: &RowKernels<F>,
     z: &Row<F>,
     shift: F,
     skip: usize,
-    next: Option<&[N]>,
+    ahead: Ahead,
     mut exps: Option<&mut [F]>,
 ) -> f64 {
+    let len = z.len();
+    let ahead = ahead.along(len);
     // The sum of one block less its `skip` term: from the stored elements where the source
     // reads them, else from the block in the compute type (keeping the terms in `exps`, a
     // whole row's, where given).
-    let block_sum = |reader: &mut Reader<F>, range: Range<usize>, mut exps: Option<&mut [F]>| {
+    let block_sum = |reader: &mut Reader<F>, range: Range<usize>, mut exps: Option<&mut [F]>, ahead: Ahead| {
         let mut sum = |r: Range<usize>| {
+            let ahead = ahead.part(r.clone());
             if let Some(e) = exps.as_deref_mut() {
                 let e = &mut e[r.clone()];
-                return match reader.stored_sum_exp_store(r.clone(), shift, e) {
+                return match reader.stored_sum_exp_store(r.clone(), shift, e, ahead) {
                     Some(s) => s,
-                    None => (k.sum_exp_store)(reader.read(r), shift, e),
+                    None => (k.sum_exp_store)(reader.read(r), shift, e, ahead),
                 };
             }
-            match reader.stored_sum_exp(r.clone(), shift) {
+            match reader.stored_sum_exp(r.clone(), shift, ahead) {
                 Some(s) => s,
-                None => (k.sum_exp)(reader.read(r), shift),
+                None => (k.sum_exp)(reader.read(r), shift, ahead),
             }
         };
         if range.contains(&skip) {
@@ -64,46 +68,26 @@ fn sum_exp<F: Float, N>(
         }
     };
     let mut total = CompensatedSum::default();
-    let len = z.len();
     if len >= SPLIT_MIN {
         assert!(exps.is_none(), "the terms of a row split across threads are not kept");
         let parts: Vec<Vec<f64>> = (0..len.div_ceil(SPLIT_BLOCK))
             .into_par_iter()
             .map(|i| {
                 let mut reader = z.reader();
-                block_ranges(split_part(i, len)).map(|block| block_sum(&mut reader, block, None)).collect()
+                block_ranges(split_part(i, len)).map(|block| block_sum(&mut reader, block, None, Ahead::NONE)).collect()
             })
             .collect();
         parts.into_iter().flatten().for_each(|x| total.add(x));
     } else {
         let mut reader = z.reader();
         for block in block_ranges(0..len) {
-            if let Some(next) = next {
-                prefetch(next.get(block.start..block.end.min(next.len())).unwrap_or(&[]));
-            }
-            total.add(block_sum(&mut reader, block, exps.as_deref_mut()));
+            total.add(block_sum(&mut reader, block, exps.as_deref_mut(), ahead));
         }
         if let Some(e) = exps {
             e[skip] = F::one();
         }
     }
     total.value()
-}
-
-/// Asks for `data` to be brought into L2, one cache line at a time.
-#[inline]
-pub fn prefetch<F>(data: &[F]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
-        let step = (64 / std::mem::size_of::<F>()).max(1);
-        for line in data.chunks(step) {
-            // SAFETY: prefetching is a hint; the address is inside `data`.
-            unsafe { _mm_prefetch::<_MM_HINT_T1>(line.as_ptr() as *const i8) };
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = data;
 }
 
 /// The first of two `(maximum, index)` candidates: NaN wins, then the larger, then the
@@ -271,20 +255,19 @@ pub struct RowStats<F> {
 
 impl<F: Float> RowStats<F> {
     pub fn of(k: &RowKernels<F>, z: &Row<F>) -> Self {
-        Self::of_before::<F>(k, z, None, None)
+        Self::of_before(k, z, Ahead::NONE, None)
     }
 
-    /// [`RowStats::of`], prefetching `next` (the row that comes after) on the way.
-    /// `next` is in its stored type (a half type is prefetched as it lies in memory).
+    /// [`RowStats::of`], asking for `ahead` (what the rows that come after will read) on the way.
     /// With `exps` (as long as a row shorter than `SPLIT_MIN`), also `exp(z_j - max)` of each
     /// element, where the maximum is finite: the terms of the sum (the same statistics, bit for
     /// bit), which a softmax or a gradient then reuses instead of computing a second exp.
-    pub fn of_before<N>(k: &RowKernels<F>, z: &Row<F>, next: Option<&[N]>, exps: Option<&mut [F]>) -> Self {
+    pub fn of_before(k: &RowKernels<F>, z: &Row<F>, ahead: Ahead, exps: Option<&mut [F]>) -> Self {
         if z.is_empty() {
             return RowStats { max: F::neg_infinity(), argmax: 0, rest: f64::NAN, log_rest: F::nan() };
         }
         let (max, argmax) = max_argmax(k, z);
-        let rest = if max.is_finite() { sum_exp(k, z, max, argmax, next, exps) } else { f64::NAN };
+        let rest = if max.is_finite() { sum_exp(k, z, max, argmax, ahead, exps) } else { f64::NAN };
         RowStats { max, argmax, rest, log_rest: F::from_f64(rest.ln_1p()) }
     }
 

@@ -1,6 +1,6 @@
 //! The portable tier, and the reference every SIMD tier is tested against.
 
-use super::{CompensatedSum, Float, RowKernels};
+use super::{Ahead, CompensatedSum, Float, RowKernels};
 use crate::dispatch::Tier;
 
 pub fn max_argmax<F: Float>(z: &[F]) -> (F, usize) {
@@ -16,12 +16,14 @@ pub fn max_argmax<F: Float>(z: &[F]) -> (F, usize) {
     best
 }
 
-pub fn sum_exp<F: Float>(z: &[F], shift: F) -> f64 {
+pub fn sum_exp<F: Float>(z: &[F], shift: F, ahead: Ahead) -> f64 {
+    ahead.prefetch();
     sum_exp_into(z, shift, None)
 }
 
-pub fn sum_exp_store<F: Float>(z: &[F], shift: F, out: &mut [F]) -> f64 {
+pub fn sum_exp_store<F: Float>(z: &[F], shift: F, out: &mut [F], ahead: Ahead) -> f64 {
     assert_eq!(z.len(), out.len(), "a term per element");
+    ahead.prefetch();
     sum_exp_into(z, shift, Some(out))
 }
 

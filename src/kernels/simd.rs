@@ -33,7 +33,7 @@
 use num_traits::{Float as _, One as _, Zero as _};
 
 use super::lanes::MAX_CLASSES;
-use super::{CompensatedSum, Float};
+use super::{Ahead, CompensatedSum, Float};
 use crate::element::Element;
 
 /// Per-type constants of `exp`, for the compute types (elements in their own right).
@@ -557,26 +557,32 @@ pub unsafe fn max_argmax<V: Vector, L: Storage<V>>(z: &[L::S]) -> (V::E, usize) 
     (z.get_unchecked(j).widen(), j)
 }
 
-/// `Σ exp(z_j - shift)`, in `N` compensated partial sums, added up in f64.
+/// `Σ exp(z_j - shift)`, in `N` compensated partial sums, added up in f64; asking for `ahead`
+/// on the way.
 #[inline(always)]
-pub unsafe fn sum_exp<V: Vector, L: Storage<V>>(z: &[L::S], shift: V::E) -> f64 {
-    sum_exp_into::<V, L, false>(z, shift, std::ptr::null_mut())
+pub unsafe fn sum_exp<V: Vector, L: Storage<V>>(z: &[L::S], shift: V::E, ahead: Ahead) -> f64 {
+    sum_exp_into::<V, L, false>(z, shift, std::ptr::null_mut(), ahead)
 }
 
 /// [`sum_exp`], bit for bit, also storing each term `exp(z_j - shift)` in `out` (as long as
 /// `z`, in the compute type): a gradient or softmax of the row then costs no second exp.
 #[inline(always)]
-pub unsafe fn sum_exp_store<V: Vector, L: Storage<V>>(z: &[L::S], shift: V::E, out: &mut [V::E]) -> f64 {
+pub unsafe fn sum_exp_store<V: Vector, L: Storage<V>>(z: &[L::S], shift: V::E, out: &mut [V::E], ahead: Ahead) -> f64 {
     assert_eq!(z.len(), out.len(), "a term per element");
-    sum_exp_into::<V, L, true>(z, shift, out.as_mut_ptr())
+    sum_exp_into::<V, L, true>(z, shift, out.as_mut_ptr(), ahead)
 }
 
 /// [`sum_exp`], storing the terms to `out` if `STORE`.
 #[inline(always)]
-unsafe fn sum_exp_into<V: Vector, L: Storage<V>, const STORE: bool>(z: &[L::S], shift: V::E, out: *mut V::E) -> f64 {
+unsafe fn sum_exp_into<V: Vector, L: Storage<V>, const STORE: bool>(
+    z: &[L::S],
+    shift: V::E,
+    out: *mut V::E,
+    ahead: Ahead,
+) -> f64 {
     match Split::<V>::new(shift) {
-        Some(split) => sum_exp_with::<V, L, _, STORE>(z, split, shift, out),
-        None => sum_exp_with::<V, L, _, STORE>(z, Compensated { shift: splat::<V>(shift) }, shift, out),
+        Some(split) => sum_exp_with::<V, L, _, STORE>(z, split, shift, out, ahead),
+        None => sum_exp_with::<V, L, _, STORE>(z, Compensated { shift: splat::<V>(shift) }, shift, out, ahead),
     }
 }
 
@@ -620,12 +626,15 @@ unsafe fn sum_exp_with<V: Vector, L: Storage<V>, S: ShiftedExp<V>, const STORE: 
     f: S,
     shift: V::E,
     out: *mut V::E,
+    ahead: Ahead,
 ) -> f64 {
     let (n, p, w) = (z.len(), z.as_ptr(), V::N);
     let zero = splat::<V>(V::E::zero());
     let mut acc = KahanSum { sum: zero, carry: zero };
+    let mut ahead = ahead.stepper();
     let mut i = 0;
     while i + 8 * w <= n {
+        ahead.upto(i + 8 * w);
         // Eight vectors summed as a tree (exact for equal terms), then into the running sum.
         let x = load_vectors::<V, L, 8>(p.add(i));
         let e = f.exps::<false, 8>(x);
@@ -659,6 +668,7 @@ unsafe fn sum_exp_with<V: Vector, L: Storage<V>, S: ShiftedExp<V>, const STORE: 
         let ones = [V::E::one(); 16];
         acc.add(V::mul(e, V::load_partial(ones.as_ptr(), n - i, V::E::zero())));
     }
+    ahead.finish();
     acc.value()
 }
 

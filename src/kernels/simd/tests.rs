@@ -2,9 +2,9 @@
 
 use crate::kernels::scalar;
 
-use crate::kernels::RowKernels;
 #[cfg(target_arch = "x86_64")]
 use crate::kernels::StoredKernels;
+use crate::kernels::{Ahead, RowKernels};
 
 pub(crate) type ExpFn<F> = unsafe fn(&[F], &mut [F]);
 
@@ -161,7 +161,7 @@ fn f32_row_kernels_match_the_scalar_tier() {
             let n = z.len();
             let what = || format!("{} n={n} z[..4]={:?}", name, &z[..n.min(4)]);
             if n == 0 {
-                assert_eq!((k.sum_exp)(&z, 0.0), 0.0);
+                assert_eq!((k.sum_exp)(&z, 0.0, Ahead::NONE), 0.0);
                 (k.exp_scaled)(&z, 0.0, 1.0, &mut []);
                 assert_eq!((k.target_sums)(&z, &z, 0.0), (0.0, 0.0));
                 continue;
@@ -173,7 +173,7 @@ fn f32_row_kernels_match_the_scalar_tier() {
                 continue; // NaN, +inf or all -inf: the kernels below are not called.
             }
             let want: f64 = z.iter().map(|&x| (x as f64 - m as f64).exp()).sum();
-            let got = (k.sum_exp)(&z, m);
+            let got = (k.sum_exp)(&z, m, Ahead::NONE);
             let tol = sum_tolerance(n, lanes, f32::EPSILON as f64 / 2.0);
             assert!((got - want).abs() <= tol * want, "sum_exp {got} vs {want}: {}", what());
             for scale in [1.0f32, 0.37, 3.0e-5] {
@@ -212,7 +212,7 @@ fn f64_row_kernels_match_the_scalar_tier() {
             let n = z.len();
             let what = || format!("{} n={n} z[..4]={:?}", name, &z[..n.min(4)]);
             if n == 0 {
-                assert_eq!((k.sum_exp)(&z, 0.0), 0.0);
+                assert_eq!((k.sum_exp)(&z, 0.0, Ahead::NONE), 0.0);
                 assert_eq!((k.target_sums)(&z, &z, 0.0), (0.0, 0.0));
                 continue;
             }
@@ -222,8 +222,8 @@ fn f64_row_kernels_match_the_scalar_tier() {
             if !m.is_finite() {
                 continue;
             }
-            let want = (s.sum_exp)(&z, m);
-            let got = (k.sum_exp)(&z, m);
+            let want = (s.sum_exp)(&z, m, Ahead::NONE);
+            let got = (k.sum_exp)(&z, m, Ahead::NONE);
             let tol = sum_tolerance(n, lanes, f64::EPSILON / 2.0);
             assert!((got - want).abs() <= tol * want, "sum_exp {got} vs {want}: {}", what());
             for scale in [1.0, 0.37, 3.0e-5] {
@@ -590,8 +590,8 @@ fn masked_and_far_logits_give_exact_zeros() {
             let far = |i: usize| F::from_f64(shift - 3000.0 - i as f64);
             z.extend((0..3000).map(|i| if i % 3 == 0 { far(i) } else { F::neg_infinity() }));
             let what = format!("{name}, shift {shift}");
-            assert_eq!((k.sum_exp)(&z[1..], z[0]), 0.0, "{what}: sum_exp");
-            assert_eq!((k.sum_exp)(&z, z[0]), 1.0, "{what}: sum_exp");
+            assert_eq!((k.sum_exp)(&z[1..], z[0], Ahead::NONE), 0.0, "{what}: sum_exp");
+            assert_eq!((k.sum_exp)(&z, z[0], Ahead::NONE), 1.0, "{what}: sum_exp");
             for &scale in scales {
                 let mut out = vec![F::nan(); z.len()];
                 (k.exp_scaled)(&z, z[0], F::from_f64(scale), &mut out);
@@ -671,6 +671,7 @@ fn exp_scaled_lifts_subnormal_exps_accurately() {
 
 /// `sum_exp_store` returns `sum_exp`'s sum, bit for bit, and stores the terms it summed: the
 /// exps of `exp_scaled` with a scale of 1, bit for bit (every tier, the scalar one included).
+/// Memory asked for on the way (longer and shorter than the row) changes nothing.
 #[test]
 fn sum_exp_store_stores_the_terms_it_sums() {
     fn check<F: super::ExpConsts>(k: &RowKernels<F>, name: &str) {
@@ -683,8 +684,19 @@ fn sum_exp_store_stores_the_terms_it_sums() {
             }
             for shift in [max, max + F::from_f64(0.5)] {
                 let mut terms = vec![F::nan(); z.len()];
-                let sum = (k.sum_exp_store)(&z, shift, &mut terms);
-                assert_eq!(sum.to_bits(), (k.sum_exp)(&z, shift).to_bits(), "{name}: sum of {} terms", z.len());
+                let sum = (k.sum_exp_store)(&z, shift, &mut terms, Ahead::NONE);
+                assert_eq!(
+                    sum.to_bits(),
+                    (k.sum_exp)(&z, shift, Ahead::NONE).to_bits(),
+                    "{name}: sum of {} terms",
+                    z.len()
+                );
+                let (long, short) = (vec![0u8; 8 * z.len() + 100], [0f64; 3]);
+                let ahead = Ahead::NONE.and(&long).and(&short);
+                assert_eq!(sum.to_bits(), (k.sum_exp)(&z, shift, ahead).to_bits(), "{name}: sum asking ahead");
+                let mut again = vec![F::nan(); z.len()];
+                let with_ahead = (k.sum_exp_store)(&z, shift, &mut again, ahead);
+                assert_eq!(sum.to_bits(), with_ahead.to_bits(), "{name}: stored sum asking ahead");
                 let mut want = vec![F::nan(); z.len()];
                 (k.exp_scaled)(&z, shift, F::one(), &mut want);
                 for (j, (&t, &w)) in terms.iter().zip(&want).enumerate() {
@@ -741,11 +753,12 @@ fn stored_half_kernels_match_the_f32_kernels_on_widened_rows() {
             assert_eq!(j, want_j, "{name} argmax {stored:?}");
             if m.is_finite() {
                 for shift in [m, m + 1.5, 0.0f32.max(m)] {
-                    let (got, want) = ((s.sum_exp)(&stored, shift), (k.sum_exp)(&wide, shift));
+                    let (got, want) =
+                        ((s.sum_exp)(&stored, shift, Ahead::NONE), (k.sum_exp)(&wide, shift, Ahead::NONE));
                     assert_eq!(got.to_bits(), want.to_bits(), "{name} sum_exp (shift {shift}) {stored:?}");
                     let (mut terms, mut wide_terms) = (vec![f32::NAN; wide.len()], vec![f32::NAN; wide.len()]);
-                    let got = (s.sum_exp_store)(&stored, shift, &mut terms);
-                    let want = (k.sum_exp_store)(&wide, shift, &mut wide_terms);
+                    let got = (s.sum_exp_store)(&stored, shift, &mut terms, Ahead::NONE);
+                    let want = (k.sum_exp_store)(&wide, shift, &mut wide_terms, Ahead::NONE);
                     assert_eq!(got.to_bits(), want.to_bits(), "{name} sum_exp_store (shift {shift})");
                     let same = terms.iter().zip(&wide_terms).all(|(a, b)| a.to_bits() == b.to_bits());
                     assert!(same, "{name} sum_exp_store terms (shift {shift})");
