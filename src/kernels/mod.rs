@@ -162,21 +162,19 @@ impl Prefetcher<'_> {
     /// Asks `ask` for the lines due before `until` (fixed point).
     #[inline(always)]
     fn catch_up(&mut self, until: u64, ask: impl Fn(*const u8)) {
-        let mut next = u64::MAX;
+        let mut next = usize::MAX;
         for k in 0..2 {
-            let (r, per_line) = (self.ahead.regions[k], self.ahead.elements_per_line[k]);
-            let (mut asked, mut due) = (self.asked[k], self.due[k]);
-            while due < until && asked < r.len() {
-                ask(r.as_ptr().wrapping_add(asked));
-                asked += LINE;
-                due += per_line;
+            let r = self.ahead.regions[k];
+            while self.due[k] < until && self.asked[k] < r.len() {
+                ask(r[self.asked[k]..].as_ptr());
+                self.asked[k] += LINE;
+                self.due[k] += self.ahead.elements_per_line[k];
             }
-            if asked < r.len() {
-                next = next.min(due);
+            if self.asked[k] < r.len() {
+                next = next.min((self.due[k] >> RATE_BITS) as usize);
             }
-            (self.asked[k], self.due[k]) = (asked, due);
         }
-        self.next = (next >> RATE_BITS) as usize;
+        self.next = next;
     }
 }
 
