@@ -7,8 +7,9 @@ use half::{bf16, f16};
 
 use crate::kernels::{Float, StoredKernels};
 
-/// A logits (or dense-label) element type. Half types are computed in `f32`.
-pub trait Element: Copy + Send + Sync + 'static {
+/// A logits (or dense-label) element type. Half types are computed in `f32`. Implemented for
+/// `f16`, `bf16`, `f32` and `f64` only (sealed): the kernels read these as plain numbers.
+pub trait Element: sealed::Number + Copy + Send + Sync + 'static {
     /// The type the math runs in.
     type Compute: Float;
     fn widen(self) -> Self::Compute;
@@ -42,6 +43,15 @@ pub trait Element: Copy + Send + Sync + 'static {
     /// `len` zeros, from zeroed memory where the allocator has it (fresh pages are not
     /// touched until written; a fill would fault in every page first).
     fn zeros(len: usize) -> Vec<Self>;
+}
+
+mod sealed {
+    /// The floating-point types without padding or invalid bit patterns.
+    pub trait Number {}
+    impl Number for f32 {}
+    impl Number for f64 {}
+    impl Number for half::f16 {}
+    impl Number for half::bf16 {}
 }
 
 macro_rules! native_element {

@@ -486,7 +486,8 @@ impl<F, R, G> RowFn<F, R> for G where
 type TileFn<'a, F, R> = &'a (dyn Fn(usize, &[F], &[RowStats<F>], &mut [R]) -> bool + Sync);
 
 /// What the row function reads from memory for row `r` besides its logits (at most one
-/// region: a dense row's labels), to ask for while the row's exps are summed.
+/// region, the next row's logits being the other: a dense row's labels), to ask for while the
+/// row's exps are summed. (Narrow rows, taken sixteen at a time, do not ask for it.)
 type RowAhead<'a> = &'a (dyn Fn(usize) -> Ahead<'a> + Sync);
 
 /// [`for_rows`], with a function that may do a whole tile of narrow rows at once (where the

@@ -258,7 +258,8 @@ impl<F: Float> RowStats<F> {
         Self::of_before(k, z, Ahead::NONE, None)
     }
 
-    /// [`RowStats::of`], asking for `ahead` (what the rows that come after will read) on the way.
+    /// [`RowStats::of`], asking for `ahead` (what comes next from memory: see [`Ahead`]) on
+    /// the way.
     /// With `exps` (as long as a row shorter than `SPLIT_MIN`), also `exp(z_j - max)` of each
     /// element, where the maximum is finite: the terms of the sum (the same statistics, bit for
     /// bit), which a softmax or a gradient then reuses instead of computing a second exp.

@@ -68,12 +68,12 @@ pub struct StoredKernels<S, F> {
 pub type TargetSums<F> = fn(&[F], &[F], F) -> (F, F);
 
 /// Memory for a kernel to ask into L2 while it goes through its row, in step with it: when it
-/// is done with a share of its elements, it has asked for that share of each region. The
-/// rows that come next (logits, and a dense row's labels), so that memory works while the
-/// exps are computed. (Asked for a block at a time before each kernel call instead, and the
-/// labels not at all, the float32 forward passes over 32768-class rows ran 8% (sparse) and
-/// 20% (dense) slower on an AVX2 machine.)
-#[derive(Clone, Copy, Debug, Default)]
+/// is done with a share of its elements, it has asked for that share of each region. What the
+/// row function reads next from memory: the next row's logits, and a dense row's own labels,
+/// so that memory works while the exps are computed. (Asked for a block at a time before each
+/// kernel call instead, and the labels not at all, the float32 forward passes over
+/// 32768-class rows ran slower on an AVX2 machine: see the README, Performance.)
+#[derive(Clone, Copy, Debug)]
 pub struct Ahead<'a> {
     regions: [&'a [u8]; 2],
     /// Bytes of each region per element of the row, and elements of the row per cache line
@@ -91,8 +91,9 @@ impl<'a> Ahead<'a> {
         Ahead { regions: [&[], &[]], bytes_per_element: [0; 2], elements_per_line: [0; 2] };
 
     /// These regions and `data` (two in all at most).
-    pub fn and<T: Copy>(mut self, data: &'a [T]) -> Self {
-        // SAFETY: the same memory, read as bytes (numbers have no padding).
+    pub fn and<T: crate::Element>(mut self, data: &'a [T]) -> Self {
+        // SAFETY: the same memory as bytes: the element types (sealed) are numbers, without
+        // padding.
         let bytes = unsafe { std::slice::from_raw_parts(data.as_ptr() as *const u8, std::mem::size_of_val(data)) };
         let free = self.regions.iter_mut().find(|r| r.is_empty()).expect("two regions at most");
         *free = bytes;
@@ -106,7 +107,7 @@ impl<'a> Ahead<'a> {
             let bytes = (r.len() as u64).max(1);
             // (Rounded up: the last element's share ends at the region's end.)
             self.bytes_per_element[k] = (bytes << RATE_BITS).div_ceil(len);
-            self.elements_per_line[k] = ((len << RATE_BITS) * LINE as u64 / bytes).max(1);
+            self.elements_per_line[k] = ((len << RATE_BITS).saturating_mul(LINE as u64) / bytes).max(1);
         }
         self
     }
@@ -148,8 +149,14 @@ impl Prefetcher<'_> {
     /// Asks for each region's share of elements `..done`.
     #[inline(always)]
     pub fn upto(&mut self, done: usize) {
+        self.upto_with(done, prefetch_line);
+    }
+
+    /// [`Prefetcher::upto`], asking `ask` for each line.
+    #[inline(always)]
+    fn upto_with(&mut self, done: usize, ask: impl Fn(*const u8)) {
         if done >= self.next {
-            self.catch_up(((done as u64) << RATE_BITS) | 1, prefetch_line);
+            self.catch_up(((done as u64) << RATE_BITS) | 1, ask);
         }
     }
 
@@ -304,12 +311,13 @@ impl Float for f64 {
 
 #[cfg(test)]
 mod tests {
-    use super::{Ahead, LINE, RATE_BITS};
+    use super::{Ahead, LINE};
+    use half::f16;
 
     /// The shares of consecutive ranges tile each region: every byte once, in order.
     #[test]
     fn ahead_parts_tile_the_regions() {
-        let (a, b) = (vec![1u32; 1000], vec![2u16; 37]);
+        let (a, b) = (vec![1f32; 1000], vec![f16::ONE; 37]);
         for len in [1, 7, 64, 1000, 4099] {
             let ahead = Ahead::NONE.and(&a).and(&b).along(len);
             let mut ends = [0usize; 2];
@@ -321,6 +329,9 @@ mod tests {
                 }
             }
             assert_eq!(ends, [4000, 74], "len {len}");
+            // A missing region has no part.
+            let one = Ahead::NONE.and(&b).along(len).part(0..len);
+            assert_eq!((one.regions[0].len(), one.regions[1].len()), (74, 0), "len {len}");
         }
     }
 
@@ -328,13 +339,13 @@ mod tests {
     /// elements are done, for their share of each region (and at most a line more).
     #[test]
     fn prefetcher_asks_each_line_once_in_step() {
-        let (a, b) = (vec![0f32; 4096], vec![0u16; 1000]);
+        let (a, b) = (vec![0f32; 4096], vec![f16::ZERO; 1000]);
         let ahead = Ahead::NONE.and(&a).and(&b).along(4096);
         let part = ahead.part(1024..3072);
         let asked = std::cell::RefCell::new(vec![]);
         let mut p = part.stepper();
         for done in (64..=2048).step_by(64) {
-            p.catch_up(((done as u64) << RATE_BITS) | 1, |line| asked.borrow_mut().push(line));
+            p.upto_with(done, |line| asked.borrow_mut().push(line));
             for r in part.regions {
                 let share = r.len() * done / 2048;
                 let lines = asked.borrow().iter().filter(|&&l| r.as_ptr_range().contains(&l)).count();
@@ -356,6 +367,6 @@ mod tests {
     #[test]
     #[should_panic(expected = "two regions at most")]
     fn ahead_takes_two_regions() {
-        let _ = Ahead::NONE.and(&[1u8]).and(&[2u8]).and(&[3u8]);
+        let _ = Ahead::NONE.and(&[1f32]).and(&[2f32]).and(&[3f32]);
     }
 }

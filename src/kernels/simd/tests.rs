@@ -691,8 +691,8 @@ fn sum_exp_store_stores_the_terms_it_sums() {
                     "{name}: sum of {} terms",
                     z.len()
                 );
-                let (long, short) = (vec![0u8; 8 * z.len() + 100], [0f64; 3]);
-                let ahead = Ahead::NONE.and(&long).and(&short);
+                let (long, short) = (vec![0f64; z.len() + 100], [0f32; 3]);
+                let ahead = Ahead::NONE.and(&long).and(&short).along(z.len() + 7).part(3..z.len() + 3);
                 assert_eq!(sum.to_bits(), (k.sum_exp)(&z, shift, ahead).to_bits(), "{name}: sum asking ahead");
                 let mut again = vec![F::nan(); z.len()];
                 let with_ahead = (k.sum_exp_store)(&z, shift, &mut again, ahead);
