@@ -42,11 +42,12 @@ fn sum_exp<F: Float>(
     mut exps: Option<&mut [F]>,
 ) -> f64 {
     let len = z.len();
-    let ahead = ahead.along(len);
+    // (A row split across threads asks for nothing: its parts run on different cores.)
+    let ahead = if len < SPLIT_MIN { ahead.along(len) } else { Ahead::NONE };
     // The sum of one block less its `skip` term: from the stored elements where the source
     // reads them, else from the block in the compute type (keeping the terms in `exps`, a
     // whole row's, where given).
-    let block_sum = |reader: &mut Reader<F>, range: Range<usize>, mut exps: Option<&mut [F]>, ahead: Ahead| {
+    let block_sum = |reader: &mut Reader<F>, range: Range<usize>, mut exps: Option<&mut [F]>| {
         let mut sum = |r: Range<usize>| {
             let ahead = ahead.part(r.clone());
             if let Some(e) = exps.as_deref_mut() {
@@ -74,14 +75,14 @@ fn sum_exp<F: Float>(
             .into_par_iter()
             .map(|i| {
                 let mut reader = z.reader();
-                block_ranges(split_part(i, len)).map(|block| block_sum(&mut reader, block, None, Ahead::NONE)).collect()
+                block_ranges(split_part(i, len)).map(|block| block_sum(&mut reader, block, None)).collect()
             })
             .collect();
         parts.into_iter().flatten().for_each(|x| total.add(x));
     } else {
         let mut reader = z.reader();
         for block in block_ranges(0..len) {
-            total.add(block_sum(&mut reader, block, exps.as_deref_mut(), ahead));
+            total.add(block_sum(&mut reader, block, exps.as_deref_mut()));
         }
         if let Some(e) = exps {
             e[skip] = F::one();
