@@ -677,7 +677,16 @@ unsafe impl Storage<__m256> for Bf16Bits {
     type S = bf16;
     #[inline(always)]
     unsafe fn load(p: *const bf16) -> __m256 {
-        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i))))
+        // The eight elements in both halves (a broadcast load: no shuffle), then elements 0-3
+        // (4-7) of the lower (upper) half moved into the top halves of its lanes, zeros below:
+        // one shuffle a vector instead of a widening and a shift.
+        let x = _mm256_broadcastsi128_si256(_mm_loadu_si128(p as *const __m128i));
+        #[rustfmt::skip]
+        let top = _mm256_setr_epi8(
+            -1, -1, 0, 1, -1, -1, 2, 3, -1, -1, 4, 5, -1, -1, 6, 7,
+            -1, -1, 8, 9, -1, -1, 10, 11, -1, -1, 12, 13, -1, -1, 14, 15,
+        );
+        _mm256_castsi256_ps(_mm256_shuffle_epi8(x, top))
     }
     #[inline(always)]
     unsafe fn store(p: *mut bf16, v: __m256) {
