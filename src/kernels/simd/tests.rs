@@ -509,6 +509,38 @@ fn f32_shifted_exp_within_one_ulp() {
     }
 }
 
+/// `f32_shifted_exp_within_one_ulp` on 400 random shifts (both signs, magnitudes 2^-3 to
+/// 2^16) and about 57 million points, the figure the module docs give:
+/// `cargo test --release --lib -- --ignored exhaustive`.
+#[test]
+#[ignore = "exhaustive: seconds in release mode, long in debug"]
+fn exhaustive_f32_shifted_exp_over_400_shifts() {
+    use rayon::prelude::*;
+    let shifts: Vec<f32> = {
+        let mut rng = Rng(9);
+        (0..400).map(|i| (rng.range(-3.0, 16.0).exp2() * if i % 2 == 0 { 1.0 } else { -1.0 }) as f32).collect()
+    };
+    for TestTier { name, k, .. } in tiers_f32() {
+        let (points, ulp1, worst) = shifts
+            .par_iter()
+            .map(|&s| {
+                let mut rng = Rng(s.to_bits() as u64 | 1);
+                let mut z: Vec<f32> = f32_range(-0.0, -110.0, 8009).into_iter().map(|d| s + d).collect();
+                z.extend((0..4000).map(|_| rng.range(-1.0, 1.0) as f32).filter(|&x| x <= s));
+                let mut out = vec![0.0f32; z.len()];
+                (k.exp_scaled)(&z, s, 1.0, &mut out);
+                z.iter().zip(&out).fold((z.len(), 0usize, 0.0f64), |(n, u, w), (&x, &got)| {
+                    let want = (x as f64 - s as f64).exp();
+                    assert!(ulps32(got, want as f32) <= 1, "{name}: exp({x} - {s}) = {got}, want {want}");
+                    (n, u + (ulps32(got, want as f32) == 1) as usize, w.max(ulp_error32(got, want)))
+                })
+            })
+            .reduce(|| (0, 0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1, a.2.max(b.2)));
+        println!("exhaustive: {name}: shifted f32 exp over 400 shifts, {points} points: {ulp1} one ulp from the rounded reference, error {worst:.3} ulp");
+        assert!(worst < 1.5, "{name}: {worst} ulp");
+    }
+}
+
 /// The f64 twin of `f32_shifted_exp_within_one_ulp`, on a random sample, against `std`'s
 /// `exp(d) (1 + err)` (`d + err = x - shift` exactly, by TwoSum).
 #[test]
