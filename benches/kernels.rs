@@ -73,6 +73,14 @@ fn row_kernels<F: fastxent::kernels::Float>(c: &mut Criterion, name: &str) {
     group.bench_function("max_argmax", |b| b.iter(|| (k.max_argmax)(&z)));
     group.bench_function("sum_exp", |b| b.iter(|| (k.sum_exp)(&z, shift, Ahead::NONE)));
     group.bench_function("exp_scaled", |b| b.iter(|| (k.exp_scaled)(&z, shift, F::from_f64(0.5), &mut out)));
+    // The same elements in calls of 32 and 1000: what a call costs beyond its elements.
+    for len in [32, 1000] {
+        let calls = z.len() / len;
+        group.throughput(Throughput::Elements((calls * len) as u64));
+        group.bench_function(format!("sum_exp_calls_of_{len}"), |b| {
+            b.iter(|| z.chunks_exact(len).map(|c| (k.sum_exp)(c, shift, Ahead::NONE)).sum::<f64>())
+        });
+    }
     group.finish();
 }
 

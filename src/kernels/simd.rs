@@ -612,13 +612,30 @@ impl<V: Vector> KahanSum<V> {
         self.sum = t;
     }
 
-    /// The sum of the lanes' sums less their carries, compensated in f64 (a plain tree of
-    /// 16 lanes would round four more times).
+    /// The sum of the lanes' sums less their carries, in f64: f32 lanes by a tree of f64
+    /// additions (each lane is exact in f64, and the tree's few roundings of 2^-53 are far
+    /// below the 2^-24 of the f32 results; a compensated chain of 32 steps made short rows
+    /// pay for a long dependency), f64 lanes compensated (a plain tree of 16 lanes would
+    /// round four more times).
     #[inline(always)]
     unsafe fn value(self) -> f64 {
         let mut lanes = [V::E::zero(); 32];
         V::store(lanes.as_mut_ptr(), self.sum);
         V::store(lanes.as_mut_ptr().add(V::N), V::sub(splat::<V>(V::E::zero()), self.carry));
+        if std::mem::size_of::<V::E>() == 4 {
+            let mut wide = [0.0f64; 32];
+            for (w, &x) in wide.iter_mut().zip(&lanes[..2 * V::N]) {
+                *w = x.to_f64();
+            }
+            let mut width = 2 * V::N;
+            while width > 1 {
+                width /= 2;
+                for k in 0..width {
+                    wide[k] += wide[k + width];
+                }
+            }
+            return wide[0];
+        }
         let mut total = CompensatedSum::<f64>::default();
         for &x in &lanes[..2 * V::N] {
             total.add(x.to_f64());
@@ -656,27 +673,63 @@ unsafe fn sum_exp_with<V: Vector, L: Storage<V>, S: ShiftedExp<V>, const STORE: 
         acc.add(V::add(s0, s1));
         i += 8 * w;
     }
-    while i + w <= n {
-        let e = f.exp::<false>(L::load(p.add(i)));
-        if STORE {
-            V::store(out.add(i), e);
-        }
-        acc.add(e);
-        i += w;
-    }
-    if i < n {
-        // The missing lanes read `shift` (exp 1), then count 0. (Filled with -inf they would
-        // underflow through the subnormals: a microcode assist of ~100 cycles on Intel, per
-        // row.)
-        let e = f.exp::<false>(L::load_partial(p.add(i), n - i, shift));
-        if STORE {
-            V::store_partial(out.add(i), n - i, e);
-        }
-        let ones = [V::E::one(); 16];
-        acc.add(V::mul(e, V::load_partial(ones.as_ptr(), n - i, V::E::zero())));
+    // The rest (fewer than eight vectors) in one batch, as the loop's: a vector at a time,
+    // each exp's chain of ~20 operations would wait on the one before, and short rows pay
+    // for that.
+    if n - i > 4 * w {
+        acc.add(sum_exp_rest::<V, L, S, STORE, 8>(z, i, f, shift, out));
+    } else if i < n {
+        acc.add(sum_exp_rest::<V, L, S, STORE, 4>(z, i, f, shift, out));
     }
     ahead.finish();
     acc.value()
+}
+
+/// The terms of `z[i..]` (at most `U` vectors), summed as a tree; stored to `out[i..]` if
+/// `STORE`. The lanes past the end read `shift` (exp 1: no subnormal on the way; filled with
+/// -inf they would underflow through the subnormals, a microcode assist of ~100 cycles on
+/// Intel) and count 0.
+#[inline(always)]
+unsafe fn sum_exp_rest<V: Vector, L: Storage<V>, S: ShiftedExp<V>, const STORE: bool, const U: usize>(
+    z: &[L::S],
+    i: usize,
+    f: S,
+    shift: V::E,
+    out: *mut V::E,
+) -> V {
+    let (rest, p, w) = (z.len() - i, z.as_ptr().add(i), V::N);
+    let mut x = [splat::<V>(shift); U];
+    for (k, x) in x.iter_mut().enumerate() {
+        if (k + 1) * w <= rest {
+            *x = L::load(p.add(k * w));
+        } else if k * w < rest {
+            *x = L::load_partial(p.add(k * w), rest - k * w, shift);
+        }
+    }
+    let mut e = f.exps::<false, U>(x);
+    let ones = [V::E::one(); 16];
+    for (k, e) in e.iter_mut().enumerate() {
+        if (k + 1) * w <= rest {
+            if STORE {
+                V::store(out.add(i + k * w), *e);
+            }
+        } else if k * w < rest {
+            if STORE {
+                V::store_partial(out.add(i + k * w), rest - k * w, *e);
+            }
+            *e = V::mul(*e, V::load_partial(ones.as_ptr(), rest - k * w, V::E::zero()));
+        } else {
+            *e = splat(V::E::zero());
+        }
+    }
+    let mut width = U;
+    while width > 1 {
+        width /= 2;
+        for k in 0..width {
+            e[k] = V::add(e[k], e[k + width]);
+        }
+    }
+    e[0]
 }
 
 /// `out_j = exp(z_j - shift) · scale`, for any `z_j - shift` (positive ones included), with
