@@ -614,7 +614,7 @@ impl<V: Vector> KahanSum<V> {
 
     /// The sum of the lanes' sums less their carries, in f64: f32 lanes by a tree of f64
     /// additions (each lane is exact in f64, and the tree's few roundings of 2^-53 are far
-    /// below the 2^-24 of the f32 results; a compensated chain of 32 steps made short rows
+    /// below the 2^-24 of the f32 results; a compensated chain of 8 to 32 steps made short rows
     /// pay for a long dependency), f64 lanes compensated (a plain tree of 16 lanes would
     /// round four more times).
     #[inline(always)]
@@ -673,10 +673,9 @@ unsafe fn sum_exp_with<V: Vector, L: Storage<V>, S: ShiftedExp<V>, const STORE: 
         acc.add(V::add(s0, s1));
         i += 8 * w;
     }
-    // The rest (fewer than eight vectors) in one batch, as the loop's: a vector at a time,
+    // The rest (fewer than eight vectors) in one batch, as the loop's (a vector at a time,
     // each exp's chain of ~20 operations would wait on the one before, and short rows pay
-    // for that.
-    // (In the smallest batch that holds it: no more than twice the exps needed.)
+    // for that), the smallest batch that holds it: at most twice the exps needed.
     let rest = n - i;
     if rest > 4 * w {
         acc.add(sum_exp_rest::<V, L, S, STORE, 8>(z, i, f, shift, out));
