@@ -43,16 +43,25 @@ pub trait Source<F>: Sync {
         None
     }
 
-    /// `Σ exp(z_j - shift)` over the elements `range`, as [`Source::max_argmax`], asking for
+    /// `Σ exp(z_j - shift)` over the elements `range` but the `skip`th of them (counted from
+    /// the range's start, as the kernels' `sum_exp`), as [`Source::max_argmax`], asking for
     /// `ahead` on the way.
     ///
     /// # Safety
     /// As [`Source::widen`], for the range.
-    unsafe fn sum_exp(&self, _start: isize, _range: Range<usize>, _shift: F, _ahead: Ahead) -> Option<f64> {
+    unsafe fn sum_exp(
+        &self,
+        _start: isize,
+        _range: Range<usize>,
+        _shift: F,
+        _skip: usize,
+        _ahead: Ahead,
+    ) -> Option<f64> {
         None
     }
 
-    /// [`Source::sum_exp`], also storing each term in `out` (as long as the range).
+    /// [`Source::sum_exp`], also storing each term (the one at `skip` too) in `out` (as long
+    /// as the range).
     ///
     /// # Safety
     /// As [`Source::widen`], for the range.
@@ -61,6 +70,7 @@ pub trait Source<F>: Sync {
         _start: isize,
         _range: Range<usize>,
         _shift: F,
+        _skip: usize,
         _out: &mut [F],
         _ahead: Ahead,
     ) -> Option<f64> {
@@ -242,18 +252,25 @@ impl<'a, F: Float> Reader<'a, F> {
     }
 
     /// [`Source::sum_exp`] of `range`, for a row read through a source.
-    pub fn stored_sum_exp(&self, range: Range<usize>, shift: F, ahead: Ahead) -> Option<f64> {
+    pub fn stored_sum_exp(&self, range: Range<usize>, shift: F, skip: usize, ahead: Ahead) -> Option<f64> {
         let (start, source) = self.source(&range)?;
         // SAFETY: within the row (checked by `source`).
-        unsafe { source.sum_exp(start, range, shift, ahead) }
+        unsafe { source.sum_exp(start, range, shift, skip, ahead) }
     }
 
     /// [`Source::sum_exp_store`] of `range`, for a row read through a source.
-    pub fn stored_sum_exp_store(&self, range: Range<usize>, shift: F, out: &mut [F], ahead: Ahead) -> Option<f64> {
+    pub fn stored_sum_exp_store(
+        &self,
+        range: Range<usize>,
+        shift: F,
+        skip: usize,
+        out: &mut [F],
+        ahead: Ahead,
+    ) -> Option<f64> {
         let (start, source) = self.source(&range)?;
         assert_eq!(range.len(), out.len(), "a term per element");
         // SAFETY: within the row (checked by `source`).
-        unsafe { source.sum_exp_store(start, range, shift, out, ahead) }
+        unsafe { source.sum_exp_store(start, range, shift, skip, out, ahead) }
     }
 
     /// [`Source::exp_scaled`] of `range` into `out`, for a row read through a source whose

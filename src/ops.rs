@@ -233,8 +233,15 @@ impl<T: Element> Source<T::Compute> for RowView<'_, T> {
         self.stored.map(|k| (k.max_argmax)(self.elements(start, range)))
     }
 
-    unsafe fn sum_exp(&self, start: isize, range: Range<usize>, shift: T::Compute, ahead: Ahead) -> Option<f64> {
-        self.stored.map(|k| (k.sum_exp)(self.elements(start, range), shift, ahead))
+    unsafe fn sum_exp(
+        &self,
+        start: isize,
+        range: Range<usize>,
+        shift: T::Compute,
+        skip: usize,
+        ahead: Ahead,
+    ) -> Option<f64> {
+        self.stored.map(|k| (k.sum_exp)(self.elements(start, range), shift, skip, ahead))
     }
 
     unsafe fn sum_exp_store(
@@ -242,10 +249,11 @@ impl<T: Element> Source<T::Compute> for RowView<'_, T> {
         start: isize,
         range: Range<usize>,
         shift: T::Compute,
+        skip: usize,
         out: &mut [T::Compute],
         ahead: Ahead,
     ) -> Option<f64> {
-        self.stored.map(|k| (k.sum_exp_store)(self.elements(start, range), shift, out, ahead))
+        self.stored.map(|k| (k.sum_exp_store)(self.elements(start, range), shift, skip, out, ahead))
     }
 
     unsafe fn exp_scaled(

@@ -47,25 +47,20 @@ fn sum_exp<F: Float>(
     // The sum of one block less its `skip` term: from the stored elements where the source
     // reads them, else from the block in the compute type (keeping the terms in `exps`, a
     // whole row's, where given).
-    let block_sum = |reader: &mut Reader<F>, range: Range<usize>, mut exps: Option<&mut [F]>| {
-        let mut sum = |r: Range<usize>| {
-            let ahead = ahead.part(r.clone());
-            if let Some(e) = exps.as_deref_mut() {
-                let e = &mut e[r.clone()];
-                return match reader.stored_sum_exp_store(r.clone(), shift, e, ahead) {
-                    Some(s) => s,
-                    None => (k.sum_exp_store)(reader.read(r), shift, e, ahead),
-                };
-            }
-            match reader.stored_sum_exp(r.clone(), shift, ahead) {
+    let block_sum = |reader: &mut Reader<F>, r: Range<usize>, exps: Option<&mut [F]>| {
+        let ahead = ahead.part(r.clone());
+        // (Past the block's end where the skipped term is not in it.)
+        let skip = skip.wrapping_sub(r.start);
+        if let Some(e) = exps {
+            let e = &mut e[r.clone()];
+            return match reader.stored_sum_exp_store(r.clone(), shift, skip, e, ahead) {
                 Some(s) => s,
-                None => (k.sum_exp)(reader.read(r), shift, ahead),
-            }
-        };
-        if range.contains(&skip) {
-            sum(range.start..skip) + sum(skip + 1..range.end)
-        } else {
-            sum(range)
+                None => (k.sum_exp_store)(reader.read(r), shift, skip, e, ahead),
+            };
+        }
+        match reader.stored_sum_exp(r.clone(), shift, skip, ahead) {
+            Some(s) => s,
+            None => (k.sum_exp)(reader.read(r), shift, skip, ahead),
         }
     };
     let mut total = CompensatedSum::default();

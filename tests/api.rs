@@ -116,6 +116,37 @@ fn confident_rows_keep_their_tiny_loss() {
     assert!(close(grad[[0, 0]] as f64, -want, 4e-7), "p_y - 1 is minus the others' mass");
 }
 
+/// A confident row's loss is its tiny rest, `log1p(Σ_{j≠k} exp(z_j - z_k))`, wherever the
+/// maximum `k` falls: in the first block of a row or a later one, at a block's edge, in a row
+/// read as stored (a half type past 4096 classes) and in one split across threads.
+#[test]
+fn confident_long_rows_leave_out_their_maximum_in_every_block() {
+    fn check<T: fastxent::Element>(name: &str, from: impl Fn(f64) -> T, to: impl Fn(T) -> f64, tol: f64) {
+        for classes in [1500, 6000, 70000] {
+            for k in [0, 1023, 1024, 1025, 2500, classes - 1].into_iter().filter(|&k| k < classes) {
+                let mut z = logits(&[1, classes], classes as u64).mapv(|x| from(x / 4.0));
+                z[[0, k]] = from(30.0);
+                let rest: f64 = (0..classes).filter(|&j| j != k).map(|j| (to(z[[0, j]]) - 30.0).exp()).sum();
+                let want = rest.ln_1p();
+                let labels = array![k as i64].into_dyn();
+                let opts = Options::default();
+                let loss = sparse_softmax_cross_entropy(z.view(), labels.view(), -1, &opts).unwrap();
+                let (loss_g, _) = sparse_softmax_cross_entropy_with_grad(z.view(), labels.view(), -1, &opts).unwrap();
+                for (what, got) in [("loss", loss[[0]]), ("loss with grad", loss_g[[0]])] {
+                    let got = to(got);
+                    assert!(
+                        (got - want).abs() <= tol * want,
+                        "{name} {what}, {classes} classes, max at {k}: {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+    check("f64", |x| x, |x| x, 1e-12);
+    check("f32", |x| x as f32, |x| x as f64, 1e-5);
+    check("bf16", fastxent::bf16::from_f64, |x| x.to_f64(), 1e-2);
+}
+
 #[test]
 fn special_values() {
     let inf = f64::INFINITY;

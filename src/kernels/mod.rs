@@ -17,9 +17,11 @@ use crate::dispatch::Tier;
 /// The primitives every tier implements. Contracts (all tiers):
 /// - `max_argmax(z)`: `(max, index of its first occurrence)`, or `(NaN, _)` if any element is
 ///   NaN. `z` is never empty.
-/// - `sum_exp(z, shift)`: `Σ exp(z_j - shift)`, with `exp(-inf) = 0`, in f64 (not rounded to
-///   `F`: the callers add partial sums, and `log1p` of the total keeps its extra bits).
-///   `sum_exp_store(z, shift, out)`: the same sum, bit for bit, also storing each term in `out`
+/// - `sum_exp(z, shift, skip)`: `Σ_{j≠skip} exp(z_j - shift)` (`skip >= z.len()`: every
+///   term), with `exp(-inf) = 0`, in f64 (not rounded to `F`: the callers add partial sums,
+///   and `log1p` of the total keeps its extra bits). The skipped term is the row maximum's,
+///   1, kept out so that a small rest keeps its bits. `sum_exp_store(z, shift, skip, out)`:
+///   the same sum, bit for bit, also storing each term (the skipped one too) in `out`
 ///   (`out.len() == z.len()`). Both ask for their [`Ahead`] on the way (a hint: any tier may
 ///   ignore it).
 /// - `exp_scaled(z, shift, scale, out)`: `out_j = exp(z_j - shift) * scale`; `out.len() == z.len()`.
@@ -35,8 +37,8 @@ use crate::dispatch::Tier;
 pub struct RowKernels<F> {
     pub tier: Tier,
     pub max_argmax: fn(&[F]) -> (F, usize),
-    pub sum_exp: fn(&[F], F, Ahead) -> f64,
-    pub sum_exp_store: fn(&[F], F, &mut [F], Ahead) -> f64,
+    pub sum_exp: fn(&[F], F, usize, Ahead) -> f64,
+    pub sum_exp_store: fn(&[F], F, usize, &mut [F], Ahead) -> f64,
     pub exp_scaled: fn(&[F], F, F, &mut [F]),
     /// `exp_scaled` with its stores past the caches (where the tier can): for outputs far
     /// larger than the caches, written once and not read back soon.
@@ -56,13 +58,16 @@ pub struct RowKernels<F> {
 /// Tiers without them use portable code.
 pub struct StoredKernels<S, F> {
     pub max_argmax: fn(&[S]) -> (F, usize),
-    pub sum_exp: fn(&[S], F, Ahead) -> f64,
-    pub sum_exp_store: fn(&[S], F, &mut [F], Ahead) -> f64,
+    pub sum_exp: fn(&[S], F, usize, Ahead) -> f64,
+    pub sum_exp_store: fn(&[S], F, usize, &mut [F], Ahead) -> f64,
     pub exp_scaled: fn(&[S], F, F, &mut [S]),
     pub exp_scaled_narrow: fn(&[F], F, F, &mut [S]),
     pub widen: fn(&[S], &mut [F]),
     pub narrow: fn(&[F], &mut [S]),
 }
+
+/// The `skip` of [`RowKernels::sum_exp`] that keeps every term.
+pub const NO_SKIP: usize = usize::MAX;
 
 /// The signature of [`RowKernels::target_sums`].
 pub type TargetSums<F> = fn(&[F], &[F], F) -> (F, F);

@@ -278,11 +278,11 @@ macro_rules! tier {
             pub unsafe fn max_argmax(z: &[$t]) -> ($t, usize) {
                 simd::max_argmax::<$vector, simd::Plain>(z)
             }
-            pub unsafe fn sum_exp(z: &[$t], shift: $t, ahead: Ahead) -> f64 {
-                simd::sum_exp::<$vector, simd::Plain>(z, shift, ahead)
+            pub unsafe fn sum_exp(z: &[$t], shift: $t, skip: usize, ahead: Ahead) -> f64 {
+                simd::sum_exp::<$vector, simd::Plain>(z, shift, skip, ahead)
             }
-            pub unsafe fn sum_exp_store(z: &[$t], shift: $t, out: &mut [$t], ahead: Ahead) -> f64 {
-                simd::sum_exp_store::<$vector, Plain>(z, shift, out, ahead)
+            pub unsafe fn sum_exp_store(z: &[$t], shift: $t, skip: usize, out: &mut [$t], ahead: Ahead) -> f64 {
+                simd::sum_exp_store::<$vector, Plain>(z, shift, skip, out, ahead)
             }
             pub unsafe fn exp_scaled(z: &[$t], shift: $t, scale: $t, out: &mut [$t]) {
                 simd::exp_scaled::<$vector, Plain, Plain, false>(z, shift, scale, out)
@@ -304,8 +304,8 @@ macro_rules! tier {
             tier: Tier::Neon,
             // SAFETY (all of them): NEON is part of the aarch64 baseline.
             max_argmax: |z| unsafe { $module::max_argmax(z) },
-            sum_exp: |z, s, a| unsafe { $module::sum_exp(z, s, a) },
-            sum_exp_store: |z, s, o, a| unsafe { $module::sum_exp_store(z, s, o, a) },
+            sum_exp: |z, s, k, a| unsafe { $module::sum_exp(z, s, k, a) },
+            sum_exp_store: |z, s, k, o, a| unsafe { $module::sum_exp_store(z, s, k, o, a) },
             exp_scaled: |z, s, c, o| unsafe { $module::exp_scaled(z, s, c, o) },
             exp_scaled_stream: |z, s, c, o| unsafe { $module::exp_scaled(z, s, c, o) },
             scale: |x, c, o| unsafe { $module::scale(x, c, o) },

@@ -16,19 +16,20 @@ pub fn max_argmax<F: Float>(z: &[F]) -> (F, usize) {
     best
 }
 
-pub fn sum_exp<F: Float>(z: &[F], shift: F, ahead: Ahead) -> f64 {
+pub fn sum_exp<F: Float>(z: &[F], shift: F, skip: usize, ahead: Ahead) -> f64 {
     ahead.prefetch();
-    sum_exp_into(z, shift, None)
+    sum_exp_into(z, shift, skip, None)
 }
 
-pub fn sum_exp_store<F: Float>(z: &[F], shift: F, out: &mut [F], ahead: Ahead) -> f64 {
+pub fn sum_exp_store<F: Float>(z: &[F], shift: F, skip: usize, out: &mut [F], ahead: Ahead) -> f64 {
     assert_eq!(z.len(), out.len(), "a term per element");
     ahead.prefetch();
-    sum_exp_into(z, shift, Some(out))
+    sum_exp_into(z, shift, skip, Some(out))
 }
 
-/// `Σ exp(z_j - shift)`, each term also stored in `out` where given.
-fn sum_exp_into<F: Float>(z: &[F], shift: F, mut out: Option<&mut [F]>) -> f64 {
+/// `Σ_{j≠skip} exp(z_j - shift)`, each term (the skipped one too) also stored in `out` where
+/// given.
+fn sum_exp_into<F: Float>(z: &[F], shift: F, skip: usize, mut out: Option<&mut [F]>) -> f64 {
     // Eight compensated partial sums in f64: the portable tier has time to
     // spare, and a plain sum of L equal f64 terms is up to L/2 ulp off (rows whose other
     // classes are all equal). Each term carries the rounding error of `x - shift`, as in
@@ -44,7 +45,9 @@ fn sum_exp_into<F: Float>(z: &[F], shift: F, mut out: Option<&mut [F]>) -> f64 {
         if let Some(out) = out.as_deref_mut() {
             out[j] = term;
         }
-        acc[j % 8].add(term.to_f64()); // (`tail` is a multiple of 8)
+        if j != skip {
+            acc[j % 8].add(term.to_f64()); // (`tail` is a multiple of 8)
+        }
     }
     let v = acc.map(CompensatedSum::value);
     ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]))

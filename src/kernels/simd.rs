@@ -564,19 +564,26 @@ pub unsafe fn max_argmax<V: Vector, L: Storage<V>>(z: &[L::S]) -> (V::E, usize) 
     (z.get_unchecked(j).widen(), j)
 }
 
-/// `Σ exp(z_j - shift)`, in `N` compensated partial sums, added up in f64; asking for `ahead`
-/// on the way.
+/// `Σ_{j≠skip} exp(z_j - shift)` (`skip` past the end: every term), in `N` compensated
+/// partial sums, added up in f64; asking for `ahead` on the way.
 #[inline(always)]
-pub unsafe fn sum_exp<V: Vector, L: Storage<V>>(z: &[L::S], shift: V::E, ahead: Ahead) -> f64 {
-    sum_exp_into::<V, L, false>(z, shift, std::ptr::null_mut(), ahead)
+pub unsafe fn sum_exp<V: Vector, L: Storage<V>>(z: &[L::S], shift: V::E, skip: usize, ahead: Ahead) -> f64 {
+    sum_exp_into::<V, L, false>(z, shift, skip, std::ptr::null_mut(), ahead)
 }
 
 /// [`sum_exp`], bit for bit, also storing each term `exp(z_j - shift)` in `out` (as long as
-/// `z`, in the compute type): a gradient or softmax of the row then costs no second exp.
+/// `z`, in the compute type; the one at `skip` too): a gradient or softmax of the row then
+/// costs no second exp.
 #[inline(always)]
-pub unsafe fn sum_exp_store<V: Vector, L: Storage<V>>(z: &[L::S], shift: V::E, out: &mut [V::E], ahead: Ahead) -> f64 {
+pub unsafe fn sum_exp_store<V: Vector, L: Storage<V>>(
+    z: &[L::S],
+    shift: V::E,
+    skip: usize,
+    out: &mut [V::E],
+    ahead: Ahead,
+) -> f64 {
     assert_eq!(z.len(), out.len(), "a term per element");
-    sum_exp_into::<V, L, true>(z, shift, out.as_mut_ptr(), ahead)
+    sum_exp_into::<V, L, true>(z, shift, skip, out.as_mut_ptr(), ahead)
 }
 
 /// [`sum_exp`], storing the terms to `out` if `STORE`.
@@ -584,12 +591,16 @@ pub unsafe fn sum_exp_store<V: Vector, L: Storage<V>>(z: &[L::S], shift: V::E, o
 unsafe fn sum_exp_into<V: Vector, L: Storage<V>, const STORE: bool>(
     z: &[L::S],
     shift: V::E,
+    skip: usize,
     out: *mut V::E,
     ahead: Ahead,
 ) -> f64 {
     match Split::<V>::new(shift) {
-        Some(split) => sum_exp_with::<V, L, _, STORE>(z, split, shift, out, ahead),
-        None => sum_exp_with::<V, L, _, STORE>(z, Compensated { shift: splat::<V>(shift) }, shift, out, ahead),
+        Some(split) => sum_exp_with::<V, L, _, STORE>(z, split, shift, skip, out, ahead),
+        None => {
+            let f = Compensated { shift: splat::<V>(shift) };
+            sum_exp_with::<V, L, _, STORE>(z, f, shift, skip, out, ahead)
+        }
     }
 }
 
@@ -649,6 +660,7 @@ unsafe fn sum_exp_with<V: Vector, L: Storage<V>, S: ShiftedExp<V>, const STORE: 
     z: &[L::S],
     f: S,
     shift: V::E,
+    skip: usize,
     out: *mut V::E,
     ahead: Ahead,
 ) -> f64 {
@@ -661,11 +673,16 @@ unsafe fn sum_exp_with<V: Vector, L: Storage<V>, S: ShiftedExp<V>, const STORE: 
         ahead.upto(i + 8 * w);
         // Eight vectors summed as a tree (exact for equal terms), then into the running sum.
         let x = load_vectors::<V, L, 8>(p.add(i));
-        let e = f.exps::<false, 8>(x);
+        let mut e = f.exps::<false, 8>(x);
         if STORE {
             for (k, &e) in e.iter().enumerate() {
                 V::store(out.add(i + k * w), e);
             }
+        }
+        // (True at most once a call, a branch the predictor learns: a block of a row holding
+        // its maximum takes one call, not one each side of it, which short rows gain most.)
+        if skip.wrapping_sub(i) < 8 * w {
+            without_lane(&mut e, skip - i);
         }
         let [e0, e1, e2, e3, e4, e5, e6, e7] = e;
         let s0 = V::add(V::add(e0, e1), V::add(e2, e3));
@@ -678,20 +695,20 @@ unsafe fn sum_exp_with<V: Vector, L: Storage<V>, S: ShiftedExp<V>, const STORE: 
     // for that), the smallest batch that holds it: at most twice the exps needed.
     let rest = n - i;
     if rest > 4 * w {
-        acc.add(sum_exp_rest::<V, L, S, STORE, 8>(z, i, f, shift, out));
+        acc.add(sum_exp_rest::<V, L, S, STORE, 8>(z, i, f, shift, skip, out));
     } else if rest > 2 * w {
-        acc.add(sum_exp_rest::<V, L, S, STORE, 4>(z, i, f, shift, out));
+        acc.add(sum_exp_rest::<V, L, S, STORE, 4>(z, i, f, shift, skip, out));
     } else if rest > w {
-        acc.add(sum_exp_rest::<V, L, S, STORE, 2>(z, i, f, shift, out));
+        acc.add(sum_exp_rest::<V, L, S, STORE, 2>(z, i, f, shift, skip, out));
     } else if rest > 0 {
-        acc.add(sum_exp_rest::<V, L, S, STORE, 1>(z, i, f, shift, out));
+        acc.add(sum_exp_rest::<V, L, S, STORE, 1>(z, i, f, shift, skip, out));
     }
     ahead.finish();
     acc.value()
 }
 
-/// The terms of `z[i..]` (at most `U` vectors), summed as a tree; stored to `out[i..]` if
-/// `STORE`. The lanes past the end read `shift` (exp 1: no subnormal on the way; filled with
+/// The terms of `z[i..]` (at most `U` vectors) but the one at `skip`, summed as a tree; stored
+/// to `out[i..]` if `STORE`. The lanes past the end read `shift` (exp 1: no subnormal on the way; filled with
 /// -inf they would underflow through the subnormals, a microcode assist of ~100 cycles on
 /// Intel) and count 0.
 #[inline(always)]
@@ -700,6 +717,7 @@ unsafe fn sum_exp_rest<V: Vector, L: Storage<V>, S: ShiftedExp<V>, const STORE: 
     i: usize,
     f: S,
     shift: V::E,
+    skip: usize,
     out: *mut V::E,
 ) -> V {
     let (rest, p, w) = (z.len() - i, z.as_ptr().add(i), V::N);
@@ -727,6 +745,9 @@ unsafe fn sum_exp_rest<V: Vector, L: Storage<V>, S: ShiftedExp<V>, const STORE: 
             *e = splat(V::E::zero());
         }
     }
+    if skip.wrapping_sub(i) < rest {
+        without_lane(&mut e, skip - i);
+    }
     let mut width = U;
     while width > 1 {
         width /= 2;
@@ -735,6 +756,17 @@ unsafe fn sum_exp_rest<V: Vector, L: Storage<V>, S: ShiftedExp<V>, const STORE: 
         }
     }
     e[0]
+}
+
+/// Sets lane `at` of `e` (counted across its vectors) to zero.
+#[inline(always)]
+unsafe fn without_lane<V: Vector, const U: usize>(e: &mut [V; U], at: usize) {
+    let (k, lane) = (at / V::N, at % V::N);
+    debug_assert!(k < U && V::N <= 16);
+    let mut lanes = [V::E::zero(); 16];
+    V::store(lanes.as_mut_ptr(), e[k]);
+    lanes[lane] = V::E::zero();
+    e[k] = V::load(lanes.as_ptr());
 }
 
 /// `out_j = exp(z_j - shift) · scale`, for any `z_j - shift` (positive ones included), with

@@ -569,12 +569,12 @@ macro_rules! tier {
                 simd::max_argmax::<$vector, Plain>(z)
             }
             #[target_feature(enable = $features)]
-            pub unsafe fn sum_exp(z: &[$t], shift: $t, ahead: Ahead) -> f64 {
-                simd::sum_exp::<$vector, Plain>(z, shift, ahead)
+            pub unsafe fn sum_exp(z: &[$t], shift: $t, skip: usize, ahead: Ahead) -> f64 {
+                simd::sum_exp::<$vector, Plain>(z, shift, skip, ahead)
             }
             #[target_feature(enable = $features)]
-            pub unsafe fn sum_exp_store(z: &[$t], shift: $t, out: &mut [$t], ahead: Ahead) -> f64 {
-                simd::sum_exp_store::<$vector, Plain>(z, shift, out, ahead)
+            pub unsafe fn sum_exp_store(z: &[$t], shift: $t, skip: usize, out: &mut [$t], ahead: Ahead) -> f64 {
+                simd::sum_exp_store::<$vector, Plain>(z, shift, skip, out, ahead)
             }
             #[target_feature(enable = $features)]
             pub unsafe fn exp_scaled(z: &[$t], shift: $t, scale: $t, out: &mut [$t]) {
@@ -609,8 +609,8 @@ macro_rules! tier {
             tier: $tier,
             // SAFETY (all of them): the table is only used when the CPU has the features.
             max_argmax: |z| unsafe { $module::max_argmax(z) },
-            sum_exp: |z, s, a| unsafe { $module::sum_exp(z, s, a) },
-            sum_exp_store: |z, s, o, a| unsafe { $module::sum_exp_store(z, s, o, a) },
+            sum_exp: |z, s, k, a| unsafe { $module::sum_exp(z, s, k, a) },
+            sum_exp_store: |z, s, k, o, a| unsafe { $module::sum_exp_store(z, s, k, o, a) },
             exp_scaled: |z, s, c, o| unsafe { $module::exp_scaled(z, s, c, o) },
             exp_scaled_stream: |z, s, c, o| unsafe { $module::exp_scaled_stream(z, s, c, o) },
             scale: |x, c, o| unsafe { $module::scale(x, c, o) },
@@ -718,12 +718,12 @@ macro_rules! stored_kernels {
                 simd::max_argmax::<$vector, $load>(z)
             }
             #[target_feature(enable = $features)]
-            pub unsafe fn sum_exp(z: &[$s], shift: f32, ahead: Ahead) -> f64 {
-                simd::sum_exp::<$vector, $load>(z, shift, ahead)
+            pub unsafe fn sum_exp(z: &[$s], shift: f32, skip: usize, ahead: Ahead) -> f64 {
+                simd::sum_exp::<$vector, $load>(z, shift, skip, ahead)
             }
             #[target_feature(enable = $features)]
-            pub unsafe fn sum_exp_store(z: &[$s], shift: f32, out: &mut [f32], ahead: Ahead) -> f64 {
-                simd::sum_exp_store::<$vector, $load>(z, shift, out, ahead)
+            pub unsafe fn sum_exp_store(z: &[$s], shift: f32, skip: usize, out: &mut [f32], ahead: Ahead) -> f64 {
+                simd::sum_exp_store::<$vector, $load>(z, shift, skip, out, ahead)
             }
             #[target_feature(enable = $features)]
             pub unsafe fn exp_scaled(z: &[$s], shift: f32, scale: f32, out: &mut [$s]) {
@@ -747,8 +747,8 @@ macro_rules! stored_kernels {
         pub static $table: StoredKernels<$s, f32> = StoredKernels {
             // SAFETY (all of them): the table is only used when the CPU has the features.
             max_argmax: |z| unsafe { $module::max_argmax(z) },
-            sum_exp: |z, s, a| unsafe { $module::sum_exp(z, s, a) },
-            sum_exp_store: |z, s, o, a| unsafe { $module::sum_exp_store(z, s, o, a) },
+            sum_exp: |z, s, k, a| unsafe { $module::sum_exp(z, s, k, a) },
+            sum_exp_store: |z, s, k, o, a| unsafe { $module::sum_exp_store(z, s, k, o, a) },
             exp_scaled: |z, s, c, o| unsafe { $module::exp_scaled(z, s, c, o) },
             exp_scaled_narrow: |z, s, c, o| unsafe { $module::exp_scaled_narrow(z, s, c, o) },
             widen: |src, dst| unsafe { $module::widen(src, dst) },

@@ -4,7 +4,7 @@ use crate::kernels::scalar;
 
 #[cfg(target_arch = "x86_64")]
 use crate::kernels::StoredKernels;
-use crate::kernels::{Ahead, RowKernels};
+use crate::kernels::{Ahead, RowKernels, NO_SKIP};
 
 pub(crate) type ExpFn<F> = unsafe fn(&[F], &mut [F]);
 
@@ -161,7 +161,7 @@ fn f32_row_kernels_match_the_scalar_tier() {
             let n = z.len();
             let what = || format!("{} n={n} z[..4]={:?}", name, &z[..n.min(4)]);
             if n == 0 {
-                assert_eq!((k.sum_exp)(&z, 0.0, Ahead::NONE), 0.0);
+                assert_eq!((k.sum_exp)(&z, 0.0, NO_SKIP, Ahead::NONE), 0.0);
                 (k.exp_scaled)(&z, 0.0, 1.0, &mut []);
                 assert_eq!((k.target_sums)(&z, &z, 0.0), (0.0, 0.0));
                 continue;
@@ -172,10 +172,17 @@ fn f32_row_kernels_match_the_scalar_tier() {
             if !m.is_finite() {
                 continue; // NaN, +inf or all -inf: the kernels below are not called.
             }
-            let want: f64 = z.iter().map(|&x| (x as f64 - m as f64).exp()).sum();
-            let got = (k.sum_exp)(&z, m, Ahead::NONE);
-            let tol = sum_tolerance(n, lanes, f32::EPSILON as f64 / 2.0);
-            assert!((got - want).abs() <= tol * want, "sum_exp {got} vs {want}: {}", what());
+            // Every term, and all but one: the maximum's (its rest can be far below 1, and must
+            // keep its bits), the first, the last, one in the middle. (Subnormal terms are
+            // within their own ulp, not relatively: `RowStats::refined` sums such rows again.)
+            for skip in [NO_SKIP, j, 0, n - 1, n / 2] {
+                let terms = z.iter().enumerate().filter(|&(i, _)| i != skip);
+                let want: f64 = terms.map(|(_, &x)| (x as f64 - m as f64).exp()).sum();
+                let got = (k.sum_exp)(&z, m, skip, Ahead::NONE);
+                let tol =
+                    sum_tolerance(n, lanes, f32::EPSILON as f64 / 2.0) * want + n as f64 * f32::from_bits(1) as f64;
+                assert!((got - want).abs() <= tol, "sum_exp {got} vs {want} (skip {skip}): {}", what());
+            }
             for scale in [1.0f32, 0.37, 3.0e-5] {
                 let mut out = vec![f32::NAN; n];
                 let mut out_s = vec![f32::NAN; n];
@@ -212,7 +219,7 @@ fn f64_row_kernels_match_the_scalar_tier() {
             let n = z.len();
             let what = || format!("{} n={n} z[..4]={:?}", name, &z[..n.min(4)]);
             if n == 0 {
-                assert_eq!((k.sum_exp)(&z, 0.0, Ahead::NONE), 0.0);
+                assert_eq!((k.sum_exp)(&z, 0.0, NO_SKIP, Ahead::NONE), 0.0);
                 assert_eq!((k.target_sums)(&z, &z, 0.0), (0.0, 0.0));
                 continue;
             }
@@ -222,10 +229,12 @@ fn f64_row_kernels_match_the_scalar_tier() {
             if !m.is_finite() {
                 continue;
             }
-            let want = (s.sum_exp)(&z, m, Ahead::NONE);
-            let got = (k.sum_exp)(&z, m, Ahead::NONE);
-            let tol = sum_tolerance(n, lanes, f64::EPSILON / 2.0);
-            assert!((got - want).abs() <= tol * want, "sum_exp {got} vs {want}: {}", what());
+            for skip in [NO_SKIP, j, 0, n - 1, n / 2] {
+                let want = (s.sum_exp)(&z, m, skip, Ahead::NONE);
+                let got = (k.sum_exp)(&z, m, skip, Ahead::NONE);
+                let tol = sum_tolerance(n, lanes, f64::EPSILON / 2.0) * want + n as f64 * f64::from_bits(1);
+                assert!((got - want).abs() <= tol, "sum_exp {got} vs {want} (skip {skip}): {}", what());
+            }
             for scale in [1.0, 0.37, 3.0e-5] {
                 let mut out = vec![f64::NAN; n];
                 let mut want = vec![f64::NAN; n];
@@ -623,8 +632,9 @@ fn masked_and_far_logits_give_exact_zeros() {
             let far = |i: usize| F::from_f64(shift - 3000.0 - i as f64);
             z.extend((0..3000).map(|i| if i % 3 == 0 { far(i) } else { F::neg_infinity() }));
             let what = format!("{name}, shift {shift}");
-            assert_eq!((k.sum_exp)(&z[1..], z[0], Ahead::NONE), 0.0, "{what}: sum_exp");
-            assert_eq!((k.sum_exp)(&z, z[0], Ahead::NONE), 1.0, "{what}: sum_exp");
+            assert_eq!((k.sum_exp)(&z[1..], z[0], NO_SKIP, Ahead::NONE), 0.0, "{what}: sum_exp");
+            assert_eq!((k.sum_exp)(&z, z[0], NO_SKIP, Ahead::NONE), 1.0, "{what}: sum_exp");
+            assert_eq!((k.sum_exp)(&z, z[0], 0, Ahead::NONE), 0.0, "{what}: sum_exp skipping the maximum");
             for &scale in scales {
                 let mut out = vec![F::nan(); z.len()];
                 (k.exp_scaled)(&z, z[0], F::from_f64(scale), &mut out);
@@ -715,20 +725,20 @@ fn sum_exp_store_stores_the_terms_it_sums() {
             if z.iter().any(|x| x.is_nan()) {
                 continue;
             }
-            for shift in [max, max + F::from_f64(0.5)] {
+            for (shift, skip) in [(max, NO_SKIP), (max, z.len() / 3), (max + F::from_f64(0.5), z.len() - 1)] {
                 let mut terms = vec![F::nan(); z.len()];
-                let sum = (k.sum_exp_store)(&z, shift, &mut terms, Ahead::NONE);
+                let sum = (k.sum_exp_store)(&z, shift, skip, &mut terms, Ahead::NONE);
                 assert_eq!(
                     sum.to_bits(),
-                    (k.sum_exp)(&z, shift, Ahead::NONE).to_bits(),
-                    "{name}: sum of {} terms",
+                    (k.sum_exp)(&z, shift, skip, Ahead::NONE).to_bits(),
+                    "{name}: sum of {} terms, skipping {skip}",
                     z.len()
                 );
                 let (long, short) = (vec![0f64; z.len() + 100], [0f32; 3]);
                 let ahead = Ahead::NONE.and(&long).and(&short).along(z.len() + 7).part(3..z.len() + 3);
-                assert_eq!(sum.to_bits(), (k.sum_exp)(&z, shift, ahead).to_bits(), "{name}: sum asking ahead");
+                assert_eq!(sum.to_bits(), (k.sum_exp)(&z, shift, skip, ahead).to_bits(), "{name}: sum asking ahead");
                 let mut again = vec![F::nan(); z.len()];
-                let with_ahead = (k.sum_exp_store)(&z, shift, &mut again, ahead);
+                let with_ahead = (k.sum_exp_store)(&z, shift, skip, &mut again, ahead);
                 assert_eq!(sum.to_bits(), with_ahead.to_bits(), "{name}: stored sum asking ahead");
                 let mut want = vec![F::nan(); z.len()];
                 (k.exp_scaled)(&z, shift, F::one(), &mut want);
@@ -785,13 +795,13 @@ fn stored_half_kernels_match_the_f32_kernels_on_widened_rows() {
             assert!(m.to_bits() == want_m.to_bits() || (m.is_nan() && want_m.is_nan()), "{name} max {stored:?}");
             assert_eq!(j, want_j, "{name} argmax {stored:?}");
             if m.is_finite() {
-                for shift in [m, m + 1.5, 0.0f32.max(m)] {
+                for (shift, skip) in [(m, j), (m + 1.5, NO_SKIP), (0.0f32.max(m), wide.len() - 1)] {
                     let (got, want) =
-                        ((s.sum_exp)(&stored, shift, Ahead::NONE), (k.sum_exp)(&wide, shift, Ahead::NONE));
+                        ((s.sum_exp)(&stored, shift, skip, Ahead::NONE), (k.sum_exp)(&wide, shift, skip, Ahead::NONE));
                     assert_eq!(got.to_bits(), want.to_bits(), "{name} sum_exp (shift {shift}) {stored:?}");
                     let (mut terms, mut wide_terms) = (vec![f32::NAN; wide.len()], vec![f32::NAN; wide.len()]);
-                    let got = (s.sum_exp_store)(&stored, shift, &mut terms, Ahead::NONE);
-                    let want = (k.sum_exp_store)(&wide, shift, &mut wide_terms, Ahead::NONE);
+                    let got = (s.sum_exp_store)(&stored, shift, skip, &mut terms, Ahead::NONE);
+                    let want = (k.sum_exp_store)(&wide, shift, skip, &mut wide_terms, Ahead::NONE);
                     assert_eq!(got.to_bits(), want.to_bits(), "{name} sum_exp_store (shift {shift})");
                     let same = terms.iter().zip(&wide_terms).all(|(a, b)| a.to_bits() == b.to_bits());
                     assert!(same, "{name} sum_exp_store terms (shift {shift})");
