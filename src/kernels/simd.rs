@@ -708,9 +708,9 @@ unsafe fn sum_exp_with<V: Vector, L: Storage<V>, S: ShiftedExp<V>, const STORE: 
 }
 
 /// The terms of `z[i..]` (at most `U` vectors) but the one at `skip`, summed as a tree; stored
-/// to `out[i..]` if `STORE`. The lanes past the end read `shift` (exp 1: no subnormal on the way; filled with
-/// -inf they would underflow through the subnormals, a microcode assist of ~100 cycles on
-/// Intel) and count 0.
+/// to `out[i..]` if `STORE`. The lanes past the end read `shift` (exp 1: no subnormal on the
+/// way; filled with -inf they would underflow through the subnormals, a microcode assist of
+/// ~100 cycles on Intel) and count 0.
 #[inline(always)]
 unsafe fn sum_exp_rest<V: Vector, L: Storage<V>, S: ShiftedExp<V>, const STORE: bool, const U: usize>(
     z: &[L::S],
