@@ -265,7 +265,7 @@ impl<F: Float> RowStats<F> {
         }
         let (max, argmax) = max_argmax(k, z);
         let rest = if max.is_finite() { sum_exp(k, z, max, argmax, ahead, exps) } else { f64::NAN };
-        RowStats { max, argmax, rest, log_rest: F::from_f64(rest.ln_1p()) }
+        RowStats { max, argmax, rest, log_rest: F::log1p_of(rest) }
     }
 
     /// The same statistics, with the off-maximum mass summed again in f64 when it is so small
@@ -318,7 +318,7 @@ impl<F: Float> RowStats<F> {
                 }
             }
         });
-        RowStats { max, argmax, rest, log_rest: F::from_f64(rest.ln_1p()) }
+        RowStats { max, argmax, rest, log_rest: F::log1p_of(rest) }
     }
 
     /// `factor / (1 + rest)`, rounded once (computed in f64): the factor that turns

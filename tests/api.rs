@@ -118,7 +118,7 @@ fn confident_rows_keep_their_tiny_loss() {
 
 /// A confident row's loss is its tiny rest, `log1p(Σ_{j≠k} exp(z_j - z_k))`, wherever the
 /// maximum `k` falls: in the first block of a row or a later one, at a block's edge, in a row
-/// read as stored (a half type past 4096 classes) and in one split across threads.
+/// read as stored (a half type past 512 classes) and in one split across threads.
 #[test]
 fn confident_long_rows_leave_out_their_maximum_in_every_block() {
     fn check<T: fastxent::Element>(name: &str, from: impl Fn(f64) -> T, to: impl Fn(T) -> f64, tol: f64) {

@@ -64,8 +64,12 @@ def _assert_same_bits(got: list[np.ndarray], want: list[np.ndarray], dtype) -> N
 
 
 # (rows, classes, stored with a row stride of `pad` more classes): long rows; rows read as
-# stored; narrow rows in tiles of sixteen, contiguous or not; a partial tile; past the tiles.
-HALF_SHAPES = [(3, C, 0), (64, 1000, 0), (7, 4099, 5), (100, 10, 0), (40, 10, 6), (21, 32, 0), (5, 33, 0)]
+# stored; rows widened whole (up to 512 classes); narrow rows in tiles of sixteen, contiguous or
+# not; a partial tile; past the tiles.
+HALF_SHAPES = [
+    (3, C, 0), (64, 1000, 0), (7, 4099, 5), (50, 300, 0), (9, 512, 3),
+    (100, 10, 0), (40, 10, 6), (21, 32, 0), (5, 33, 0),
+]
 
 
 @pytest.mark.parametrize("shape", HALF_SHAPES, ids=str)

@@ -60,7 +60,7 @@ fn exp_lane(x: f32) -> f32 {
 /// `atanh` on the mantissa, plus the rounding error of `1 + x`. Branch-free, so it
 /// vectorises.
 #[inline(always)]
-fn log1p_lane(x: f64) -> f32 {
+pub(crate) fn log1p_lane(x: f64) -> f32 {
     let u = 1.0 + x;
     // log(1 + x) = log(u) + c / u with c the rounding error of `u`. c / u only matters (at
     // the f32 result's precision) when x is small, where 1 / u = 1 - x + O(x²): a product

@@ -246,6 +246,10 @@ pub trait Float:
 {
     fn from_f64(x: f64) -> Self;
     fn to_f64(self) -> f64;
+    /// `log1p(x)` of a row's off-maximum mass (`x >= 0`, NaN or +inf), rounded to `Self`.
+    fn log1p_of(x: f64) -> Self {
+        Self::from_f64(x.ln_1p())
+    }
     /// The kernel table of the tier in use (chosen once per call by the caller).
     fn kernels() -> &'static RowKernels<Self>;
     /// Whether [`lanes`] handles rows of this type and width, sixteen at a time.
@@ -268,6 +272,12 @@ impl Float for f32 {
     #[inline]
     fn to_f64(self) -> f64 {
         self as f64
+    }
+    /// Within 1 ulp (checked exhaustively), branch-free and several times cheaper than
+    /// libm's: on rows of 64 classes, libm's `log1p` was an eighth of the time.
+    #[inline]
+    fn log1p_of(x: f64) -> f32 {
+        lanes::log1p_lane(x)
     }
     fn kernels() -> &'static RowKernels<f32> {
         crate::dispatch::kernels_f32()
