@@ -89,7 +89,7 @@ def family_blocks(name: str, rng: np.random.Generator) -> list[tuple[np.ndarray,
         # float64 and the float32 loss is subnormal.
         leads = np.arange(5, 100.25, 0.5)
         blocks = []
-        for c in (10, 1000):
+        for c in (10, 64, 1000):
             z = np.zeros((len(leads), c))
             y = rng.integers(0, c, len(leads))
             z[np.arange(len(leads)), y] = leads
