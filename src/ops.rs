@@ -352,12 +352,20 @@ impl<'a, T: Element> RowSink<'a, T> {
     }
 
     /// Rows stored past the caches where that pays: they are written in place (contiguous, of
-    /// the compute type) and far outnumber what the caches hold, so a line read before it is
-    /// written would be a wasted read.
+    /// the compute type), far outnumber what the caches hold (so a line read before it is
+    /// written would be a wasted read), and are long. A streamed row ends with a fence, and
+    /// a sparse gradient's label entry, written after the row, reads its line back from
+    /// memory: per row, that costs more than streaming saves below a few thousand classes
+    /// (sparse float32 gradient into `grad_out`, 128 MiB: 128 classes 109 -> 39 ms, 256
+    /// classes 67 -> 32 ms, unstreamed; 1000 and 2048 classes alike; 4096 classes 17 -> 24 ms).
     fn streaming(mut self) -> Self {
         const STREAM_MIN_BYTES: usize = 64 << 20;
+        const STREAM_MIN_CLASSES: usize = 2048;
+        // (Tiles of narrow rows write their outputs with plain stores: never streamed.)
+        const _: () = assert!(crate::kernels::lanes::MAX_CLASSES < STREAM_MIN_CLASSES);
         let l = &self.layout;
-        self.stream = self.is_direct() && l.rows() * l.classes * std::mem::size_of::<T>() >= STREAM_MIN_BYTES;
+        let bytes = l.rows() * l.classes * std::mem::size_of::<T>();
+        self.stream = self.is_direct() && bytes >= STREAM_MIN_BYTES && l.classes >= STREAM_MIN_CLASSES;
         self
     }
 
@@ -539,30 +547,27 @@ fn for_rows_with<T, R, Fun>(
                       (g, results): (usize, &mut [R])| {
         let first = g * group;
         if tiled && results.len() == LANES {
-            // The gathers of a tile stall on memory the prefetcher has not brought yet: ask
-            // for a tile a few ahead.
+            // A tile's rows are read where the prefetcher has not looked yet (each row once,
+            // then gathered from the copy): ask for a tile a few ahead.
             if let Some(ahead) = view.stored_rows(first + TILES_AHEAD * LANES, LANES) {
                 crate::kernels::prefetch(ahead);
             }
-            let tile = match view.contiguous_rows(first, LANES) {
-                Some(rows) => rows,
-                None => {
-                    match view.stored_rows(first, LANES) {
-                        // Half types: the sixteen rows widened in one go.
-                        Some(stored) => {
-                            d.tile.resize(stored.len(), T::Compute::zero());
-                            T::widen_into(stored, &mut d.tile);
-                        }
-                        None => {
-                            d.tile.clear();
-                            for r in first..first + LANES {
-                                view.append_row(r, &mut d.tile);
-                            }
-                        }
-                    }
-                    &d.tile
+            // The sixteen rows copied (half types: widened) into scratch, in one go: the
+            // gathers of the tile then read L1. Straight from the logits, they waited on L2
+            // (sparse float32 524288×64: 52 -> 40 ms, 1048576×32: 48 -> 45 ms).
+            match view.stored_rows(first, LANES) {
+                Some(stored) => {
+                    d.tile.resize(stored.len(), T::Compute::zero());
+                    T::widen_into(stored, &mut d.tile);
                 }
-            };
+                None => {
+                    d.tile.clear();
+                    for r in first..first + LANES {
+                        view.append_row(r, &mut d.tile);
+                    }
+                }
+            }
+            let tile = &d.tile;
             let Some(sink) = sink else {
                 T::Compute::tile_stats(tile, classes, &mut d.stats, None);
                 if tile_f.is_some_and(|tf| tf(first, tile, &d.stats, results)) {
@@ -955,8 +960,7 @@ fn sparse_run<T: Element, L: Label>(
     let targets = Targets::new(weight.as_deref(), T::Compute::from_f64(options.label_smoothing), classes);
     let k = T::Compute::kernels();
     let (view, sink) = io.rows(&logits_shape, axis)?;
-    // (Not narrow rows: each would end with a fence, for a few dozen bytes.)
-    let stream = sink.as_ref().is_some_and(|s| s.stream) && !T::Compute::tiles(classes);
+    let stream = sink.as_ref().is_some_and(|s| s.stream);
     // Without options or a gradient, a tile's losses come straight from its statistics.
     let plain = sink.is_none() && weight.is_none() && options.label_smoothing == 0.0;
     let tile_losses = |first: usize, tile: &[T::Compute], stats: &[RowStats<T::Compute>], out: &mut [T::Compute]| {

@@ -445,8 +445,8 @@ pub struct Grad<'g, 'o, F> {
     /// (Borrowed: a `RowOut` moved through memory would wait on the stores before it.)
     pub out: &'g mut RowOut<'o, F>,
     pub scale: F,
-    /// `out` is the destination itself and the whole gradient is far larger than the caches:
-    /// rows written once may be stored past them.
+    /// `out` is the destination itself, the whole gradient is far larger than the caches and
+    /// its rows are long: rows written once may be stored past the caches.
     pub stream: bool,
     /// The row's `exp(z_j - max)`, where its statistics kept them.
     pub exps: Option<&'g [F]>,

@@ -290,8 +290,16 @@ impl Float for f32 {
         match exps {
             None => lanes::tile_stats(z, classes, &mut t, None),
             Some(exps) => {
-                let mut columns = [[0.0f32; lanes::LANES]; lanes::MAX_CLASSES];
-                lanes::tile_stats(z, classes, &mut t, Some(&mut columns));
+                // Only the columns in use are set: zeroing all 64 took a tenth of the time of
+                // a tile of 10 classes with a gradient.
+                let mut storage = [std::mem::MaybeUninit::<lanes::Column>::uninit(); lanes::MAX_CLASSES];
+                for c in &mut storage[..classes] {
+                    c.write([0.0; lanes::LANES]);
+                }
+                // SAFETY: the first `classes` columns were just written, and `MaybeUninit<T>`
+                // has the layout of `T`.
+                let columns = unsafe { &mut *(&mut storage[..classes] as *mut [_] as *mut [lanes::Column]) };
+                lanes::tile_stats(z, classes, &mut t, Some(columns));
                 for (r, row) in exps.chunks_exact_mut(classes).enumerate() {
                     for (j, e) in row.iter_mut().enumerate() {
                         *e = columns[j][r];

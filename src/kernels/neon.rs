@@ -253,12 +253,13 @@ unsafe impl Vector for float64x2_t {
 /// Narrow rows, sixteen at a time (see `super::lanes`), four per vector.
 ///
 /// # Safety
-/// `z` holds `LANES` rows of `classes` (1 ..= 32) elements (NEON is part of every aarch64 CPU).
+/// `z` holds `LANES` rows of `classes` (1 ..= `MAX_CLASSES`) elements; `exps`, at least
+/// `classes` columns (NEON is part of every aarch64 CPU).
 pub(super) unsafe fn tile_stats_neon(
     z: &[f32],
     classes: usize,
     out: &mut super::lanes::TileStats,
-    mut exps: Option<&mut super::lanes::Tile>,
+    mut exps: Option<&mut [super::lanes::Column]>,
 ) {
     let mut lanes = [[0.0f32; super::lanes::LANES]; 4];
     for quarter in 0..4 {

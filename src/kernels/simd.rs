@@ -996,7 +996,7 @@ pub unsafe fn tile_lanes<V: Vector>(
     classes: usize,
     out: &mut [[V::E; 16]; 4],
     lane0: usize,
-    mut exps: Option<&mut [[V::E; 16]; MAX_CLASSES]>,
+    mut exps: Option<&mut [[V::E; 16]]>,
 ) {
     debug_assert!((1..=MAX_CLASSES).contains(&classes));
     let mut cols = [std::mem::MaybeUninit::<V>::uninit(); MAX_CLASSES];

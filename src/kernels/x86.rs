@@ -10,7 +10,7 @@ use std::arch::x86_64::*;
 
 use half::{bf16, f16};
 
-use super::lanes::{finish_tile, Tile, TileStats, LANES};
+use super::lanes::{finish_tile, Column, TileStats, LANES};
 use super::simd::{self, Bf16Bits, ExpConsts, F16Bits, Plain, Storage, Vector};
 use super::{Ahead, RowKernels, StoredKernels};
 use crate::dispatch::Tier;
@@ -537,18 +537,20 @@ unsafe impl Vector for __m256d {
 // ---- Narrow rows, sixteen at a time (see `super::lanes`) ----
 
 /// # Safety
-/// The CPU has AVX-512F; `z` holds `LANES` rows of `classes` (1 ..= 32) elements.
+/// The CPU has AVX-512F; `z` holds `LANES` rows of `classes` (1 ..= `MAX_CLASSES`) elements;
+/// `exps`, at least `classes` columns.
 #[target_feature(enable = "avx512f,avx2,fma")]
-pub(super) unsafe fn tile_stats_avx512(z: &[f32], classes: usize, out: &mut TileStats, exps: Option<&mut Tile>) {
+pub(super) unsafe fn tile_stats_avx512(z: &[f32], classes: usize, out: &mut TileStats, exps: Option<&mut [Column]>) {
     let mut lanes = [[0.0f32; LANES]; 4];
     simd::tile_lanes::<__m512>(z.as_ptr(), classes, &mut lanes, 0, exps);
     finish_tile(&lanes, out);
 }
 
 /// # Safety
-/// The CPU has AVX2 and FMA; `z` holds `LANES` rows of `classes` (1 ..= 32) elements.
+/// The CPU has AVX2 and FMA; `z` holds `LANES` rows of `classes` (1 ..= `MAX_CLASSES`)
+/// elements; `exps`, at least `classes` columns.
 #[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn tile_stats_avx2(z: &[f32], classes: usize, out: &mut TileStats, mut exps: Option<&mut Tile>) {
+pub(super) unsafe fn tile_stats_avx2(z: &[f32], classes: usize, out: &mut TileStats, mut exps: Option<&mut [Column]>) {
     let mut lanes = [[0.0f32; LANES]; 4];
     simd::tile_lanes::<__m256>(z.as_ptr(), classes, &mut lanes, 0, exps.as_deref_mut());
     simd::tile_lanes::<__m256>(z.as_ptr().add(8 * classes), classes, &mut lanes, 8, exps);
