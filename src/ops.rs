@@ -148,7 +148,8 @@ impl RowLayout {
 const WIDEN_WHOLE_MAX: usize = 512;
 
 /// The rows of a strided n-d view along its class axis, read without copying where the
-/// memory already holds the compute type contiguously.
+/// memory already holds the compute type contiguously (but for narrow rows, which
+/// [`for_rows_with`] copies sixteen at a time).
 struct RowView<'a, T: Element> {
     ptr: *const T,
     layout: RowLayout,

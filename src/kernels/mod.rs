@@ -273,8 +273,8 @@ impl Float for f32 {
     fn to_f64(self) -> f64 {
         self as f64
     }
-    /// Within 1 ulp (checked exhaustively), branch-free and several times cheaper than
-    /// libm's: on rows of 64 classes, libm's `log1p` was an eighth of the time.
+    /// Within 1 ulp (checked for every f32 argument, and sampled over f64 ones), branch-free
+    /// and cheaper than libm's, which took an eighth of the time of a row of 64 classes.
     #[inline]
     fn log1p_of(x: f64) -> f32 {
         lanes::log1p_lane(x)
