@@ -208,14 +208,13 @@ fn scaled_exp_row<F: Float>(
     stream: bool,
     out: &mut RowOut<F>,
 ) {
-    if let (Some(e), RowOut::Slice(o)) = (reusable(exps, scale), &mut *out) {
-        // A narrow row's kept exps into a slice (a tile's rows): the products in place, where
-        // the kernel call and the closures around it cost more than the row.
-        if e.len() <= crate::kernels::lanes::MAX_CLASSES && !stream {
-            return o.iter_mut().zip(e).for_each(|(o, &e)| *o = e * scale);
-        }
+    let exps = reusable(exps, scale);
+    if let (Some(e), RowOut::Slice(o)) = (exps, &mut *out) {
+        // Kept exps into a slice: one kernel call, without the pieces and closures below
+        // (which cost more than a narrow row's products).
+        return (if stream { k.scale_stream } else { k.scale })(e, scale, o);
     }
-    if reusable(exps, scale).is_none() && stored_exp_scaled_row(z, max, scale, out) {
+    if exps.is_none() && stored_exp_scaled_row(z, max, scale, out) {
         return;
     }
     let (read, exp) = scaled_exps(k, z, exps, max, scale, stream);
