@@ -1,7 +1,7 @@
 //! Narrow rows, sixteen at a time: a row of ten classes gives a SIMD loop along the row nothing
 //! to do (its setup, tail and horizontal sums cost more than its arithmetic), so the max, the
 //! exps and the sums of a tile of 16 rows run across rows, one lane per row. The SIMD tiers
-//! do it on their vectors (`super::simd::tile_lanes`, columns gathered from the rows); the
+//! do it on their vectors (`super::simd::tile_lanes`, columns gathered or transposed from the rows); the
 //! portable tier here on a tile transposed in L1 (`tile[j][r]` is element `j` of row `r`),
 //! plain Rust over fixed-width lanes. Both finish with the lane-wise `log1p` below. Also here:
 //! widening float16 rows to f32 with F16C.
@@ -283,6 +283,8 @@ mod tests {
         for classes in [1usize, 2, 3, 10, 17, 31, 32, 33, 48, 63, 64] {
             let mut z: Vec<f32> = (0..classes * LANES).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.37).collect();
             z[3 * classes] = f32::NAN;
+            // (In the last part of the tile on every tier: rows 8..16 of AVX2, 12..16 of NEON.)
+            z[12 * classes + classes / 2] = f32::NAN;
             z[5 * classes] = f32::NEG_INFINITY;
             // A tie for the maximum: the first occurrence counts, the other is in the rest.
             z[7 * classes] = 100.0;

@@ -259,13 +259,10 @@ pub(super) unsafe fn tile_stats_neon(
     z: &[f32],
     classes: usize,
     out: &mut super::lanes::TileStats,
-    mut exps: Option<&mut [super::lanes::Column]>,
+    exps: Option<&mut [super::lanes::Column]>,
 ) {
     let mut lanes = [[0.0f32; super::lanes::LANES]; 4];
-    for quarter in 0..4 {
-        let z = z.as_ptr().add(4 * quarter * classes);
-        simd::tile_lanes::<float32x4_t>(z, classes, &mut lanes, 4 * quarter, exps.as_deref_mut());
-    }
+    simd::tile_lanes::<float32x4_t, 4>(z.as_ptr(), classes, &mut lanes, exps);
     super::lanes::finish_tile(&lanes, out);
 }
 

@@ -7,10 +7,11 @@
 //! features.
 
 use std::arch::x86_64::*;
+use std::mem::MaybeUninit;
 
 use half::{bf16, f16};
 
-use super::lanes::{finish_tile, Column, TileStats, LANES};
+use super::lanes::{finish_tile, Column, TileStats, LANES, MAX_CLASSES};
 use super::simd::{self, Bf16Bits, ExpConsts, F16Bits, Plain, Storage, Vector};
 use super::{Ahead, RowKernels, StoredKernels};
 use crate::dispatch::Tier;
@@ -254,6 +255,27 @@ unsafe fn lanes_below(n: usize, lanes: i32) -> __m256i {
     _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), lane)
 }
 
+/// Elements `j .. j + 4` of rows `r` and `r + 4` (rows of `classes` elements from `z`), in the
+/// low and high halves; past `readable` (the last row's end), zeros.
+#[inline(always)]
+unsafe fn row_pair(z: *const f32, classes: usize, readable: usize, r: usize, j: usize) -> __m256 {
+    _mm256_insertf128_ps::<1>(
+        _mm256_castps128_ps256(four_at(z, r * classes + j, readable)),
+        four_at(z, (r + 4) * classes + j, readable),
+    )
+}
+
+/// `z[at .. at + 4]`, zeros past `readable` (`at < readable`).
+#[inline(always)]
+unsafe fn four_at(z: *const f32, at: usize, readable: usize) -> __m128 {
+    if at + 4 <= readable {
+        return _mm_loadu_ps(z.add(at));
+    }
+    let mut four = [0.0f32; 4];
+    std::ptr::copy_nonoverlapping(z.add(at), four.as_mut_ptr(), readable - at);
+    _mm_loadu_ps(four.as_ptr())
+}
+
 /// `2^k` from a `MAGIC`-shifted `t` whose low mantissa bits hold the biased exponent `k`.
 #[inline(always)]
 unsafe fn pow2_ps(t: __m256) -> __m256 {
@@ -394,6 +416,29 @@ unsafe impl Vector for __m256 {
     unsafe fn gather(p: *const f32, stride: usize) -> Self {
         let index = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(stride as i32));
         _mm256_i32gather_ps::<4>(p, index)
+    }
+    #[inline(always)]
+    unsafe fn columns(z: *const f32, classes: usize, readable: usize, cols: &mut [MaybeUninit<Self>; MAX_CLASSES]) {
+        // Four columns at a time: rows r and r + 4 loaded into the two halves of a vector, then
+        // a 4x4 transpose in each half, by eight shuffles (a gather a column was a quarter of
+        // the tile's time on Zen 3).
+        for j in (0..classes).step_by(4) {
+            let a = row_pair(z, classes, readable, 0, j);
+            let b = row_pair(z, classes, readable, 1, j);
+            let c = row_pair(z, classes, readable, 2, j);
+            let d = row_pair(z, classes, readable, 3, j);
+            let (ab_lo, ab_hi) = (_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b));
+            let (cd_lo, cd_hi) = (_mm256_unpacklo_ps(c, d), _mm256_unpackhi_ps(c, d));
+            let four = [
+                _mm256_shuffle_ps::<0x44>(ab_lo, cd_lo),
+                _mm256_shuffle_ps::<0xee>(ab_lo, cd_lo),
+                _mm256_shuffle_ps::<0x44>(ab_hi, cd_hi),
+                _mm256_shuffle_ps::<0xee>(ab_hi, cd_hi),
+            ];
+            for (k, col) in four.into_iter().enumerate().take(classes - j) {
+                cols[j + k].write(col);
+            }
+        }
     }
     #[inline(always)]
     unsafe fn stream(p: *mut f32, v: Self) {
@@ -542,7 +587,7 @@ unsafe impl Vector for __m256d {
 #[target_feature(enable = "avx512f,avx2,fma")]
 pub(super) unsafe fn tile_stats_avx512(z: &[f32], classes: usize, out: &mut TileStats, exps: Option<&mut [Column]>) {
     let mut lanes = [[0.0f32; LANES]; 4];
-    simd::tile_lanes::<__m512>(z.as_ptr(), classes, &mut lanes, 0, exps);
+    simd::tile_lanes::<__m512, 1>(z.as_ptr(), classes, &mut lanes, exps);
     finish_tile(&lanes, out);
 }
 
@@ -550,10 +595,9 @@ pub(super) unsafe fn tile_stats_avx512(z: &[f32], classes: usize, out: &mut Tile
 /// The CPU has AVX2 and FMA; `z` holds `LANES` rows of `classes` (1 ..= `MAX_CLASSES`)
 /// elements; `exps`, at least `classes` columns.
 #[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn tile_stats_avx2(z: &[f32], classes: usize, out: &mut TileStats, mut exps: Option<&mut [Column]>) {
+pub(super) unsafe fn tile_stats_avx2(z: &[f32], classes: usize, out: &mut TileStats, exps: Option<&mut [Column]>) {
     let mut lanes = [[0.0f32; LANES]; 4];
-    simd::tile_lanes::<__m256>(z.as_ptr(), classes, &mut lanes, 0, exps.as_deref_mut());
-    simd::tile_lanes::<__m256>(z.as_ptr().add(8 * classes), classes, &mut lanes, 8, exps);
+    simd::tile_lanes::<__m256, 2>(z.as_ptr(), classes, &mut lanes, exps);
     finish_tile(&lanes, out);
 }
 
