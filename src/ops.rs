@@ -549,13 +549,13 @@ fn for_rows_with<T, R, Fun>(
         let first = g * group;
         if tiled && results.len() == LANES {
             // A tile's rows are read where the prefetcher has not looked yet (each row once,
-            // then gathered from the copy): ask for a tile a few ahead.
+            // then its columns from the copy): ask for a tile a few ahead.
             if let Some(ahead) = view.stored_rows(first + TILES_AHEAD * LANES, LANES) {
                 crate::kernels::prefetch(ahead);
             }
             // The sixteen rows copied (half types: widened) into scratch, in one go: the
-            // gathers of the tile then read L1. Straight from the logits, they waited on L2
-            // (sparse float32 524288×64: 52 -> 40 ms, 1048576×32: 48 -> 45 ms).
+            // tile's columns are then read from L1. Gathered straight from the logits, they
+            // waited on L2 (sparse float32 524288×64: 52 -> 40 ms, 1048576×32: 48 -> 45 ms).
             match view.stored_rows(first, LANES) {
                 Some(stored) => {
                     d.tile.resize(stored.len(), T::Compute::zero());

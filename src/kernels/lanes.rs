@@ -1,9 +1,9 @@
 //! Narrow rows, sixteen at a time: a row of ten classes gives a SIMD loop along the row nothing
 //! to do (its setup, tail and horizontal sums cost more than its arithmetic), so the max, the
 //! exps and the sums of a tile of 16 rows run across rows, one lane per row. The SIMD tiers
-//! do it on their vectors (`super::simd::tile_lanes`, columns gathered or transposed from the rows); the
-//! portable tier here on a tile transposed in L1 (`tile[j][r]` is element `j` of row `r`),
-//! plain Rust over fixed-width lanes. Both finish with the lane-wise `log1p` below. Also here:
+//! do it on their vectors (`super::simd::tile_lanes`, columns gathered from the rows, or on
+//! AVX2 transposed four at a time); the portable tier here on a tile transposed in L1
+//! (`tile[j][r]` is element `j` of row `r`), plain Rust over fixed-width lanes. Both finish with the lane-wise `log1p` below. Also here:
 //! widening float16 rows to f32 with F16C.
 //!
 //! Accuracy: the portable tiles' `exp` is within 1 ulp (a degree-7 Taylor polynomial after a
@@ -16,10 +16,12 @@ use crate::dispatch::Tier;
 
 /// Rows per tile: one AVX-512 vector of f32.
 pub const LANES: usize = 16;
-/// The widest row the tiled path takes; wider rows go one at a time. (Sparse float32, AVX2,
-/// 128 MiB of logits: tiles take 33-class rows in 43 ms against 108 one at a time, 64-class
-/// rows in 40 against 53, and lose from about 96 classes on: 128 classes 40 against 32 ms.)
-pub const MAX_CLASSES: usize = 64;
+/// The widest row the tiled path takes; wider rows go one at a time. Set on AVX2 (other tiers
+/// unmeasured past 64): sparse float32, 128 MiB of logits, tiles took 33-class rows in 43 ms
+/// against 108 one at a time and 64-class rows in 40 against 53 (gathered columns); with
+/// transposed columns, 96-class rows in 34 against 45 (bfloat16 30 against 52), and a tie at
+/// 128 classes, where the float32 gradient into `grad_out` ran slower in tiles.
+pub const MAX_CLASSES: usize = 96;
 
 /// The statistics of the rows of a tile (see `crate::rows::RowStats`).
 #[derive(Debug, Clone, Copy, Default)]
@@ -118,7 +120,7 @@ fn stats_of_tile(tile: &Tile, classes: usize, out: &mut TileStats, mut exps: Opt
             argmax[r] = if col[r] == max[r] { j as u32 } else { argmax[r] };
         }
     }
-    // Summed in f64: a sum of up to 63 terms in f32 would add several ulp to the exps' 1 (the
+    // Summed in f64: a sum of up to 95 terms in f32 would add several ulp to the exps' 1 (the
     // loss of a confident row is this sum), and the f64 sum feeds the f64 `log1p` as it is.
     let mut rest = [0.0f64; LANES];
     for (j, col) in tile.iter().enumerate() {
@@ -280,7 +282,7 @@ mod tests {
         }
         #[cfg(target_arch = "aarch64")]
         impls.push(("neon", super::super::neon::tile_stats_neon));
-        for classes in [1usize, 2, 3, 10, 17, 31, 32, 33, 48, 63, 64] {
+        for classes in [1usize, 2, 3, 10, 17, 31, 32, 33, 48, 63, 64, 65, 95, 96] {
             let mut z: Vec<f32> = (0..classes * LANES).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.37).collect();
             z[3 * classes] = f32::NAN;
             // (In the last part of the tile on every tier: rows 8..16 of AVX2, 12..16 of NEON.)

@@ -290,8 +290,8 @@ impl Float for f32 {
         match exps {
             None => lanes::tile_stats(z, classes, &mut t, None),
             Some(exps) => {
-                // Only the columns in use are set: zeroing all 64 (4 KiB a tile) showed in
-                // profiles of 10-class gradients.
+                // Only the columns in use are set: zeroing all 64 (4 KiB a tile, when that was
+                // the limit) showed in profiles of 10-class gradients.
                 let mut storage = [std::mem::MaybeUninit::<lanes::Column>::uninit(); lanes::MAX_CLASSES];
                 for c in &mut storage[..classes] {
                     c.write([0.0; lanes::LANES]);

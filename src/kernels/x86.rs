@@ -422,6 +422,7 @@ unsafe impl Vector for __m256 {
         // Four columns at a time: rows r and r + 4 loaded into the two halves of a vector, then
         // a 4x4 transpose in each half, by eight shuffles (a gather a column was a quarter of
         // the tile's time on Zen 3).
+        debug_assert!(readable >= 8 * classes);
         for j in (0..classes).step_by(4) {
             let a = row_pair(z, classes, readable, 0, j);
             let b = row_pair(z, classes, readable, 1, j);
