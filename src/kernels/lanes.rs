@@ -3,8 +3,8 @@
 //! exps and the sums of a tile of 16 rows run across rows, one lane per row. The SIMD tiers
 //! do it on their vectors (`super::simd::tile_lanes`, columns gathered from the rows, or on
 //! AVX2 transposed four at a time); the portable tier here on a tile transposed in L1
-//! (`tile[j][r]` is element `j` of row `r`), plain Rust over fixed-width lanes. Both finish with the lane-wise `log1p` below. Also here:
-//! widening float16 rows to f32 with F16C.
+//! (`tile[j][r]` is element `j` of row `r`), plain Rust over fixed-width lanes. Both finish
+//! with the lane-wise `log1p` below. Also here: widening float16 rows to f32 with F16C.
 //!
 //! Accuracy: the portable tiles' `exp` is within 1 ulp (a degree-7 Taylor polynomial after a
 //! two-constant Cody-Waite reduction, exact subnormal scaling, checked exhaustively), and the

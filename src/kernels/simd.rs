@@ -563,8 +563,9 @@ pub unsafe fn max_argmax<V: Vector, L: Storage<V>>(z: &[L::S]) -> (V::E, usize) 
     // The first occurrence: a second pass from the start, over a row still in cache.
     let target = splat::<V>(best);
     let mut i = 0;
-    // Four vectors a step up to the block holding it, then a vector at a time (a branch a
-    // vector made the whole kernel, in L1, 5% slower for f32 and 24% for f64).
+    // Four vectors a step up to the block holding it, then a vector at a time (with a branch
+    // a vector, the kernel in L1 ran at 12.0 against 12.6 G elements/s for f32, 4.9 against
+    // 6.1 for f64).
     while i + 4 * w <= n {
         let hits = V::eq_mask(L::load(p.add(i)), target)
             | V::eq_mask(L::load(p.add(i + w)), target)
