@@ -115,7 +115,8 @@ def test_grad_out_needs_the_grad_function():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_large_gradient_buffers_match_a_fresh_gradient(dtype):
     # Past 64 MiB, a caller's grad_out (and the logits, in place) get rows of 2048 classes or
-    # more stored past the caches; rows of 4100 classes start at every alignment. The bits must be the same.
+    # more stored past the caches; rows of 4100 classes start at every alignment. The bits
+    # must be the same.
     rng = np.random.default_rng(3)
     rows = (64 << 20) // (4100 * np.dtype(dtype).itemsize) + 2
     z = rng.normal(0, 3, (rows, 4100)).astype(dtype)

@@ -85,7 +85,7 @@ pub(crate) fn log1p_lane(x: f64) -> f32 {
 }
 
 /// A tile transposed: `tile[j][r]` is element `j` of row `r`.
-pub type Tile = [Column; MAX_CLASSES];
+type Tile = [Column; MAX_CLASSES];
 /// Element `j` of each of the 16 rows of a tile.
 pub type Column = [f32; LANES];
 
@@ -169,7 +169,7 @@ fn check(z: &[f32], classes: usize, exps: &Option<&mut [Column]>) {
 }
 
 fn tile_stats_portable(z: &[f32], classes: usize, out: &mut TileStats, exps: Option<&mut [Column]>) {
-    let mut tile = [[0.0f32; LANES]; MAX_CLASSES];
+    let mut tile: Tile = [[0.0; LANES]; MAX_CLASSES];
     transpose_generic(z, classes, &mut tile);
     stats_of_tile(&tile, classes, out, exps)
 }
