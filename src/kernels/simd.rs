@@ -19,16 +19,21 @@
 //! above `ln(MAX)` (88.72 / 709.78) give `+inf`, NaN gives NaN.
 //!
 //! The row kernels compute `exp(x - shift)` without forming `x - shift` (see [`Split`]), so
-//! that the rounding of `x - shift` costs nothing however large `|x - shift|` is.
+//! that the rounding of `x - shift` costs nothing however large `|x - shift|` is. In f32 on
+//! AVX-512 they reduce by sixteenths of ln 2 instead, `2^(n/16) · e^r` with `2^(j/16)` from a
+//! table of 16 (`vpermps`) and `e^r` by a degree-3 polynomial on `|r| ≤ 1.3 ln2/32`: three
+//! FMAs fewer, which is what bounds them there (sum_exp 4.8 -> 5.5 G elements/s on Zen 4).
 //!
 //! Measured errors (tests in `x86/tests.rs`; "ulp" is the spacing of the format at the exact
 //! result, subnormal spacing below the smallest normal):
 //! - f32 `exp`, and the kernels' form with `shift = 0`: at most 0.896 ulp over every f32 in
-//!   `[-104, 89]` (exhaustive, both tiers; always within 1 ulp of the correctly rounded value).
-//! - f32 `exp(x - shift)` as the kernels compute it: at most 1.102 ulp, and always within 1 ulp
-//!   of the correctly rounded value (57 million points over 400 shifts of 2^-3 to 2^16 in
-//!   magnitude, `exhaustive_f32_shifted_exp_over_400_shifts`; an earlier sample of as many
-//!   points found 1.17 ulp).
+//!   `[-104, 89]` (exhaustive, both tiers; the kernels' form on AVX-512, the table: 0.975 ulp;
+//!   always within 1 ulp of the correctly rounded value).
+//! - f32 `exp(x - shift)` as the kernels compute it: at most 1.102 ulp (AVX2), 0.969 ulp
+//!   (AVX-512, the table), and always within 1 ulp of the correctly rounded value (57 million
+//!   points over 400 shifts of 2^-3 to 2^16 in magnitude,
+//!   `exhaustive_f32_shifted_exp_over_400_shifts`; an earlier sample of as many points found
+//!   1.17 ulp).
 //! - f64: at most 0.89 ulp (`exp`) and 1.05 ulp (`exp(x - shift)`) against mpmath on 480,000
 //!   points; within 1 ulp of `std`'s `exp` on 600,000 more.
 
@@ -51,6 +56,9 @@ pub trait ExpConsts: Float + Element<Compute = Self> {
     const MAGIC: Self;
     /// `1.5 · 2^p + exponent bias`: as `MAGIC`, for the two-factor scaling of the full range.
     const MAGIC_BIAS: Self;
+    /// `1.5 · 2^p`: `d + ROUNDER` rounds `d` to an integer `n` and leaves `n` (two's complement)
+    /// in the low mantissa bits, for the table lookups of [`Vector::exp2_sixteenths`].
+    const ROUNDER: Self;
     /// `2^-64` (f32), `2^-600` (f64): undoes the bias of `MAGIC`.
     const UNSCALE: Self;
     /// `ln 2 = LN2_HI + LN2_LO`, `LN2_HI` short enough that `n · LN2_HI` is exact.
@@ -72,6 +80,7 @@ impl ExpConsts for f32 {
     // 1.5 * 2^23 + 127 + 64.
     const MAGIC: f32 = 12_583_103.0;
     const MAGIC_BIAS: f32 = 12_583_039.0;
+    const ROUNDER: f32 = 12_582_912.0;
     const UNSCALE: f32 = 5.421_011e-20; // 2^-64
     const LN2_HI: f32 = 0.693_145_75; // 0x3f317200
     const LN2_LO: f32 = 1.428_606_8e-6;
@@ -88,6 +97,7 @@ impl ExpConsts for f64 {
     // 1.5 * 2^52 + 1023 + 600.
     const MAGIC: f64 = 6_755_399_441_057_367.0;
     const MAGIC_BIAS: f64 = 6_755_399_441_056_767.0;
+    const ROUNDER: f64 = 6_755_399_441_055_744.0;
     const UNSCALE: f64 = 2.409_919_865_102_884e-181; // 2^-600
     const LN2_HI: f64 = 6.931_471_803_691_238e-1; // 32 bits
     const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
@@ -146,8 +156,19 @@ pub unsafe trait Vector: Copy {
     unsafe fn max_num(x: Self, m: Self) -> Self;
     /// `p · 2^n`, rounded once, for `p` in `[0.7, 1.42]` and integral `n` in `[-159, 129]` (f32)
     /// or `[-1083, 1025]` (f64); `t` is the `MAGIC`-shifted value `n` was read from. Unless
-    /// `FULL`, `n ≤ 0`.
+    /// `FULL`, `n ≤ 0`. (Or `p` and `n` as [`Vector::exp2_sixteenths`] gives them.)
     unsafe fn ldexp<const FULL: bool>(p: Self, n: Self, t: Self) -> Self;
+    /// Whether the row kernels' `exp(x - shift)` ([`Split`]) reduces by sixteenths of `ln 2`
+    /// and takes `2^(j/16)` from a table ([`Vector::exp2_sixteenths`]), with a polynomial of
+    /// degree 3 instead of 6: for a tier with a one-instruction lookup, where the exps are
+    /// bound by the FMA pipes (AVX-512 on Zen 4).
+    const EXP_TABLE: bool = false;
+    /// `(p, n)` such that [`Vector::ldexp`]`(p, n, _)` is `2^(n16/16) · e^r`, for `|r| ≤ 1.3 ln2/32`
+    /// and integral `n16`, `t` the `ROUNDER`-shifted `n16` (its low four bits hold `n16 mod 16`).
+    /// Only called where `EXP_TABLE`.
+    unsafe fn exp2_sixteenths(_r: Self, _n16: Self, _t: Self) -> (Self, Self) {
+        unreachable!("exp2_sixteenths: the tier has no table")
+    }
     /// `log2` of the factor [`Vector::ldexp_biased`] scales its results by; 0: the tier has no
     /// such form.
     const EXP_BIAS: i32 = 0;
@@ -446,15 +467,18 @@ impl<V: Vector> Split<V> {
         if shift.abs() >= V::E::SPLIT_LIMIT || shift.is_nan() {
             return None;
         }
-        let k = (shift * V::E::LOG2E).round();
-        // Exact: k < 2^21 and LN2_HI has 32 bits (f64) or 15 (f32), and the difference is a
+        // With a table, in sixteenths of ln 2 (exact scalings by 16).
+        let steps = e(if V::EXP_TABLE { 16.0 } else { 1.0 });
+        let k = (shift * V::E::LOG2E * steps).round();
+        // Exact: k < 2^25 and LN2_HI has 32 bits (f64) or 15 (f32), and the difference is a
         // multiple of the coarser of the two grids below 1 in magnitude.
-        let s_r = e(shift.to_f64() - k.to_f64() * V::E::LN2_HI.to_f64());
+        let s_r = e(shift.to_f64() - k.to_f64() * (V::E::LN2_HI / steps).to_f64());
+        let magic = if V::EXP_TABLE { V::E::ROUNDER } else { V::E::MAGIC };
         Some(Split {
             lo: V::splat(shift - V::E::SPAN),
             hi: V::splat(shift + V::E::EXP_HI),
-            neg_shift_log2e: V::splat(-(shift * V::E::LOG2E)),
-            magic_less_k: V::splat(V::E::MAGIC - k),
+            neg_shift_log2e: V::splat(-(shift * V::E::LOG2E * steps)),
+            magic_less_k: V::splat(magic - k),
             s_r: V::splat(s_r),
         })
     }
@@ -465,16 +489,28 @@ impl<V: Vector> Split<V> {
     /// vectors, for [`Vector::ldexp`]; `x` in `[shift - SPAN, shift + EXP_HI]` (`n` in range).
     #[inline(always)]
     unsafe fn reduce<const U: usize>(&self, x: [V; U]) -> ([V; U], [V; U], [V; U]) {
-        let t = each!(x, |x| V::add(V::fmadd(x, splat(V::E::LOG2E), self.neg_shift_log2e), splat(V::E::MAGIC)));
-        let n = each!(t, |t| V::sub(t, splat(V::E::MAGIC)));
+        // In steps of ln 2, or of ln 2 / 16 with a table (`n` then counts sixteenths).
+        let steps = if V::EXP_TABLE { 16.0 } else { 1.0 };
+        let magic = splat::<V>(if V::EXP_TABLE { V::E::ROUNDER } else { V::E::MAGIC });
+        let log2e = splat::<V>(V::E::LOG2E * V::E::from_f64(steps));
+        let (ln2_hi, ln2_lo) = (V::E::LN2_HI / V::E::from_f64(steps), V::E::LN2_LO / V::E::from_f64(steps));
+        let t = each!(x, |x| V::add(V::fmadd(x, log2e, self.neg_shift_log2e), magic));
+        let mut n = each!(t, |t| V::sub(t, magic));
         let mut r = x;
         for k in 0..U {
-            r[k] = V::fnmadd(V::sub(t[k], self.magic_less_k), splat(V::E::LN2_HI), x[k]);
+            r[k] = V::fnmadd(V::sub(t[k], self.magic_less_k), splat(ln2_hi), x[k]);
         }
         for k in 0..U {
-            r[k] = V::fnmadd(n[k], splat(V::E::LN2_LO), V::sub(r[k], self.s_r));
+            r[k] = V::fnmadd(n[k], splat(ln2_lo), V::sub(r[k], self.s_r));
         }
-        (poly(r), n, t)
+        if !V::EXP_TABLE {
+            return (poly(r), n, t);
+        }
+        let mut p = r;
+        for k in 0..U {
+            (p[k], n[k]) = V::exp2_sixteenths(r[k], n[k], t[k]);
+        }
+        (p, n, t)
     }
 }
 
