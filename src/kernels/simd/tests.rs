@@ -314,6 +314,42 @@ fn max_argmax_special_rows() {
     }
 }
 
+/// Rows longer than a block of the first pass (2048 elements): the maximum's first occurrence
+/// when an equal or larger one, or a zero of the other sign, or a NaN, lies in a later block.
+#[test]
+fn max_argmax_across_blocks() {
+    let cases: [(usize, usize, f32, f32); 9] = [
+        // (first position, second position, value there, value at the second)
+        (5, 2051, 2.0, 2.0),
+        (2047, 2048, 2.0, 2.0),
+        (2048, 4100, 2.0, 2.0),
+        (100, 6199, 2.0, 2.0),
+        (7, 4096, 2.0, 3.0),
+        (4095, 4096, 3.0, 2.0),
+        (30, 5000, -0.0, 0.0),
+        (2100, 2200, 0.0, -0.0),
+        (3, 4099, 2.0, f32::NAN),
+    ];
+    for TestTier { name, k, .. } in tiers_f32() {
+        for n in [2049, 4097, 6200] {
+            for &(p1, p2, v1, v2) in cases.iter().filter(|c| c.1 < n) {
+                let mut z = vec![if v1 == 0.0 { -1.0f32 } else { 0.5 }; n];
+                (z[p1], z[p2]) = (v1, v2);
+                let (m, j) = (k.max_argmax)(&z);
+                let (want_m, want_j) = if v2.is_nan() || v2 > v1 { (v2, p2) } else { (v1, p1) };
+                assert!(m.to_bits() == want_m.to_bits() || (m.is_nan() && want_m.is_nan()), "{name} n={n}: {m}");
+                assert_eq!(j, want_j, "{name} n={n} {p1} {p2}");
+                let z64: Vec<f64> = z.iter().map(|&x| x as f64).collect();
+                for TestTier { k: k64, .. } in tiers_f64().into_iter().filter(|t| t.name == name) {
+                    let (m, j) = (k64.max_argmax)(&z64);
+                    assert!(m.to_bits() == (want_m as f64).to_bits() || (m.is_nan() && want_m.is_nan()));
+                    assert_eq!(j, want_j, "{name} f64 n={n} {p1} {p2}");
+                }
+            }
+        }
+    }
+}
+
 /// Per f32 tier, over `xs`: the worst ulp distance to `f64::exp` rounded to f32, the input
 /// where it occurs, and the worst error in ulps against `f64::exp` itself.
 fn worst_exp_f32(xs: &[f32]) -> Vec<(&'static str, u64, f32, f64)> {
