@@ -69,7 +69,7 @@ def _assert_same_bits(got: list[np.ndarray], want: list[np.ndarray], dtype) -> N
 HALF_SHAPES = [
     (3, C, 0), (64, 1000, 0), (7, 4099, 5), (50, 300, 0), (9, 512, 3),
     (100, 10, 0), (40, 10, 6), (21, 32, 0), (5, 33, 0), (18, 64, 0), (17, 48, 2), (17, 95, 1),
-    (17, 97, 0),
+    (17, 97, 0), (17, 128, 1), (17, 129, 0),
 ]
 
 
@@ -149,7 +149,7 @@ def test_float16_rows_against_float64():
     np.testing.assert_allclose(fx.logsumexp(z).astype(np.float64), lse, rtol=2**-10)
 
 
-@pytest.mark.parametrize("classes", [10, 48, 96, 1000, 5000])
+@pytest.mark.parametrize("classes", [10, 48, 96, 128, 1000, 5000])
 @pytest.mark.parametrize("dtype", [np.float16, BF16, np.float32, np.float64], ids=str)
 def test_rows_that_keep_their_exps_take_the_same_path_in_every_layout(dtype, classes):
     # Rows under the split threshold with an output keep the exps of their sum, where the

@@ -592,7 +592,7 @@ def test_reduction_accumulates_in_float64_for_half_types():
 # --------------------------------------------------------------------------- row shapes
 
 
-@pytest.mark.parametrize("classes", [1, 2, 15, 16, 17, 31, 32, 33, 63, 64, 65, 95, 96, 97, 1000, 70000])
+@pytest.mark.parametrize("classes", [1, 2, 15, 16, 17, 31, 32, 33, 63, 64, 65, 95, 96, 97, 127, 128, 129, 1000, 70000])
 @pytest.mark.parametrize("rows", [1, 15, 16, 17, 100])
 def test_row_widths_and_counts(rows, classes):
     # Narrow rows go sixteen at a time, wide rows are split across threads: every boundary.

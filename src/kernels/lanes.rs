@@ -1,8 +1,8 @@
 //! Narrow rows, sixteen at a time: a row of ten classes gives a SIMD loop along the row nothing
 //! to do (its setup, tail and horizontal sums cost more than its arithmetic), so the max, the
 //! exps and the sums of a tile of 16 rows run across rows, one lane per row. The SIMD tiers
-//! do it on their vectors (`super::simd::tile_lanes`, columns gathered from the rows, or on
-//! AVX2 transposed four at a time); the portable tier here on a tile transposed in L1
+//! do it on their vectors (`super::simd::tile_lanes`, columns transposed four at a time on
+//! AVX-512 and AVX2, gathered on NEON); the portable tier here on a tile transposed in L1
 //! (`tile[j][r]` is element `j` of row `r`), plain Rust over fixed-width lanes. Both finish
 //! with the lane-wise `log1p` below. Also here: widening float16 rows to f32 with F16C.
 //!
@@ -16,12 +16,27 @@ use crate::dispatch::Tier;
 
 /// Rows per tile: one AVX-512 vector of f32.
 pub const LANES: usize = 16;
-/// The widest row the tiled path takes; wider rows go one at a time. Set on AVX2 (other tiers
-/// unmeasured past 64): sparse float32, 128 MiB of logits, tiles took 33-class rows in 43 ms
-/// against 108 one at a time and 64-class rows in 40 against 53 (gathered columns); with
-/// transposed columns, 96-class rows in 34 against 45 (bfloat16 30 against 52), and a tie at
-/// 128 classes, where the float32 gradient into `grad_out` ran slower in tiles.
-pub const MAX_CLASSES: usize = 96;
+/// The widest row any tier's tiled path takes (see [`max_classes`]): the size of a tile's
+/// column arrays.
+pub const MAX_CLASSES: usize = 128;
+
+/// The widest row the tiled path takes on the tier in use; wider rows go one at a time.
+/// Sparse float32, 128 MiB of logits, 2 threads:
+/// - AVX2 (Zen 3): tiles took 33-class rows in 43 ms against 108 one at a time and 64-class
+///   rows in 40 against 53 (gathered columns); with transposed columns, 96-class rows in 34
+///   against 45 (bfloat16 30 against 52), and a tie at 128 classes, where the float32
+///   gradient into `grad_out` ran slower in tiles: 96.
+/// - AVX-512 (Zen 4, transposed columns): 112 classes 16 against 27 ms (bfloat16 13 against
+///   28), 128 classes 16.5 against 24 (bfloat16 13 against 25), the float32 gradient into
+///   `grad_out` a tie at 128 and slower from 160 (26-27 against 24 ms): 128.
+/// - NEON and the portable tier: unmeasured past 64; 96, as AVX2.
+pub fn max_classes() -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if tier() == Tier::Avx512 {
+        return MAX_CLASSES;
+    }
+    96
+}
 
 /// The statistics of the rows of a tile (see `crate::rows::RowStats`).
 #[derive(Debug, Clone, Copy, Default)]
@@ -282,7 +297,7 @@ mod tests {
         }
         #[cfg(target_arch = "aarch64")]
         impls.push(("neon", super::super::neon::tile_stats_neon));
-        for classes in [1usize, 2, 3, 10, 17, 31, 32, 33, 48, 63, 64, 65, 95, 96] {
+        for classes in [1usize, 2, 3, 10, 17, 31, 32, 33, 48, 63, 64, 65, 95, 96, 97, 127, 128] {
             let mut z: Vec<f32> = (0..classes * LANES).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.37).collect();
             z[3 * classes] = f32::NAN;
             // (In the last part of the tile on every tier: rows 8..16 of AVX2, 12..16 of NEON.)

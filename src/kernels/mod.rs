@@ -283,7 +283,7 @@ impl Float for f32 {
         crate::dispatch::kernels_f32()
     }
     fn tiles(classes: usize) -> bool {
-        (1..=lanes::MAX_CLASSES).contains(&classes)
+        (1..=lanes::max_classes()).contains(&classes)
     }
     fn tile_stats(z: &[f32], classes: usize, out: &mut [crate::rows::RowStats<f32>], exps: Option<&mut [f32]>) {
         let mut t = lanes::TileStats::default();

@@ -151,6 +151,29 @@ unsafe impl Vector for __m512 {
         _mm512_i32gather_ps::<4>(index, p)
     }
     #[inline(always)]
+    unsafe fn columns(z: *const f32, classes: usize, readable: usize, cols: &mut [MaybeUninit<Self>; MAX_CLASSES]) {
+        // As AVX2's, four rows to a vector (one per 128-bit lane) and a 4x4 transpose in each
+        // lane.
+        debug_assert!(readable >= 16 * classes);
+        for j in (0..classes).step_by(4) {
+            let a = row_quad(z, classes, readable, 0, j);
+            let b = row_quad(z, classes, readable, 1, j);
+            let c = row_quad(z, classes, readable, 2, j);
+            let d = row_quad(z, classes, readable, 3, j);
+            let (ab_lo, ab_hi) = (_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+            let (cd_lo, cd_hi) = (_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
+            let four = [
+                _mm512_shuffle_ps::<0x44>(ab_lo, cd_lo),
+                _mm512_shuffle_ps::<0xee>(ab_lo, cd_lo),
+                _mm512_shuffle_ps::<0x44>(ab_hi, cd_hi),
+                _mm512_shuffle_ps::<0xee>(ab_hi, cd_hi),
+            ];
+            for (k, col) in four.into_iter().enumerate().take(classes - j) {
+                cols[j + k].write(col);
+            }
+        }
+    }
+    #[inline(always)]
     unsafe fn stream(p: *mut f32, v: Self) {
         _mm512_stream_ps(p, v)
     }
@@ -284,6 +307,14 @@ unsafe fn row_pair(z: *const f32, classes: usize, readable: usize, r: usize, j: 
         _mm256_castps128_ps256(four_at(z, r * classes + j, readable)),
         four_at(z, (r + 4) * classes + j, readable),
     )
+}
+
+/// Elements `j .. j + 4` of rows `r`, `r + 4`, `r + 8` and `r + 12` (rows of `classes`
+/// elements from `z`), in the four 128-bit lanes; past `readable` (the last row's end), zeros.
+#[inline(always)]
+unsafe fn row_quad(z: *const f32, classes: usize, readable: usize, r: usize, j: usize) -> __m512 {
+    let pair = |r: usize| _mm256_castps_pd(row_pair(z, classes, readable, r, j));
+    _mm512_castpd_ps(_mm512_insertf64x4::<1>(_mm512_castpd256_pd512(pair(r)), pair(r + 8)))
 }
 
 /// `z[at .. at + 4]`, zeros past `readable` (`at < readable`).
