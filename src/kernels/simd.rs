@@ -467,13 +467,11 @@ impl<V: Vector> Split<V> {
         if shift.abs() >= V::E::SPLIT_LIMIT || shift.is_nan() {
             return None;
         }
-        // With a table, in sixteenths of ln 2 (exact scalings by 16).
-        let steps = e(if V::EXP_TABLE { 16.0 } else { 1.0 });
+        let (steps, magic) = Self::steps();
         let k = (shift * V::E::LOG2E * steps).round();
-        // Exact: k < 2^25 and LN2_HI has 32 bits (f64) or 15 (f32), and the difference is a
+        // Exact: k < 2^21 and LN2_HI has 32 bits (f64) or 15 (f32), and the difference is a
         // multiple of the coarser of the two grids below 1 in magnitude.
         let s_r = e(shift.to_f64() - k.to_f64() * (V::E::LN2_HI / steps).to_f64());
-        let magic = if V::EXP_TABLE { V::E::ROUNDER } else { V::E::MAGIC };
         Some(Split {
             lo: V::splat(shift - V::E::SPAN),
             hi: V::splat(shift + V::E::EXP_HI),
@@ -485,15 +483,24 @@ impl<V: Vector> Split<V> {
 }
 
 impl<V: Vector> Split<V> {
+    /// Steps of the reduction per ln 2 (1, or 16 with a table: `n` then counts sixteenths, and
+    /// the constants scaled by 16 stay exact), and its rounding constant.
+    #[inline(always)]
+    fn steps() -> (V::E, V::E) {
+        if V::EXP_TABLE {
+            (V::E::from_f64(16.0), V::E::ROUNDER)
+        } else {
+            (V::E::one(), V::E::MAGIC)
+        }
+    }
+
     /// `(p(r), n, t)` of each lane's `exp(x - shift) = 2^n · p(r)`, step by step across the
     /// vectors, for [`Vector::ldexp`]; `x` in `[shift - SPAN, shift + EXP_HI]` (`n` in range).
     #[inline(always)]
     unsafe fn reduce<const U: usize>(&self, x: [V; U]) -> ([V; U], [V; U], [V; U]) {
-        // In steps of ln 2, or of ln 2 / 16 with a table (`n` then counts sixteenths).
-        let steps = if V::EXP_TABLE { 16.0 } else { 1.0 };
-        let magic = splat::<V>(if V::EXP_TABLE { V::E::ROUNDER } else { V::E::MAGIC });
-        let log2e = splat::<V>(V::E::LOG2E * V::E::from_f64(steps));
-        let (ln2_hi, ln2_lo) = (V::E::LN2_HI / V::E::from_f64(steps), V::E::LN2_LO / V::E::from_f64(steps));
+        let (steps, magic) = Self::steps();
+        let (magic, log2e) = (splat::<V>(magic), splat::<V>(V::E::LOG2E * steps));
+        let (ln2_hi, ln2_lo) = (V::E::LN2_HI / steps, V::E::LN2_LO / steps);
         let t = each!(x, |x| V::add(V::fmadd(x, log2e, self.neg_shift_log2e), magic));
         let mut n = each!(t, |t| V::sub(t, magic));
         let mut r = x;
