@@ -133,9 +133,14 @@ impl RowLayout {
 
     fn offset(&self, mut r: usize) -> isize {
         let mut off = 0isize;
-        for (&n, &s) in self.batch_shape.iter().zip(&self.batch_strides).rev() {
-            off += (r % n) as isize * s;
-            r /= n;
+        // The outermost dimension takes what is left of `r` (`r < rows`): no division for
+        // the common one batch dimension (narrow rows are millions of calls).
+        if let Some((&s0, inner)) = self.batch_strides.split_first() {
+            for (&n, &s) in self.batch_shape[1..].iter().zip(inner).rev() {
+                off += (r % n) as isize * s;
+                r /= n;
+            }
+            off += r as isize * s0;
         }
         off
     }
