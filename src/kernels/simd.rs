@@ -22,9 +22,10 @@
 //! that the rounding of `x - shift` costs nothing however large `|x - shift|` is. In f32 on
 //! AVX-512 they reduce by sixteenths of ln 2 instead, `2^(n/16) · e^r` with `2^(j/16)` from a
 //! table of 16 (`vpermps`) and `e^r` by a degree-3 polynomial on `|r| ≤ 1.3 ln2/32`: three
-//! FMAs fewer, which is what bounds them there (sum_exp 4.8 -> 5.5 G elements/s on Zen 4).
+//! FMAs fewer, for a permute and two multiplies more, where the FMA pipes bound the exps
+//! (sum_exp 4.8 -> 5.5 G elements/s on Zen 4).
 //!
-//! Measured errors (tests in `x86/tests.rs`; "ulp" is the spacing of the format at the exact
+//! Measured errors (tests in `simd/tests.rs`; "ulp" is the spacing of the format at the exact
 //! result, subnormal spacing below the smallest normal):
 //! - f32 `exp`, and the kernels' form with `shift = 0`: at most 0.896 ulp over every f32 in
 //!   `[-104, 89]` (exhaustive, both tiers; the kernels' form on AVX-512, the table: 0.975 ulp;
@@ -447,13 +448,16 @@ impl<V: Vector> ShiftedExp<V> for Compensated<V> {
 /// `-s_r - n LN2_LO` first, then adding it, makes the chain 7 cycles shorter and sum_exp 3-7%
 /// faster on Zen 3, but two roundings then always happen: 18% more results one ulp off, the
 /// worst 1.18 ulp instead of 1.10.) `N = n + k` is read from `t` directly, to shorten the chain
-/// as well. [`Compensated`] gets there by TwoSum, at five more operations per vector.
+/// as well. [`Compensated`] gets there by TwoSum, at five more operations per vector. With a
+/// table ([`Vector::EXP_TABLE`]) the same, in sixteenths of ln 2: `k`, `n` and `N` count
+/// sixteenths, `LN2_HI` and `LN2_LO` are divided by 16 (see [`Split::steps`]).
 #[derive(Clone, Copy)]
 struct Split<V> {
     lo: V,
     hi: V,
     neg_shift_log2e: V,
-    /// `MAGIC - k`: `t - (MAGIC - k)` is `n + k`, exactly (integers below 2^24 / 2^53).
+    /// `magic - k` (`MAGIC`, or `ROUNDER` with a table: [`Split::steps`]): `t - (magic - k)`
+    /// is `n + k`, exactly (integers below 2^24 / 2^53).
     magic_less_k: V,
     s_r: V,
 }
@@ -496,6 +500,8 @@ impl<V: Vector> Split<V> {
 
     /// `(p(r), n, t)` of each lane's `exp(x - shift) = 2^n · p(r)`, step by step across the
     /// vectors, for [`Vector::ldexp`]; `x` in `[shift - SPAN, shift + EXP_HI]` (`n` in range).
+    /// With a table, `p` and `n` as [`Vector::exp2_sixteenths`] gives them (`n` is `n16 / 16`,
+    /// not an integer: the tier's `ldexp` floors it).
     #[inline(always)]
     unsafe fn reduce<const U: usize>(&self, x: [V; U]) -> ([V; U], [V; U], [V; U]) {
         let (steps, magic) = Self::steps();

@@ -143,14 +143,6 @@ unsafe impl Vector for __m512 {
         _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_EQ_OQ>(a, b), f, t)
     }
     #[inline(always)]
-    unsafe fn gather(p: *const f32, stride: usize) -> Self {
-        let index = _mm512_mullo_epi32(
-            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-            _mm512_set1_epi32(stride as i32),
-        );
-        _mm512_i32gather_ps::<4>(index, p)
-    }
-    #[inline(always)]
     unsafe fn columns(z: *const f32, classes: usize, readable: usize, cols: &mut [MaybeUninit<Self>; MAX_CLASSES]) {
         // As AVX2's, four rows to a vector (one per 128-bit lane) and a 4x4 transpose in each
         // lane.
@@ -463,11 +455,6 @@ unsafe impl Vector for __m256 {
     #[inline(always)]
     unsafe fn select_eq(a: Self, b: Self, t: Self, f: Self) -> Self {
         _mm256_blendv_ps(f, t, _mm256_cmp_ps::<_CMP_EQ_OQ>(a, b))
-    }
-    #[inline(always)]
-    unsafe fn gather(p: *const f32, stride: usize) -> Self {
-        let index = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(stride as i32));
-        _mm256_i32gather_ps::<4>(p, index)
     }
     #[inline(always)]
     unsafe fn columns(z: *const f32, classes: usize, readable: usize, cols: &mut [MaybeUninit<Self>; MAX_CLASSES]) {
