@@ -31,6 +31,32 @@ const EXP2_SIXTEENTHS: [u32; 16] = [
     0x3fb5_04f3, 0x3fbd_08a4, 0x3fc5_672a, 0x3fce_248c, 0x3fd7_44fd, 0x3fe0_ccdf, 0x3fea_c0c7, 0x3ff5_257d,
 ];
 
+/// The body of the AVX-512 and AVX2 `columns` (their intrinsics differ only in width): four
+/// columns at a time, from four loads `rows(z, classes, readable, r, j)` (r = 0..4), each
+/// holding elements `j .. j + 4` of a row per 128-bit lane, then a 4x4 transpose in each lane
+/// by eight shuffles; lane `l` of column `j + k` is then element `j + k` of row `l`.
+macro_rules! transposed_columns {
+    ($z:ident, $classes:ident, $readable:ident, $cols:ident, $rows:ident, $unpacklo:ident, $unpackhi:ident, $shuffle:ident) => {
+        for j in (0..$classes).step_by(4) {
+            let a = $rows($z, $classes, $readable, 0, j);
+            let b = $rows($z, $classes, $readable, 1, j);
+            let c = $rows($z, $classes, $readable, 2, j);
+            let d = $rows($z, $classes, $readable, 3, j);
+            let (ab_lo, ab_hi) = ($unpacklo(a, b), $unpackhi(a, b));
+            let (cd_lo, cd_hi) = ($unpacklo(c, d), $unpackhi(c, d));
+            let four = [
+                $shuffle::<0x44>(ab_lo, cd_lo),
+                $shuffle::<0xee>(ab_lo, cd_lo),
+                $shuffle::<0x44>(ab_hi, cd_hi),
+                $shuffle::<0xee>(ab_hi, cd_hi),
+            ];
+            for (k, col) in four.into_iter().enumerate().take($classes - j) {
+                $cols[j + k].write(col);
+            }
+        }
+    };
+}
+
 unsafe impl Vector for __m512 {
     type E = f32;
     const N: usize = 16;
@@ -144,26 +170,18 @@ unsafe impl Vector for __m512 {
     }
     #[inline(always)]
     unsafe fn columns(z: *const f32, classes: usize, readable: usize, cols: &mut [MaybeUninit<Self>; MAX_CLASSES]) {
-        // As AVX2's, four rows to a vector (one per 128-bit lane) and a 4x4 transpose in each
-        // lane.
+        // Four rows to a vector, one per 128-bit lane (see `transposed_columns!`).
         debug_assert!(readable >= 16 * classes);
-        for j in (0..classes).step_by(4) {
-            let a = row_quad(z, classes, readable, 0, j);
-            let b = row_quad(z, classes, readable, 1, j);
-            let c = row_quad(z, classes, readable, 2, j);
-            let d = row_quad(z, classes, readable, 3, j);
-            let (ab_lo, ab_hi) = (_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
-            let (cd_lo, cd_hi) = (_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
-            let four = [
-                _mm512_shuffle_ps::<0x44>(ab_lo, cd_lo),
-                _mm512_shuffle_ps::<0xee>(ab_lo, cd_lo),
-                _mm512_shuffle_ps::<0x44>(ab_hi, cd_hi),
-                _mm512_shuffle_ps::<0xee>(ab_hi, cd_hi),
-            ];
-            for (k, col) in four.into_iter().enumerate().take(classes - j) {
-                cols[j + k].write(col);
-            }
-        }
+        transposed_columns!(
+            z,
+            classes,
+            readable,
+            cols,
+            row_quad,
+            _mm512_unpacklo_ps,
+            _mm512_unpackhi_ps,
+            _mm512_shuffle_ps
+        );
     }
     #[inline(always)]
     unsafe fn stream(p: *mut f32, v: Self) {
@@ -458,27 +476,20 @@ unsafe impl Vector for __m256 {
     }
     #[inline(always)]
     unsafe fn columns(z: *const f32, classes: usize, readable: usize, cols: &mut [MaybeUninit<Self>; MAX_CLASSES]) {
-        // Four columns at a time: rows r and r + 4 loaded into the two halves of a vector, then
-        // a 4x4 transpose in each half, by eight shuffles (against a gather a column, sparse
-        // rows of 32 to 64 classes ran 10-15% faster on Zen 3; at 10 classes the two tie).
+        // Rows r and r + 4 in the two halves of a vector (see `transposed_columns!`; against a
+        // gather a column, sparse rows of 32 to 64 classes ran 10-15% faster on Zen 3; at 10
+        // classes the two tie).
         debug_assert!(readable >= 8 * classes);
-        for j in (0..classes).step_by(4) {
-            let a = row_pair(z, classes, readable, 0, j);
-            let b = row_pair(z, classes, readable, 1, j);
-            let c = row_pair(z, classes, readable, 2, j);
-            let d = row_pair(z, classes, readable, 3, j);
-            let (ab_lo, ab_hi) = (_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b));
-            let (cd_lo, cd_hi) = (_mm256_unpacklo_ps(c, d), _mm256_unpackhi_ps(c, d));
-            let four = [
-                _mm256_shuffle_ps::<0x44>(ab_lo, cd_lo),
-                _mm256_shuffle_ps::<0xee>(ab_lo, cd_lo),
-                _mm256_shuffle_ps::<0x44>(ab_hi, cd_hi),
-                _mm256_shuffle_ps::<0xee>(ab_hi, cd_hi),
-            ];
-            for (k, col) in four.into_iter().enumerate().take(classes - j) {
-                cols[j + k].write(col);
-            }
-        }
+        transposed_columns!(
+            z,
+            classes,
+            readable,
+            cols,
+            row_pair,
+            _mm256_unpacklo_ps,
+            _mm256_unpackhi_ps,
+            _mm256_shuffle_ps
+        );
     }
     #[inline(always)]
     unsafe fn stream(p: *mut f32, v: Self) {
