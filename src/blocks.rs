@@ -79,7 +79,8 @@ pub trait Source<F>: Sync {
 
     /// `out_j = exp(z_j - shift) · scale` over the elements `range` of the row at `start`,
     /// read and written as stored, in one pass, where the stored type has a kernel for it and
-    /// `out` holds that type; returns whether it did (else `out` is untouched).
+    /// `out` holds that type; returns whether it did (else `out` is untouched). `stream`:
+    /// stored past the caches.
     ///
     /// # Safety
     /// As [`Source::widen`], for the range; `out` is as long as the range.
@@ -90,6 +91,7 @@ pub trait Source<F>: Sync {
         _shift: F,
         _scale: F,
         _out: StoredOut<'_>,
+        _stream: bool,
     ) -> bool {
         false
     }
@@ -156,6 +158,15 @@ pub trait Sink<F>: Sync {
     /// # Safety
     /// As [`Sink::direct`], for `z.len()` elements.
     unsafe fn exp_scaled(&self, _start: isize, _from: usize, _z: &[F], _shift: F, _scale: F) -> bool {
+        false
+    }
+
+    /// Stores `x_j · scale` (`x` in the compute type) as the elements `from..`, as
+    /// [`Sink::exp_scaled`] does (`stream`: past the caches).
+    ///
+    /// # Safety
+    /// As [`Sink::direct`], for `x.len()` elements.
+    unsafe fn scaled(&self, _start: isize, _from: usize, _x: &[F], _scale: F, _stream: bool) -> bool {
         false
     }
 }
@@ -274,13 +285,20 @@ impl<'a, F: Float> Reader<'a, F> {
     }
 
     /// [`Source::exp_scaled`] of `range` into `out`, for a row read through a source whose
-    /// stored type `out` holds.
-    pub fn stored_exp_scaled(&self, range: Range<usize>, shift: F, scale: F, out: &mut RowOut<F>) -> bool {
+    /// stored type `out` holds (`stream`: stored past the caches).
+    pub fn stored_exp_scaled(
+        &self,
+        range: Range<usize>,
+        shift: F,
+        scale: F,
+        out: &mut RowOut<F>,
+        stream: bool,
+    ) -> bool {
         let Some((start, source)) = self.source(&range) else { return false };
         assert_eq!(range.len(), out.len(), "as many outputs as inputs");
         let Some(stored) = out.stored_elements() else { return false };
         // SAFETY: within the row (checked by `source`), and `stored` is as long as the range.
-        unsafe { source.exp_scaled(start, range, shift, scale, stored) }
+        unsafe { source.exp_scaled(start, range, shift, scale, stored, stream) }
     }
 
     /// Calls `f(from, block)` for the blocks of `range` ([`block_ranges`]).
@@ -312,11 +330,20 @@ impl<F: Float> RowOut<'_, F> {
         }
     }
 
+    /// Whether [`RowOut::write`] hands out the elements themselves (never a buffer).
+    pub fn is_direct(&self) -> bool {
+        match self {
+            RowOut::Slice(_) => true,
+            RowOut::Stored { sink, .. } => sink.is_direct(),
+        }
+    }
+
     /// The longest piece [`RowOut::write`] takes without a buffer of its size.
     pub fn piece(&self) -> usize {
-        match self {
-            RowOut::Stored { sink, .. } if !sink.is_direct() => BLOCK,
-            _ => self.len().max(1),
+        if self.is_direct() {
+            self.len().max(1)
+        } else {
+            BLOCK
         }
     }
 
@@ -362,6 +389,19 @@ impl<F: Float> RowOut<'_, F> {
                 assert_eq!(z.len(), *len, "as many outputs as inputs");
                 // SAFETY: the elements of this `RowOut`, the only handle on them (see `parts`).
                 unsafe { sink.exp_scaled(*start, *from, z, shift, scale) }
+            }
+        }
+    }
+
+    /// [`Sink::scaled`] of `x` (as long as this row) into the elements, as
+    /// [`RowOut::stored_exp_scaled`].
+    pub fn stored_scaled(&mut self, x: &[F], scale: F, stream: bool) -> bool {
+        match self {
+            RowOut::Slice(_) => false,
+            RowOut::Stored { start, from, len, sink } => {
+                assert_eq!(x.len(), *len, "as many outputs as inputs");
+                // SAFETY: the elements of this `RowOut`, the only handle on them (see `parts`).
+                unsafe { sink.scaled(*start, *from, x, scale, stream) }
             }
         }
     }

@@ -211,18 +211,18 @@ impl<'a, T: Element> RowView<'a, T> {
             assert!(r < self.layout.rows(), "a row of the view");
             return Row::Stored { start: self.layout.offset(r), len: classes, source: self };
         }
-        scratch.clear();
-        self.append_row(r, scratch);
+        // (Resized, not cleared: a scratch of the row's length already is written over, not
+        // zeroed first.)
+        scratch.resize(classes, T::Compute::zero());
+        self.widen_row(r, scratch);
         Row::Slice(scratch)
     }
 
-    /// Row `r`, widened, onto the end of `dst`.
-    fn append_row(&self, r: usize, dst: &mut Vec<T::Compute>) {
-        let (classes, at) = (self.layout.classes, dst.len());
-        assert!(r < self.layout.rows(), "a row of the view");
-        dst.resize(at + classes, T::Compute::zero());
+    /// Row `r`, widened, into `dst` (of the row's length).
+    fn widen_row(&self, r: usize, dst: &mut [T::Compute]) {
+        assert!(r < self.layout.rows() && dst.len() == self.layout.classes, "a row of the view");
         // SAFETY: row `r` is in the view, and has `classes` elements.
-        unsafe { self.widen(self.layout.offset(r), 0, &mut dst[at..]) };
+        unsafe { self.widen(self.layout.offset(r), 0, dst) };
     }
 
     /// Elements `range` of the row at `start`, as stored, where the rows are contiguous.
@@ -270,13 +270,14 @@ impl<T: Element> Source<T::Compute> for RowView<'_, T> {
         shift: T::Compute,
         scale: T::Compute,
         out: StoredOut<'_>,
+        stream: bool,
     ) -> bool {
         // Never over logits the output overwrites: the stored input and output would alias.
         if self.copy {
             return false;
         }
         let (Some(k), Some(out)) = (self.stored, out.get::<T>()) else { return false };
-        (k.exp_scaled)(self.elements(start, range), shift, scale, out);
+        (if stream { k.exp_scaled_stream } else { k.exp_scaled })(self.elements(start, range), shift, scale, out);
         true
     }
 
@@ -357,9 +358,9 @@ impl<'a, T: Element> RowSink<'a, T> {
         }
     }
 
-    /// Rows stored past the caches where that pays: they are written in place (contiguous, of
-    /// the compute type), far outnumber what the caches hold (so a line read before it is
-    /// written would be a wasted read), and are long. A streamed row ends with a fence, and
+    /// Rows stored past the caches where that pays: they are contiguous, of the compute type
+    /// or of a half type with kernels that store it, far outnumber what the caches hold (so a
+    /// line read before it is written would be a wasted read), and are long. A streamed row ends with a fence, and
     /// a sparse gradient's label entry, written after the row, reads its line back from
     /// memory: per row, that costs more than streaming saves below a few thousand classes
     /// (sparse float32 gradient into `grad_out`, 128 MiB: 128 classes 109 -> 39 ms, 256
@@ -371,7 +372,8 @@ impl<'a, T: Element> RowSink<'a, T> {
         const _: () = assert!(crate::kernels::lanes::MAX_CLASSES < STREAM_MIN_CLASSES);
         let l = &self.layout;
         let bytes = l.rows() * l.classes * std::mem::size_of::<T>();
-        self.stream = self.is_direct() && bytes >= STREAM_MIN_BYTES && l.classes >= STREAM_MIN_CLASSES;
+        let storable = self.is_direct() || (l.class_stride == 1 && T::stored_kernels().is_some());
+        self.stream = storable && bytes >= STREAM_MIN_BYTES && l.classes >= STREAM_MIN_CLASSES;
         self
     }
 
@@ -469,6 +471,13 @@ impl<T: Element> Sink<T::Compute> for RowSink<'_, T> {
         (k.exp_scaled_narrow)(z, shift, scale, out);
         true
     }
+
+    unsafe fn scaled(&self, start: isize, from: usize, x: &[T::Compute], scale: T::Compute, stream: bool) -> bool {
+        let (1, Some(k)) = (self.layout.class_stride, T::stored_kernels()) else { return false };
+        let out = std::slice::from_raw_parts_mut(self.ptr.offset(start + from as isize), x.len());
+        (if stream { k.scale_narrow_stream } else { k.scale_narrow })(x, scale, out);
+        true
+    }
 }
 
 /// Calls on at most this many elements run on the calling thread, not on the pool (the one
@@ -561,15 +570,12 @@ fn for_rows_with<T, R, Fun>(
             // The sixteen rows copied (half types: widened) into scratch, in one go: the
             // tile's columns are then read from L1. Gathered straight from the logits, they
             // waited on L2 (sparse float32 524288×64: 52 -> 40 ms, 1048576×32: 48 -> 45 ms).
+            d.tile.resize(LANES * classes, T::Compute::zero());
             match view.stored_rows(first, LANES) {
-                Some(stored) => {
-                    d.tile.resize(stored.len(), T::Compute::zero());
-                    T::widen_into(stored, &mut d.tile);
-                }
+                Some(stored) => T::widen_into(stored, &mut d.tile),
                 None => {
-                    d.tile.clear();
-                    for r in first..first + LANES {
-                        view.append_row(r, &mut d.tile);
+                    for (r, row) in (first..).zip(d.tile.chunks_exact_mut(classes)) {
+                        view.widen_row(r, row);
                     }
                 }
             }

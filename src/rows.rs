@@ -198,7 +198,8 @@ fn scaled_exps<'e, F: Float>(
 
 /// `out_j = exp(z_j - max) · scale` over a whole row (see [`scaled_exps`]); in one pass, read
 /// (unless widened already) and written as stored, where `out` is of a half type with a kernel
-/// for it (then never streamed: only outputs of the compute type are).
+/// for it. `stream`: stores past the caches, where they go straight into `out` (never into a
+/// buffer read back).
 fn scaled_exp_row<F: Float>(
     k: &RowKernels<F>,
     z: &Row<F>,
@@ -209,15 +210,20 @@ fn scaled_exp_row<F: Float>(
     out: &mut RowOut<F>,
 ) {
     let exps = reusable(exps, scale);
-    if let (Some(e), RowOut::Slice(o)) = (exps, &mut *out) {
-        // Kept exps into a slice: one kernel call, without the pieces and closures below
-        // (which cost more than a narrow row's products).
-        return (if stream { k.scale_stream } else { k.scale })(e, scale, o);
+    if let Some(e) = exps {
+        // Kept exps: one kernel call, without the pieces and closures below (which cost more
+        // than a narrow row's products), where the output takes one.
+        if let RowOut::Slice(o) = out {
+            return (if stream { k.scale_stream } else { k.scale })(e, scale, o);
+        }
+        if out.stored_scaled(e, scale, stream) {
+            return;
+        }
     }
-    if exps.is_none() && stored_exp_scaled_row(z, max, scale, out) {
+    if exps.is_none() && stored_exp_scaled_row(z, max, scale, stream, out) {
         return;
     }
-    let (read, exp) = scaled_exps(k, z, exps, max, scale, stream);
+    let (read, exp) = scaled_exps(k, z, exps, max, scale, stream && out.is_direct());
     map(&read, None, out, |_, zb, _, ob| exp(zb, ob));
 }
 
@@ -225,21 +231,22 @@ fn scaled_exp_row<F: Float>(
 /// [`RowOut::stored_exp_scaled`] from a row widened already, by [`Reader::stored_exp_scaled`]
 /// from a stored one (a long one in parts across threads, as [`map`]); false where there is
 /// no kernel for the stored types (the answer is the same for every part: then none was
-/// written).
-fn stored_exp_scaled_row<F: Float>(z: &Row<F>, shift: F, scale: F, out: &mut RowOut<F>) -> bool {
+/// written). `stream`: a stored row's stores past the caches.
+fn stored_exp_scaled_row<F: Float>(z: &Row<F>, shift: F, scale: F, stream: bool, out: &mut RowOut<F>) -> bool {
     let len = z.len();
     match (z, &*out) {
         (_, RowOut::Slice(_)) => return false,
         (Row::Slice(zs), _) => return len < SPLIT_MIN && out.stored_exp_scaled(zs, shift, scale),
         (Row::Stored { .. }, _) => {}
     }
+    let exp = |range, part: &mut RowOut<F>| z.reader().stored_exp_scaled(range, shift, scale, part, stream);
     if len < SPLIT_MIN {
-        return z.reader().stored_exp_scaled(0..len, shift, scale, out);
+        return exp(0..len, out);
     }
     out.parts(SPLIT_BLOCK)
         .into_par_iter()
         .enumerate()
-        .map(|(i, mut part)| z.reader().stored_exp_scaled(split_part(i, len), shift, scale, &mut part))
+        .map(|(i, mut part)| exp(split_part(i, len), &mut part))
         .all(|done| done)
 }
 

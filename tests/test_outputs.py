@@ -112,7 +112,7 @@ def test_grad_out_needs_the_grad_function():
         fx.sparse_softmax_cross_entropy_with_logits(labels=y, logits=z, grad_out=np.zeros_like(z))
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", [np.float16, ml_dtypes.bfloat16, np.float32, np.float64])
 def test_large_gradient_buffers_match_a_fresh_gradient(dtype):
     # Past 64 MiB, a caller's grad_out (and the logits, in place) get rows of 2048 classes or
     # more stored past the caches; rows of 4100 classes start at every alignment. The bits
@@ -131,6 +131,11 @@ def test_large_gradient_buffers_match_a_fresh_gradient(dtype):
     loss_i, _ = fx.sparse_softmax_cross_entropy_with_logits_and_grad(labels=y, logits=z_in_place, grad_out=z_in_place)
     np.testing.assert_array_equal(loss_i, loss)
     np.testing.assert_array_equal(z_in_place, grad)
+    if np.dtype(dtype).itemsize == 2:
+        # Half types: the float32 gradient of the same values, rounded once.
+        _, want = fx.sparse_softmax_cross_entropy_with_logits_and_grad(labels=y, logits=z.astype(np.float32))
+        np.testing.assert_array_equal(grad.view(np.uint16), want.astype(dtype).view(np.uint16))
+        return
     # And the gradient itself is right (against float64 NumPy, on a sample of rows).
     some = rng.choice(rows, 64, replace=False)
     z64 = z[some].astype(np.float64)

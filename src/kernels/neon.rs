@@ -286,7 +286,7 @@ macro_rules! tier {
                 simd::exp_scaled::<$vector, Plain, Plain, false>(z, shift, scale, out)
             }
             pub unsafe fn scale(x: &[$t], scale: $t, out: &mut [$t]) {
-                simd::scale::<$vector, false>(x, scale, out)
+                simd::scale::<$vector, Plain, false>(x, scale, out)
             }
             pub unsafe fn target_sums(t: &[$t], z: &[$t], max: $t) -> ($t, $t) {
                 simd::target_sums::<$vector>(t, z, max)

@@ -274,8 +274,8 @@ pub unsafe trait Storage<V: Vector>: Copy {
         Self::store(stored.as_mut_ptr(), v);
         std::ptr::copy_nonoverlapping(stored.as_ptr(), p, n);
     }
-    /// [`Storage::store`] past the caches where the storage can (the compute type's), to a
-    /// 64-byte aligned `p`; else an ordinary store.
+    /// [`Storage::store`] past the caches where the storage can, to `p` aligned to 64 bytes
+    /// (or, for a half type, to the bytes it stores); else an ordinary store.
     #[inline(always)]
     unsafe fn stream(p: *mut Self::S, v: V) {
         Self::store(p, v)
@@ -878,10 +878,10 @@ pub unsafe fn exp_scaled<V: Vector, In: Storage<V>, Out: Storage<V>, const STREA
     }
 }
 
-/// `out_j = x_j · c`; `STREAM`: stored past the caches.
+/// `out_j = x_j · c`, stored as `Out`; `STREAM`: stored past the caches where `Out` can.
 #[inline(always)]
-pub unsafe fn scale<V: Vector, const STREAM: bool>(x: &[V::E], c: V::E, out: &mut [V::E]) {
-    map_lanes::<V, Plain, Plain, _, STREAM>(x, Scaled(splat::<V>(c)), V::E::zero(), out)
+pub unsafe fn scale<V: Vector, Out: Storage<V>, const STREAM: bool>(x: &[V::E], c: V::E, out: &mut [Out::S]) {
+    map_lanes::<V, Plain, Out, _, STREAM>(x, Scaled(splat::<V>(c)), V::E::zero(), out)
 }
 
 /// A lane-wise function of vectors, applied a few at a time by [`map_lanes`].

@@ -683,11 +683,11 @@ macro_rules! tier {
             }
             #[target_feature(enable = $features)]
             pub unsafe fn scale(x: &[$t], scale: $t, out: &mut [$t]) {
-                simd::scale::<$vector, false>(x, scale, out)
+                simd::scale::<$vector, Plain, false>(x, scale, out)
             }
             #[target_feature(enable = $features)]
             pub unsafe fn scale_stream(x: &[$t], scale: $t, out: &mut [$t]) {
-                simd::scale::<$vector, true>(x, scale, out)
+                simd::scale::<$vector, Plain, true>(x, scale, out)
             }
             #[target_feature(enable = $features)]
             pub unsafe fn target_sums(t: &[$t], z: &[$t], max: $t) -> ($t, $t) {
@@ -737,6 +737,10 @@ unsafe impl Storage<__m512> for F16Bits {
     unsafe fn store(p: *mut f16, v: __m512) {
         _mm256_storeu_si256(p as *mut __m256i, _mm512_cvtps_ph::<F16_ROUND>(v))
     }
+    #[inline(always)]
+    unsafe fn stream(p: *mut f16, v: __m512) {
+        _mm256_stream_si256(p as *mut __m256i, _mm512_cvtps_ph::<F16_ROUND>(v))
+    }
 }
 
 unsafe impl Storage<__m512> for Bf16Bits {
@@ -747,14 +751,24 @@ unsafe impl Storage<__m512> for Bf16Bits {
     }
     #[inline(always)]
     unsafe fn store(p: *mut bf16, v: __m512) {
-        // The top half, rounded to nearest even; NaN quieted (as `element::narrow_bf16`).
-        let b = _mm512_castps_si512(v);
-        let odd = _mm512_and_si512(_mm512_srli_epi32::<16>(b), _mm512_set1_epi32(1));
-        let rounded = _mm512_srli_epi32::<16>(_mm512_add_epi32(b, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), odd)));
-        let nan = _mm512_or_si512(_mm512_srli_epi32::<16>(b), _mm512_set1_epi32(0x40));
-        let bits = _mm512_mask_blend_epi32(_mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v), rounded, nan);
-        _mm256_storeu_si256(p as *mut __m256i, _mm512_cvtepi32_epi16(bits))
+        _mm256_storeu_si256(p as *mut __m256i, bf16_bits_512(v))
     }
+    #[inline(always)]
+    unsafe fn stream(p: *mut bf16, v: __m512) {
+        _mm256_stream_si256(p as *mut __m256i, bf16_bits_512(v))
+    }
+}
+
+/// `v` rounded to bfloat16 (nearest even; NaN quieted, as `element::narrow_bf16`).
+#[inline(always)]
+unsafe fn bf16_bits_512(v: __m512) -> __m256i {
+    // The top half, rounded.
+    let b = _mm512_castps_si512(v);
+    let odd = _mm512_and_si512(_mm512_srli_epi32::<16>(b), _mm512_set1_epi32(1));
+    let rounded = _mm512_srli_epi32::<16>(_mm512_add_epi32(b, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), odd)));
+    let nan = _mm512_or_si512(_mm512_srli_epi32::<16>(b), _mm512_set1_epi32(0x40));
+    let bits = _mm512_mask_blend_epi32(_mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v), rounded, nan);
+    _mm512_cvtepi32_epi16(bits)
 }
 
 /// (Needs F16C besides AVX2: see `dispatch::stored_f16`.)
@@ -767,6 +781,10 @@ unsafe impl Storage<__m256> for F16Bits {
     #[inline(always)]
     unsafe fn store(p: *mut f16, v: __m256) {
         _mm_storeu_si128(p as *mut __m128i, _mm256_cvtps_ph::<F16_ROUND>(v))
+    }
+    #[inline(always)]
+    unsafe fn stream(p: *mut f16, v: __m256) {
+        _mm_stream_si128(p as *mut __m128i, _mm256_cvtps_ph::<F16_ROUND>(v))
     }
 }
 
@@ -787,21 +805,31 @@ unsafe impl Storage<__m256> for Bf16Bits {
     }
     #[inline(always)]
     unsafe fn store(p: *mut bf16, v: __m256) {
-        // As the AVX-512 twin, with the results in the top halves of the lanes.
-        let b = _mm256_castps_si256(v);
-        let odd = _mm256_and_si256(_mm256_srli_epi32::<16>(b), _mm256_set1_epi32(1));
-        let rounded = _mm256_add_epi32(b, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), odd));
-        let nan = _mm256_or_si256(b, _mm256_set1_epi32(0x40_0000));
-        let bits = _mm256_blendv_epi8(rounded, nan, _mm256_castps_si256(_mm256_cmp_ps::<_CMP_UNORD_Q>(v, v)));
-        // The top halves, in order: bytes 2-3 of each lane to the bottom of its 128 bits,
-        // then the two 64-bit halves that hold them together.
-        let top = _mm256_setr_epi8(
-            2, 3, 6, 7, 10, 11, 14, 15, -1, -1, -1, -1, -1, -1, -1, -1, //
-            2, 3, 6, 7, 10, 11, 14, 15, -1, -1, -1, -1, -1, -1, -1, -1,
-        );
-        let packed = _mm256_permute4x64_epi64::<0b1000>(_mm256_shuffle_epi8(bits, top));
-        _mm_storeu_si128(p as *mut __m128i, _mm256_castsi256_si128(packed))
+        _mm_storeu_si128(p as *mut __m128i, bf16_bits_256(v))
     }
+    #[inline(always)]
+    unsafe fn stream(p: *mut bf16, v: __m256) {
+        _mm_stream_si128(p as *mut __m128i, bf16_bits_256(v))
+    }
+}
+
+/// `v` rounded to bfloat16, as [`bf16_bits_512`].
+#[inline(always)]
+unsafe fn bf16_bits_256(v: __m256) -> __m128i {
+    // As the AVX-512 twin, with the results in the top halves of the lanes.
+    let b = _mm256_castps_si256(v);
+    let odd = _mm256_and_si256(_mm256_srli_epi32::<16>(b), _mm256_set1_epi32(1));
+    let rounded = _mm256_add_epi32(b, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), odd));
+    let nan = _mm256_or_si256(b, _mm256_set1_epi32(0x40_0000));
+    let bits = _mm256_blendv_epi8(rounded, nan, _mm256_castps_si256(_mm256_cmp_ps::<_CMP_UNORD_Q>(v, v)));
+    // The top halves, in order: bytes 2-3 of each lane to the bottom of its 128 bits,
+    // then the two 64-bit halves that hold them together.
+    let top = _mm256_setr_epi8(
+        2, 3, 6, 7, 10, 11, 14, 15, -1, -1, -1, -1, -1, -1, -1, -1, //
+        2, 3, 6, 7, 10, 11, 14, 15, -1, -1, -1, -1, -1, -1, -1, -1,
+    );
+    let packed = _mm256_permute4x64_epi64::<0b1000>(_mm256_shuffle_epi8(bits, top));
+    _mm256_castsi256_si128(packed)
 }
 
 macro_rules! stored_kernels {
@@ -827,8 +855,20 @@ macro_rules! stored_kernels {
                 simd::exp_scaled::<$vector, $load, $load, false>(z, shift, scale, out)
             }
             #[target_feature(enable = $features)]
+            pub unsafe fn exp_scaled_stream(z: &[$s], shift: f32, scale: f32, out: &mut [$s]) {
+                simd::exp_scaled::<$vector, $load, $load, true>(z, shift, scale, out)
+            }
+            #[target_feature(enable = $features)]
             pub unsafe fn exp_scaled_narrow(z: &[f32], shift: f32, scale: f32, out: &mut [$s]) {
                 simd::exp_scaled::<$vector, Plain, $load, false>(z, shift, scale, out)
+            }
+            #[target_feature(enable = $features)]
+            pub unsafe fn scale_narrow(x: &[f32], scale: f32, out: &mut [$s]) {
+                simd::scale::<$vector, $load, false>(x, scale, out)
+            }
+            #[target_feature(enable = $features)]
+            pub unsafe fn scale_narrow_stream(x: &[f32], scale: f32, out: &mut [$s]) {
+                simd::scale::<$vector, $load, true>(x, scale, out)
             }
             #[target_feature(enable = $features)]
             pub unsafe fn widen(src: &[$s], dst: &mut [f32]) {
@@ -847,7 +887,10 @@ macro_rules! stored_kernels {
             sum_exp: |z, s, k, a| unsafe { $module::sum_exp(z, s, k, a) },
             sum_exp_store: |z, s, k, o, a| unsafe { $module::sum_exp_store(z, s, k, o, a) },
             exp_scaled: |z, s, c, o| unsafe { $module::exp_scaled(z, s, c, o) },
+            exp_scaled_stream: |z, s, c, o| unsafe { $module::exp_scaled_stream(z, s, c, o) },
             exp_scaled_narrow: |z, s, c, o| unsafe { $module::exp_scaled_narrow(z, s, c, o) },
+            scale_narrow: |x, c, o| unsafe { $module::scale_narrow(x, c, o) },
+            scale_narrow_stream: |x, c, o| unsafe { $module::scale_narrow_stream(x, c, o) },
             widen: |src, dst| unsafe { $module::widen(src, dst) },
             narrow: |src, dst| unsafe { $module::narrow(src, dst) },
         };

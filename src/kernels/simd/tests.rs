@@ -843,6 +843,13 @@ fn stored_half_kernels_match_the_f32_kernels_on_widened_rows() {
                     assert!(same, "{name} sum_exp_store terms (shift {shift})");
                     for scale in [1.0, 0.37, 1e3, 3e-30] {
                         let mut wide_out = vec![f32::NAN; wide.len()];
+                        (k.scale)(&wide_terms, scale, &mut wide_out);
+                        let mut got = vec![from(f64::NAN); wide.len()];
+                        (s.scale_narrow)(&wide_terms, scale, &mut got);
+                        for (j, (&g, &w)) in got.iter().zip(&wide_out).enumerate() {
+                            assert_eq!(to(g).to_bits(), to(round(w)).to_bits(), "{name} scale_narrow {scale} at {j}");
+                        }
+                        let mut wide_out = vec![f32::NAN; wide.len()];
                         (k.exp_scaled)(&wide, shift, scale, &mut wide_out);
                         let mut got = vec![from(f64::NAN); wide.len()];
                         (s.exp_scaled)(&stored, shift, scale, &mut got);
@@ -866,6 +873,43 @@ fn stored_half_kernels_match_the_f32_kernels_on_widened_rows() {
         check(t.name, t.k, t.bf16, half::bf16::from_f64, half::bf16::from_f32, half::bf16::to_f32);
         if let Some(f16) = t.f16 {
             check(t.name, t.k, f16, half::f16::from_f64, half::f16::from_f32, half::f16::to_f32);
+        }
+    }
+}
+
+/// The half-type kernels that stream their stores write the bits of the plain ones, whatever
+/// the output's alignment (to 64 bytes: 32 half-type elements) and length.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn stored_half_streams_match_plain_stores() {
+    fn check<S: Copy + Default + PartialEq + std::fmt::Debug>(
+        name: &str,
+        s: &StoredKernels<S, f32>,
+        from: impl Fn(f64) -> S,
+    ) {
+        let wide: Vec<f32> =
+            (0..300).map(|i| -((i * 37 % 101) as f32) * 0.21 + if i % 97 == 3 { 2.0 } else { 0.0 }).collect();
+        let stored: Vec<S> = wide.iter().map(|&x| from(x as f64)).collect();
+        for len in [0, 1, 7, 15, 16, 17, 31, 33, 64, 100, 129, 255, 256, 268] {
+            for offset in 0..32 {
+                let outputs = |f: &dyn Fn(&mut [S])| {
+                    let mut out = [S::default(); 300];
+                    f(&mut out[offset..offset + len]);
+                    out
+                };
+                let plain = outputs(&|o| (s.exp_scaled)(&stored[..len], 0.5, 0.75, o));
+                let streamed = outputs(&|o| (s.exp_scaled_stream)(&stored[..len], 0.5, 0.75, o));
+                assert_eq!(plain, streamed, "{name} exp_scaled: length {len}, offset {offset}");
+                let plain = outputs(&|o| (s.scale_narrow)(&wide[..len], 0.75, o));
+                let streamed = outputs(&|o| (s.scale_narrow_stream)(&wide[..len], 0.75, o));
+                assert_eq!(plain, streamed, "{name} scale_narrow: length {len}, offset {offset}");
+            }
+        }
+    }
+    for t in crate::kernels::x86::test_stored_tiers() {
+        check(t.name, t.bf16, half::bf16::from_f64);
+        if let Some(f16) = t.f16 {
+            check(t.name, f16, half::f16::from_f64);
         }
     }
 }
