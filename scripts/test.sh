@@ -27,7 +27,8 @@ fi
 for tier in $(.venv/bin/python -c "import fastxent as f; print(*[t for t in f.simd_tiers() if t != f.simd_tier()])"); do
   echo "--- numerical tests under FASTXENT_SIMD=$tier"
   FASTXENT_SIMD=$tier .venv/bin/python -m pytest -q -m "not slow" tests/test_values.py tests/test_golden.py \
-    tests/test_exactness.py tests/test_grad.py tests/test_accuracy.py tests/test_properties.py tests/test_layouts.py
+    tests/test_exactness.py tests/test_grad.py tests/test_accuracy.py tests/test_properties.py tests/test_layouts.py \
+    tests/test_outputs.py
 done
 
 .venv/bin/python -m mypy.stubtest fastxent --mypy-config-file pyproject.toml

@@ -360,11 +360,12 @@ impl<'a, T: Element> RowSink<'a, T> {
 
     /// Rows stored past the caches where that pays: they are contiguous, of the compute type
     /// or of a half type with kernels that store it, far outnumber what the caches hold (so a
-    /// line read before it is written would be a wasted read), and are long. A streamed row ends with a fence, and
-    /// a sparse gradient's label entry, written after the row, reads its line back from
-    /// memory: per row, that costs more than streaming saves below a few thousand classes
-    /// (sparse float32 gradient into `grad_out`, 128 MiB: 128 classes 109 -> 39 ms, 256
-    /// classes 67 -> 32 ms, unstreamed; 1000 and 2048 classes alike; 4096 classes 17 -> 24 ms).
+    /// line read before it is written would be a wasted read), and are long. A streamed row
+    /// ends with a fence, and a sparse gradient's label entry, written after the row, reads
+    /// its line back from memory: per row, that costs more than streaming saves below a few
+    /// thousand classes (sparse float32 gradient into `grad_out`, 128 MiB: 128 classes 109 ->
+    /// 39 ms, 256 classes 67 -> 32 ms, unstreamed; 1000 and 2048 classes alike; 4096 classes
+    /// 17 -> 24 ms).
     fn streaming(mut self) -> Self {
         const STREAM_MIN_BYTES: usize = 64 << 20;
         const STREAM_MIN_CLASSES: usize = 2048;

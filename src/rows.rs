@@ -198,8 +198,9 @@ fn scaled_exps<'e, F: Float>(
 
 /// `out_j = exp(z_j - max) · scale` over a whole row (see [`scaled_exps`]); in one pass, read
 /// (unless widened already) and written as stored, where `out` is of a half type with a kernel
-/// for it. `stream`: stores past the caches, where they go straight into `out` (never into a
-/// buffer read back).
+/// for it. `stream`: stores past the caches, where a kernel stores straight into `out` and
+/// can stream (never into a buffer read back; a row widened already is rounded into `out`
+/// with plain stores).
 fn scaled_exp_row<F: Float>(
     k: &RowKernels<F>,
     z: &Row<F>,
@@ -458,8 +459,9 @@ pub struct Grad<'g, 'o, F> {
     /// (Borrowed: a `RowOut` moved through memory would wait on the stores before it.)
     pub out: &'g mut RowOut<'o, F>,
     pub scale: F,
-    /// `out` is the destination itself, the whole gradient is far larger than the caches and
-    /// its rows are long: rows written once may be stored past the caches.
+    /// The whole gradient is far larger than the caches and its rows are long: rows written
+    /// once may be stored past the caches, by the kernels that store straight into `out` (in
+    /// the compute type or, where they can, a half type).
     pub stream: bool,
     /// The row's `exp(z_j - max)`, where its statistics kept them.
     pub exps: Option<&'g [F]>,

@@ -112,30 +112,40 @@ def test_grad_out_needs_the_grad_function():
         fx.sparse_softmax_cross_entropy_with_logits(labels=y, logits=z, grad_out=np.zeros_like(z))
 
 
+@pytest.mark.parametrize("weighted", [False, True], ids=["plain", "weighted"])
 @pytest.mark.parametrize("dtype", [np.float16, ml_dtypes.bfloat16, np.float32, np.float64])
-def test_large_gradient_buffers_match_a_fresh_gradient(dtype):
+def test_large_gradient_buffers_match_a_fresh_gradient(dtype, weighted):
     # Past 64 MiB, a caller's grad_out (and the logits, in place) get rows of 2048 classes or
-    # more stored past the caches; rows of 4100 classes start at every alignment. The bits
-    # must be the same.
+    # more stored past the caches; rows of 4101 classes start at every alignment. The bits
+    # must be the same. Class weights above 1 (summed) scale the exps up: they are computed
+    # again, not taken from the statistics (half types: straight from the stored logits).
     rng = np.random.default_rng(3)
-    rows = (64 << 20) // (4100 * np.dtype(dtype).itemsize) + 2
-    z = rng.normal(0, 3, (rows, 4100)).astype(dtype)
-    y = rng.integers(0, 4100, rows)
-    loss, grad = fx.sparse_softmax_cross_entropy_with_logits_and_grad(labels=y, logits=z)
+    classes = 4101
+    rows = (64 << 20) // (classes * np.dtype(dtype).itemsize) + 2
+    z = rng.normal(0, 3, (rows, classes)).astype(dtype)
+    y = rng.integers(0, classes, rows)
+    options = {"weight": 0.5 + 3 * rng.random(classes), "reduction": "sum"} if weighted else {}
+
+    def run(logits, **out):
+        return fx.sparse_softmax_cross_entropy_with_logits_and_grad(labels=y, logits=logits, **options, **out)
+
+    loss, grad = run(z)
     buf = np.full_like(z, np.nan)
-    loss_b, grad_b = fx.sparse_softmax_cross_entropy_with_logits_and_grad(labels=y, logits=z, grad_out=buf)
+    loss_b, grad_b = run(z, grad_out=buf)
     assert grad_b is buf
     np.testing.assert_array_equal(loss_b, loss)
     np.testing.assert_array_equal(grad_b, grad)
     z_in_place = z.copy()
-    loss_i, _ = fx.sparse_softmax_cross_entropy_with_logits_and_grad(labels=y, logits=z_in_place, grad_out=z_in_place)
+    loss_i, _ = run(z_in_place, grad_out=z_in_place)
     np.testing.assert_array_equal(loss_i, loss)
     np.testing.assert_array_equal(z_in_place, grad)
     if np.dtype(dtype).itemsize == 2:
         # Half types: the float32 gradient of the same values, rounded once.
-        _, want = fx.sparse_softmax_cross_entropy_with_logits_and_grad(labels=y, logits=z.astype(np.float32))
+        _, want = run(z.astype(np.float32))
         np.testing.assert_array_equal(grad.view(np.uint16), want.astype(dtype).view(np.uint16))
         return
+    if weighted:
+        return  # (the weighted gradient's values: test_grad.py)
     # And the gradient itself is right (against float64 NumPy, on a sample of rows).
     some = rng.choice(rows, 64, replace=False)
     z64 = z[some].astype(np.float64)

@@ -878,28 +878,40 @@ fn stored_half_kernels_match_the_f32_kernels_on_widened_rows() {
 }
 
 /// The half-type kernels that stream their stores write the bits of the plain ones, whatever
-/// the output's alignment (to 64 bytes: 32 half-type elements) and length.
+/// the output's alignment (to 64 bytes: 32 half-type elements) and length, and nothing outside
+/// the output; `exp_scaled` also with a shift beyond `SPLIT_LIMIT` (bfloat16 only: float16
+/// cannot hold one).
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn stored_half_streams_match_plain_stores() {
-    fn check<S: Copy + Default + PartialEq + std::fmt::Debug>(
+    fn check<S: Copy + PartialEq + std::fmt::Debug>(
         name: &str,
         s: &StoredKernels<S, f32>,
         from: impl Fn(f64) -> S,
+        to: impl Fn(S) -> f32,
     ) {
+        let sentinel = from(-1.0); // (No result is negative.)
         let wide: Vec<f32> =
             (0..300).map(|i| -((i * 37 % 101) as f32) * 0.21 + if i % 97 == 3 { 2.0 } else { 0.0 }).collect();
-        let stored: Vec<S> = wide.iter().map(|&x| from(x as f64)).collect();
         for len in [0, 1, 7, 15, 16, 17, 31, 33, 64, 100, 129, 255, 256, 268] {
             for offset in 0..32 {
                 let outputs = |f: &dyn Fn(&mut [S])| {
-                    let mut out = [S::default(); 300];
+                    let mut out = [sentinel; 300];
                     f(&mut out[offset..offset + len]);
+                    let outside = out[..offset].iter().chain(&out[offset + len..]);
+                    assert!(outside.into_iter().all(|&x| x == sentinel), "{name}: a store outside the output");
                     out
                 };
-                let plain = outputs(&|o| (s.exp_scaled)(&stored[..len], 0.5, 0.75, o));
-                let streamed = outputs(&|o| (s.exp_scaled_stream)(&stored[..len], 0.5, 0.75, o));
-                assert_eq!(plain, streamed, "{name} exp_scaled: length {len}, offset {offset}");
+                // (Far from 0, the stored logits are coarse: their exps are 0, 0.75 or inf.)
+                for (shift, spread) in [(0.5f32, 1.0f32), (70_144.0, 300.0)] {
+                    if !to(from(shift as f64)).is_finite() {
+                        continue;
+                    }
+                    let stored: Vec<S> = wide.iter().map(|&x| from((shift + x * spread) as f64)).collect();
+                    let plain = outputs(&|o| (s.exp_scaled)(&stored[..len], shift, 0.75, o));
+                    let streamed = outputs(&|o| (s.exp_scaled_stream)(&stored[..len], shift, 0.75, o));
+                    assert_eq!(plain, streamed, "{name} exp_scaled (shift {shift}): length {len}, offset {offset}");
+                }
                 let plain = outputs(&|o| (s.scale_narrow)(&wide[..len], 0.75, o));
                 let streamed = outputs(&|o| (s.scale_narrow_stream)(&wide[..len], 0.75, o));
                 assert_eq!(plain, streamed, "{name} scale_narrow: length {len}, offset {offset}");
@@ -907,9 +919,9 @@ fn stored_half_streams_match_plain_stores() {
         }
     }
     for t in crate::kernels::x86::test_stored_tiers() {
-        check(t.name, t.bf16, half::bf16::from_f64);
+        check(t.name, t.bf16, half::bf16::from_f64, half::bf16::to_f32);
         if let Some(f16) = t.f16 {
-            check(t.name, f16, half::f16::from_f64);
+            check(t.name, f16, half::f16::from_f64, half::f16::to_f32);
         }
     }
 }
