@@ -152,6 +152,9 @@ impl RowLayout {
 /// classes on (bfloat16 and float16 at 65536×1000: 5–10% less time than widened whole).
 const WIDEN_WHOLE_MAX: usize = 512;
 
+/// A row's maximum and the index of its first occurrence.
+type MaxAt<T> = (<T as Element>::Compute, usize);
+
 /// The rows of a strided n-d view along its class axis, read without copying where the
 /// memory already holds the compute type contiguously (but for narrow rows, which
 /// [`for_rows_with`] copies sixteen at a time).
@@ -216,6 +219,29 @@ impl<'a, T: Element> RowView<'a, T> {
         scratch.resize(classes, T::Compute::zero());
         self.widen_row(r, scratch);
         Row::Slice(scratch)
+    }
+
+    /// [`RowView::row`], with the row's `max_argmax` where the row is widened whole by a
+    /// kernel that takes it in the same pass.
+    #[inline(always)]
+    fn row_and_max<'s>(
+        &'s self,
+        r: usize,
+        scratch: &'s mut Vec<T::Compute>,
+    ) -> (Row<'s, T::Compute>, Option<MaxAt<T>>) {
+        let classes = self.layout.classes;
+        match self.stored {
+            // The rows `row` widens whole, when they have stored kernels.
+            Some(k) if classes <= WIDEN_WHOLE_MAX => {
+                assert!(r < self.layout.rows(), "a row of the view");
+                scratch.resize(classes, T::Compute::zero());
+                // SAFETY: row `r` is in the view, and contiguous (`stored` is only set then).
+                let z = unsafe { self.elements(self.layout.offset(r), 0..classes) };
+                let known = (k.widen_max_argmax)(z, scratch);
+                (Row::Slice(scratch), Some(known))
+            }
+            _ => (self.row(r, scratch), None),
+        }
     }
 
     /// Row `r`, widened, into `dst` (of the row's length).
@@ -631,7 +657,7 @@ fn for_rows_with<T, R, Fun>(
         } else {
             for (i, res) in results.iter_mut().enumerate() {
                 let r = first + i;
-                let z = view.row(r, &mut d.row);
+                let (z, known) = view.row_and_max(r, &mut d.row);
                 // What comes next from memory: the next row, and what `f` reads of this one.
                 let ahead = match view.stored_rows(r + 1, 1) {
                     Some(next) => row_ahead(r).and(next),
@@ -639,10 +665,10 @@ fn for_rows_with<T, R, Fun>(
                 };
                 if keep_exps {
                     d.exps.resize(classes, T::Compute::zero());
-                    let stats = RowStats::of_before(k, &z, ahead, Some(&mut d.exps));
+                    let stats = RowStats::of_before(k, &z, known, ahead, Some(&mut d.exps));
                     *res = call(r, &z, &stats, stats.is_regular().then_some(&d.exps[..]), s);
                 } else {
-                    *res = call(r, &z, &RowStats::of_before(k, &z, ahead, None), None, s);
+                    *res = call(r, &z, &RowStats::of_before(k, &z, known, ahead, None), None, s);
                 }
             }
         }

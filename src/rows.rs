@@ -265,19 +265,25 @@ pub struct RowStats<F> {
 
 impl<F: Float> RowStats<F> {
     pub fn of(k: &RowKernels<F>, z: &Row<F>) -> Self {
-        Self::of_before(k, z, Ahead::NONE, None)
+        Self::of_before(k, z, None, Ahead::NONE, None)
     }
 
-    /// [`RowStats::of`], asking for `ahead` (what comes next from memory: see [`Ahead`]) on
-    /// the way.
+    /// [`RowStats::of`], from the row's `max_argmax` where it was taken already (`known`),
+    /// asking for `ahead` (what comes next from memory: see [`Ahead`]) on the way.
     /// With `exps` (as long as a row shorter than `SPLIT_MIN`), also `exp(z_j - max)` of each
     /// element, where the maximum is finite: the terms of the sum (the same statistics, bit for
     /// bit), which a softmax or a gradient then reuses instead of computing a second exp.
-    pub fn of_before(k: &RowKernels<F>, z: &Row<F>, ahead: Ahead, exps: Option<&mut [F]>) -> Self {
+    pub fn of_before(
+        k: &RowKernels<F>,
+        z: &Row<F>,
+        known: Option<(F, usize)>,
+        ahead: Ahead,
+        exps: Option<&mut [F]>,
+    ) -> Self {
         if z.is_empty() {
             return RowStats { max: F::neg_infinity(), argmax: 0, rest: f64::NAN, log_rest: F::nan() };
         }
-        let (max, argmax) = max_argmax(k, z);
+        let (max, argmax) = known.unwrap_or_else(|| max_argmax(k, z));
         let rest = if max.is_finite() { sum_exp(k, z, max, argmax, ahead, exps) } else { f64::NAN };
         RowStats { max, argmax, rest, log_rest: F::log1p_of(rest) }
     }

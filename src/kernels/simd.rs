@@ -580,7 +580,31 @@ const MAX_BLOCK: usize = 2048;
 /// empty.
 #[inline(always)]
 pub unsafe fn max_argmax<V: Vector, L: Storage<V>>(z: &[L::S]) -> (V::E, usize) {
+    max_argmax_widening::<V, L, false>(z, std::ptr::null_mut())
+}
+
+/// [`max_argmax`] of `z`, which it also writes to `dst` in the compute type (as [`widen`]
+/// does): one pass over the stored row where the widening and the first pass of the maximum
+/// were two. `dst` is as long as `z`.
+#[inline(always)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // (half types: x86 tiers only, so far)
+pub unsafe fn widen_max_argmax<V: Vector, L: Storage<V>>(z: &[L::S], dst: &mut [V::E]) -> (V::E, usize) {
+    assert_eq!(z.len(), dst.len(), "a widened element per element");
+    max_argmax_widening::<V, L, true>(z, dst.as_mut_ptr())
+}
+
+/// [`max_argmax`], and with `WIDEN`, each element loaded in its first pass stored to `dst`.
+#[inline(always)]
+unsafe fn max_argmax_widening<V: Vector, L: Storage<V>, const WIDEN: bool>(
+    z: &[L::S],
+    dst: *mut V::E,
+) -> (V::E, usize) {
     let (n, p, w) = (z.len(), z.as_ptr(), V::N);
+    let keep = |i: usize, x: V| {
+        if WIDEN {
+            V::store(dst.add(i), x);
+        }
+    };
     let ninf = V::E::neg_infinity();
     let mut nan = 0u64;
     // The maximum so far, and the start of the first block that holds it.
@@ -594,6 +618,10 @@ pub unsafe fn max_argmax<V: Vector, L: Storage<V>>(z: &[L::S]) -> (V::E, usize) 
             let x1 = L::load(p.add(i + w));
             let x2 = L::load(p.add(i + 2 * w));
             let x3 = L::load(p.add(i + 3 * w));
+            keep(i, x0);
+            keep(i + w, x1);
+            keep(i + 2 * w, x2);
+            keep(i + 3 * w, x3);
             // A NaN in x leaves m as it is; the masks record it.
             m[0] = V::max_num(x0, m[0]);
             m[1] = V::max_num(x1, m[1]);
@@ -604,12 +632,16 @@ pub unsafe fn max_argmax<V: Vector, L: Storage<V>>(z: &[L::S]) -> (V::E, usize) 
         }
         while i + w <= end {
             let x = L::load(p.add(i));
+            keep(i, x);
             m[0] = V::max_num(x, m[0]);
             nan |= V::unord_mask(x, x);
             i += w;
         }
         if i < end {
             let x = L::load_partial(p.add(i), end - i, ninf);
+            if WIDEN {
+                V::store_partial(dst.add(i), end - i, x);
+            }
             m[1] = V::max_num(x, m[1]);
             nan |= V::unord_mask(x, x);
         }

@@ -843,6 +843,10 @@ macro_rules! stored_kernels {
                 simd::max_argmax::<$vector, $load>(z)
             }
             #[target_feature(enable = $features)]
+            pub unsafe fn widen_max_argmax(z: &[$s], dst: &mut [f32]) -> (f32, usize) {
+                simd::widen_max_argmax::<$vector, $load>(z, dst)
+            }
+            #[target_feature(enable = $features)]
             pub unsafe fn sum_exp(z: &[$s], shift: f32, skip: usize, ahead: Ahead) -> f64 {
                 simd::sum_exp::<$vector, $load>(z, shift, skip, ahead)
             }
@@ -884,6 +888,7 @@ macro_rules! stored_kernels {
         pub static $table: StoredKernels<$s, f32> = StoredKernels {
             // SAFETY (all of them): the table is only used when the CPU has the features.
             max_argmax: |z| unsafe { $module::max_argmax(z) },
+            widen_max_argmax: |z, d| unsafe { $module::widen_max_argmax(z, d) },
             sum_exp: |z, s, k, a| unsafe { $module::sum_exp(z, s, k, a) },
             sum_exp_store: |z, s, k, o, a| unsafe { $module::sum_exp_store(z, s, k, o, a) },
             exp_scaled: |z, s, c, o| unsafe { $module::exp_scaled(z, s, c, o) },

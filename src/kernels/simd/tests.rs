@@ -804,8 +804,9 @@ pub(crate) struct StoredTier {
 }
 
 /// Reading half types as stored gives the bits of the f32 kernels on the widened rows: the
-/// maximum, its index, the sums, the widened values themselves, and the scaled exps (rounded
-/// to the half type as stored), from the stored row and from the widened one.
+/// maximum, its index (also as `widen_max_argmax` widens), the sums, the widened values
+/// themselves, the scaled exps (rounded to the half type as stored), from the stored row and
+/// from the widened one, and the scaled kept exps rounded.
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn stored_half_kernels_match_the_f32_kernels_on_widened_rows() {
@@ -830,6 +831,11 @@ fn stored_half_kernels_match_the_f32_kernels_on_widened_rows() {
             let (want_m, want_j) = (k.max_argmax)(&wide);
             assert!(m.to_bits() == want_m.to_bits() || (m.is_nan() && want_m.is_nan()), "{name} max {stored:?}");
             assert_eq!(j, want_j, "{name} argmax {stored:?}");
+            let mut widened = vec![f32::NAN; wide.len()];
+            let (m, j) = (s.widen_max_argmax)(&stored, &mut widened);
+            assert!(widened.iter().zip(&wide).all(|(a, b)| a.to_bits() == b.to_bits()), "{name} widen_max {stored:?}");
+            assert!(m.to_bits() == want_m.to_bits() || (m.is_nan() && want_m.is_nan()), "{name} widen_max {stored:?}");
+            assert_eq!(j, want_j, "{name} widen_max argmax {stored:?}");
             if m.is_finite() {
                 for (shift, skip) in [(m, j), (m + 1.5, NO_SKIP), (0.0f32.max(m), wide.len() - 1)] {
                     let (got, want) =
