@@ -157,7 +157,7 @@ pub trait Sink<F>: Sync {
     ///
     /// # Safety
     /// As [`Sink::direct`], for `z.len()` elements.
-    unsafe fn exp_scaled(&self, _start: isize, _from: usize, _z: &[F], _shift: F, _scale: F) -> bool {
+    unsafe fn exp_scaled(&self, _start: isize, _from: usize, _z: &[F], _shift: F, _scale: F, _stream: bool) -> bool {
         false
     }
 
@@ -382,13 +382,13 @@ impl<F: Float> RowOut<'_, F> {
 
     /// [`Sink::exp_scaled`] of `z` (as long as this row) into the elements, where they are
     /// stored in a type with a kernel for it; returns whether it did.
-    pub fn stored_exp_scaled(&mut self, z: &[F], shift: F, scale: F) -> bool {
+    pub fn stored_exp_scaled(&mut self, z: &[F], shift: F, scale: F, stream: bool) -> bool {
         match self {
             RowOut::Slice(_) => false,
             RowOut::Stored { start, from, len, sink } => {
                 assert_eq!(z.len(), *len, "as many outputs as inputs");
                 // SAFETY: the elements of this `RowOut`, the only handle on them (see `parts`).
-                unsafe { sink.exp_scaled(*start, *from, z, shift, scale) }
+                unsafe { sink.exp_scaled(*start, *from, z, shift, scale, stream) }
             }
         }
     }

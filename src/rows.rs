@@ -198,9 +198,8 @@ fn scaled_exps<'e, F: Float>(
 
 /// `out_j = exp(z_j - max) · scale` over a whole row (see [`scaled_exps`]); in one pass, read
 /// (unless widened already) and written as stored, where `out` is of a half type with a kernel
-/// for it. `stream`: stores past the caches, where a kernel stores straight into `out` and
-/// can stream (never into a buffer read back; a row widened already is rounded into `out`
-/// with plain stores).
+/// for it. `stream`: stores past the caches, where a kernel stores straight into `out` (never
+/// into a buffer read back).
 fn scaled_exp_row<F: Float>(
     k: &RowKernels<F>,
     z: &Row<F>,
@@ -237,7 +236,7 @@ fn stored_exp_scaled_row<F: Float>(z: &Row<F>, shift: F, scale: F, stream: bool,
     let len = z.len();
     match (z, &*out) {
         (_, RowOut::Slice(_)) => return false,
-        (Row::Slice(zs), _) => return len < SPLIT_MIN && out.stored_exp_scaled(zs, shift, scale),
+        (Row::Slice(zs), _) => return len < SPLIT_MIN && out.stored_exp_scaled(zs, shift, scale, stream),
         (Row::Stored { .. }, _) => {}
     }
     let exp = |range, part: &mut RowOut<F>| z.reader().stored_exp_scaled(range, shift, scale, part, stream);

@@ -118,7 +118,8 @@ def test_large_gradient_buffers_match_a_fresh_gradient(dtype, weighted):
     # Past 64 MiB, a caller's grad_out (and the logits, in place) get rows of 2048 classes or
     # more stored past the caches; rows of 4101 classes start at every alignment. The bits
     # must be the same. Class weights above 1 (summed) scale the exps up: they are computed
-    # again, not taken from the statistics (half types: straight from the stored logits).
+    # again, not taken from the statistics (half types: from their widened rows, rounded and
+    # streamed as stored).
     rng = np.random.default_rng(3)
     classes = 4101
     rows = (64 << 20) // (classes * np.dtype(dtype).itemsize) + 2

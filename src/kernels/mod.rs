@@ -52,8 +52,8 @@ pub struct RowKernels<F> {
 /// `sum_exp`, `sum_exp_store` and `exp_scaled` of [`RowKernels`], reading the stored elements
 /// and widening them as they load (and `exp_scaled` rounding its results as it stores them:
 /// the bits of widening, `RowKernels::exp_scaled` and `narrow`, in one pass;
-/// `exp_scaled_stream` the same, stored past the caches); `exp_scaled_narrow`, the same from
-/// a row already widened; `scale_narrow(x, c, out)`, the `scale` of `RowKernels` rounded as
+/// `exp_scaled_stream` the same, stored past the caches); `exp_scaled_narrow` (and
+/// `exp_scaled_narrow_stream`), the same from a row already widened; `scale_narrow(x, c, out)`, the `scale` of `RowKernels` rounded as
 /// stored (and `scale_narrow_stream`, past the caches); `widen(src, dst)` for the passes that
 /// want the compute type, and `widen_max_argmax(src, dst)`, `widen` and `max_argmax` in one
 /// pass; `narrow(src, dst)` (rounded to nearest even) for the outputs (the same lengths).
@@ -66,6 +66,7 @@ pub struct StoredKernels<S, F> {
     pub exp_scaled: fn(&[S], F, F, &mut [S]),
     pub exp_scaled_stream: fn(&[S], F, F, &mut [S]),
     pub exp_scaled_narrow: fn(&[F], F, F, &mut [S]),
+    pub exp_scaled_narrow_stream: fn(&[F], F, F, &mut [S]),
     pub scale_narrow: fn(&[F], F, &mut [S]),
     pub scale_narrow_stream: fn(&[F], F, &mut [S]),
     pub widen: fn(&[S], &mut [F]),

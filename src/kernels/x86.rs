@@ -867,6 +867,10 @@ macro_rules! stored_kernels {
                 simd::exp_scaled::<$vector, Plain, $load, false>(z, shift, scale, out)
             }
             #[target_feature(enable = $features)]
+            pub unsafe fn exp_scaled_narrow_stream(z: &[f32], shift: f32, scale: f32, out: &mut [$s]) {
+                simd::exp_scaled::<$vector, Plain, $load, true>(z, shift, scale, out)
+            }
+            #[target_feature(enable = $features)]
             pub unsafe fn scale_narrow(x: &[f32], scale: f32, out: &mut [$s]) {
                 simd::scale::<$vector, $load, false>(x, scale, out)
             }
@@ -894,6 +898,7 @@ macro_rules! stored_kernels {
             exp_scaled: |z, s, c, o| unsafe { $module::exp_scaled(z, s, c, o) },
             exp_scaled_stream: |z, s, c, o| unsafe { $module::exp_scaled_stream(z, s, c, o) },
             exp_scaled_narrow: |z, s, c, o| unsafe { $module::exp_scaled_narrow(z, s, c, o) },
+            exp_scaled_narrow_stream: |z, s, c, o| unsafe { $module::exp_scaled_narrow_stream(z, s, c, o) },
             scale_narrow: |x, c, o| unsafe { $module::scale_narrow(x, c, o) },
             scale_narrow_stream: |x, c, o| unsafe { $module::scale_narrow_stream(x, c, o) },
             widen: |src, dst| unsafe { $module::widen(src, dst) },

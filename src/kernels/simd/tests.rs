@@ -918,6 +918,9 @@ fn stored_half_streams_match_plain_stores() {
                     let streamed = outputs(&|o| (s.exp_scaled_stream)(&stored[..len], shift, 0.75, o));
                     assert_eq!(plain, streamed, "{name} exp_scaled (shift {shift}): length {len}, offset {offset}");
                 }
+                let plain = outputs(&|o| (s.exp_scaled_narrow)(&wide[..len], 0.5, 0.75, o));
+                let streamed = outputs(&|o| (s.exp_scaled_narrow_stream)(&wide[..len], 0.5, 0.75, o));
+                assert_eq!(plain, streamed, "{name} exp_scaled_narrow: length {len}, offset {offset}");
                 let plain = outputs(&|o| (s.scale_narrow)(&wide[..len], 0.75, o));
                 let streamed = outputs(&|o| (s.scale_narrow_stream)(&wide[..len], 0.75, o));
                 assert_eq!(plain, streamed, "{name} scale_narrow: length {len}, offset {offset}");
