@@ -60,23 +60,6 @@ pub trait Source<F>: Sync {
         None
     }
 
-    /// [`Source::sum_exp`], also storing each term (the one at `skip` too) in `out` (as long
-    /// as the range).
-    ///
-    /// # Safety
-    /// As [`Source::widen`], for the range.
-    unsafe fn sum_exp_store(
-        &self,
-        _start: isize,
-        _range: Range<usize>,
-        _shift: F,
-        _skip: usize,
-        _out: &mut [F],
-        _ahead: Ahead,
-    ) -> Option<f64> {
-        None
-    }
-
     /// `out_j = exp(z_j - shift) · scale` over the elements `range` of the row at `start`,
     /// read and written as stored, in one pass, where the stored type has a kernel for it and
     /// `out` holds that type; returns whether it did (else `out` is untouched). `stream`:
@@ -267,21 +250,6 @@ impl<'a, F: Float> Reader<'a, F> {
         let (start, source) = self.source(&range)?;
         // SAFETY: within the row (checked by `source`).
         unsafe { source.sum_exp(start, range, shift, skip, ahead) }
-    }
-
-    /// [`Source::sum_exp_store`] of `range`, for a row read through a source.
-    pub fn stored_sum_exp_store(
-        &self,
-        range: Range<usize>,
-        shift: F,
-        skip: usize,
-        out: &mut [F],
-        ahead: Ahead,
-    ) -> Option<f64> {
-        let (start, source) = self.source(&range)?;
-        assert_eq!(range.len(), out.len(), "a term per element");
-        // SAFETY: within the row (checked by `source`).
-        unsafe { source.sum_exp_store(start, range, shift, skip, out, ahead) }
     }
 
     /// [`Source::exp_scaled`] of `range` into `out`, for a row read through a source whose

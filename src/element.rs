@@ -35,8 +35,9 @@ pub trait Element: sealed::Number + Copy + Send + Sync + 'static {
             *d = Self::narrow(x);
         }
     }
-    /// Kernels over rows as stored, where the tier has them (half types): statistics taken
-    /// from the stored elements as they load, and whole slices widened and rounded.
+    /// Kernels over rows as stored, where the tier has them (half types): a row widened with
+    /// its maximum in one pass, statistics of long rows taken from the stored elements as
+    /// they load, and whole slices widened and rounded.
     fn stored_kernels() -> Option<&'static StoredKernels<Self, Self::Compute>> {
         None
     }

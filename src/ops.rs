@@ -155,7 +155,8 @@ type MaxAt<T> = (<T as Element>::Compute, usize);
 struct RowView<'a, T: Element> {
     ptr: *const T,
     layout: RowLayout,
-    /// Kernels that take the rows' statistics as stored (contiguous half-type rows).
+    /// Kernels over contiguous half-type rows as stored: a row widened whole and its maximum
+    /// in one pass, and the statistics of long rows read a block at a time.
     stored: Option<&'static StoredKernels<T, T::Compute>>,
     /// Never borrow a row: the gradient is written over these logits.
     copy: bool,
@@ -228,8 +229,9 @@ impl<'a, T: Element> RowView<'a, T> {
     ) -> (Row<'s, T::Compute>, Option<MaxAt<T>>) {
         let classes = self.layout.classes;
         match self.stored {
-            // The rows `row` widens whole, when they have stored kernels.
-            Some(k) if classes < rows::SPLIT_MIN => {
+            // The rows `row` widens whole, when they have stored kernels (and elements: the
+            // kernel's maximum wants one).
+            Some(k) if (1..rows::SPLIT_MIN).contains(&classes) => {
                 assert!(r < self.layout.rows(), "a row of the view");
                 scratch.resize(classes, T::Compute::zero());
                 // SAFETY: row `r` is in the view, and contiguous (`stored` is only set then).
@@ -272,18 +274,6 @@ impl<T: Element> Source<T::Compute> for RowView<'_, T> {
         ahead: Ahead,
     ) -> Option<f64> {
         self.stored.map(|k| (k.sum_exp)(self.elements(start, range), shift, skip, ahead))
-    }
-
-    unsafe fn sum_exp_store(
-        &self,
-        start: isize,
-        range: Range<usize>,
-        shift: T::Compute,
-        skip: usize,
-        out: &mut [T::Compute],
-        ahead: Ahead,
-    ) -> Option<f64> {
-        self.stored.map(|k| (k.sum_exp_store)(self.elements(start, range), shift, skip, out, ahead))
     }
 
     unsafe fn exp_scaled(

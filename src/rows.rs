@@ -52,11 +52,8 @@ fn sum_exp<F: Float>(
         // (Past the block's end where the skipped term is not in it.)
         let skip = skip.wrapping_sub(r.start);
         if let Some(e) = exps {
-            let e = &mut e[r.clone()];
-            return match reader.stored_sum_exp_store(r.clone(), shift, skip, e, ahead) {
-                Some(s) => s,
-                None => (k.sum_exp_store)(reader.read(r), shift, skip, e, ahead),
-            };
+            // (Rows that keep their exps are widened whole: no stored kernel for them.)
+            return (k.sum_exp_store)(reader.read(r.clone()), shift, skip, &mut e[r], ahead);
         }
         match reader.stored_sum_exp(r.clone(), shift, skip, ahead) {
             Some(s) => s,
@@ -229,9 +226,9 @@ fn scaled_exp_row<F: Float>(
 
 /// The scaled exps of a whole row into an output stored in another type, by
 /// [`RowOut::stored_exp_scaled`] from a row widened already, by [`Reader::stored_exp_scaled`]
-/// from a stored one (a long one in parts across threads, as [`map`]); false where there is
-/// no kernel for the stored types (the answer is the same for every part: then none was
-/// written). `stream`: a stored row's stores past the caches.
+/// from a stored one (only long ones are: in parts across threads, as [`map`]); false where
+/// there is no kernel for the stored types (the answer is the same for every part: then none
+/// was written). `stream`: stores past the caches.
 fn stored_exp_scaled_row<F: Float>(z: &Row<F>, shift: F, scale: F, stream: bool, out: &mut RowOut<F>) -> bool {
     let len = z.len();
     match (z, &*out) {
@@ -240,9 +237,6 @@ fn stored_exp_scaled_row<F: Float>(z: &Row<F>, shift: F, scale: F, stream: bool,
         (Row::Stored { .. }, _) => {}
     }
     let exp = |range, part: &mut RowOut<F>| z.reader().stored_exp_scaled(range, shift, scale, part, stream);
-    if len < SPLIT_MIN {
-        return exp(0..len, out);
-    }
     out.parts(SPLIT_BLOCK)
         .into_par_iter()
         .enumerate()

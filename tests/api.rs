@@ -5,7 +5,7 @@ use fastxent::{
     log_softmax, logsumexp, softmax, softmax_cross_entropy, softmax_cross_entropy_with_grad,
     sparse_softmax_cross_entropy, sparse_softmax_cross_entropy_with_grad, Error, Options, Reduction,
 };
-use ndarray::{array, Array, ArrayD, Axis, Dimension, IxDyn};
+use ndarray::{array, Array, ArrayD, Axis, Dimension, IxDyn, ShapeBuilder};
 
 /// Deterministic pseudo-random logits in [-4, 4).
 fn logits(shape: &[usize], seed: u64) -> ArrayD<f64> {
@@ -283,4 +283,24 @@ fn results_do_not_depend_on_thread_count() {
     let three = sparse_softmax_cross_entropy(z.view(), labels.view(), -1, &opts).unwrap();
     fastxent::set_num_threads(0).unwrap();
     assert_eq!(one[[]].to_bits(), three[[]].to_bits());
+}
+
+/// Rows of no classes whose class stride is 1 (a slice of a wider array), in every stored type:
+/// logsumexp is -inf and the row-wise outputs are empty, without reading a row element.
+#[test]
+fn empty_rows_with_a_class_stride_of_one() {
+    fn check<T: fastxent::Element>(zero: T) {
+        let data = vec![zero; 15];
+        let z = ndarray::ArrayView::from_shape(IxDyn(&[3, 0]).strides(IxDyn(&[5, 1])), &data).unwrap();
+        let lse = logsumexp(z.view(), -1).unwrap();
+        assert_eq!(lse.shape(), &[3]);
+        let neg_inf = |x: &T| fastxent::kernels::Float::to_f64(x.widen()) == f64::NEG_INFINITY;
+        assert!(lse.iter().all(neg_inf), "logsumexp of no classes");
+        assert_eq!(softmax(z.view(), -1).unwrap().shape(), &[3, 0]);
+        assert_eq!(log_softmax(z.view(), -1).unwrap().shape(), &[3, 0]);
+    }
+    check(fastxent::f16::ZERO);
+    check(fastxent::bf16::ZERO);
+    check(0.0f32);
+    check(0.0f64);
 }

@@ -1,6 +1,6 @@
-"""Rows not stored contiguously in the compute type take other paths: half types are read as
-stored (their statistics widened as loaded) and their outputs rounded a block at a time; rows
-of 65536 classes or more (a class stride, logits the gradient overwrites, strided or half-type
+"""Rows not stored contiguously in the compute type take other paths: half-type rows are widened
+whole with their maximum in one pass (long ones read as stored, their statistics widened as
+loaded) and their outputs rounded as stored; rows of 65536 classes or more (a class stride, logits the gradient overwrites, strided or half-type
 outputs, broadcast labels) are read and written a block at a time, never copied whole. Their
 results must be, bit for bit, those of the same values laid out contiguously in float32 /
 float64, a path that the accuracy tests check against float64 references; and one case here

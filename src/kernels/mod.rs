@@ -49,20 +49,20 @@ pub struct RowKernels<F> {
 }
 
 /// Kernels over rows stored as `S` (a half type) with compute type `F`: the `max_argmax`,
-/// `sum_exp`, `sum_exp_store` and `exp_scaled` of [`RowKernels`], reading the stored elements
-/// and widening them as they load (and `exp_scaled` rounding its results as it stores them:
-/// the bits of widening, `RowKernels::exp_scaled` and `narrow`, in one pass;
-/// `exp_scaled_stream` the same, stored past the caches); `exp_scaled_narrow` (and
-/// `exp_scaled_narrow_stream`), the same from a row already widened; `scale_narrow(x, c, out)`, the `scale` of `RowKernels` rounded as
-/// stored (and `scale_narrow_stream`, past the caches); `widen(src, dst)` for the passes that
-/// want the compute type, and `widen_max_argmax(src, dst)`, `widen` and `max_argmax` in one
-/// pass; `narrow(src, dst)` (rounded to nearest even) for the outputs (the same lengths).
+/// `sum_exp` and `exp_scaled` of [`RowKernels`], reading the stored elements and widening
+/// them as they load (`exp_scaled` also rounding its results as it stores them: the bits of
+/// widening, `RowKernels::exp_scaled` and `narrow`, in one pass; `exp_scaled_stream` the same,
+/// stored past the caches), for rows read a block at a time; `widen_max_argmax(src, dst)`,
+/// `widen` and `max_argmax` in one pass, for rows widened whole; `exp_scaled_narrow` (and
+/// `exp_scaled_narrow_stream`), `exp_scaled` from a row widened already; `scale_narrow(x, c,
+/// out)`, the `scale` of `RowKernels` rounded as stored (and `scale_narrow_stream`);
+/// `widen(src, dst)` and `narrow(src, dst)` (rounded to nearest even) for the passes that want
+/// the compute type and the outputs (the same lengths).
 /// Tiers without them use portable code.
 pub struct StoredKernels<S, F> {
     pub max_argmax: fn(&[S]) -> (F, usize),
     pub widen_max_argmax: fn(&[S], &mut [F]) -> (F, usize),
     pub sum_exp: fn(&[S], F, usize, Ahead) -> f64,
-    pub sum_exp_store: fn(&[S], F, usize, &mut [F], Ahead) -> f64,
     pub exp_scaled: fn(&[S], F, F, &mut [S]),
     pub exp_scaled_stream: fn(&[S], F, F, &mut [S]),
     pub exp_scaled_narrow: fn(&[F], F, F, &mut [S]),

@@ -599,6 +599,7 @@ unsafe fn max_argmax_widening<V: Vector, L: Storage<V>, const WIDEN: bool>(
     z: &[L::S],
     dst: *mut V::E,
 ) -> (V::E, usize) {
+    debug_assert!(!z.is_empty(), "the maximum of an empty row");
     let (n, p, w) = (z.len(), z.as_ptr(), V::N);
     let keep = |i: usize, x: V| {
         if WIDEN {

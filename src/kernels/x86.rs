@@ -851,10 +851,6 @@ macro_rules! stored_kernels {
                 simd::sum_exp::<$vector, $load>(z, shift, skip, ahead)
             }
             #[target_feature(enable = $features)]
-            pub unsafe fn sum_exp_store(z: &[$s], shift: f32, skip: usize, out: &mut [f32], ahead: Ahead) -> f64 {
-                simd::sum_exp_store::<$vector, $load>(z, shift, skip, out, ahead)
-            }
-            #[target_feature(enable = $features)]
             pub unsafe fn exp_scaled(z: &[$s], shift: f32, scale: f32, out: &mut [$s]) {
                 simd::exp_scaled::<$vector, $load, $load, false>(z, shift, scale, out)
             }
@@ -894,7 +890,6 @@ macro_rules! stored_kernels {
             max_argmax: |z| unsafe { $module::max_argmax(z) },
             widen_max_argmax: |z, d| unsafe { $module::widen_max_argmax(z, d) },
             sum_exp: |z, s, k, a| unsafe { $module::sum_exp(z, s, k, a) },
-            sum_exp_store: |z, s, k, o, a| unsafe { $module::sum_exp_store(z, s, k, o, a) },
             exp_scaled: |z, s, c, o| unsafe { $module::exp_scaled(z, s, c, o) },
             exp_scaled_stream: |z, s, c, o| unsafe { $module::exp_scaled_stream(z, s, c, o) },
             exp_scaled_narrow: |z, s, c, o| unsafe { $module::exp_scaled_narrow(z, s, c, o) },

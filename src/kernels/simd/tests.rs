@@ -841,12 +841,9 @@ fn stored_half_kernels_match_the_f32_kernels_on_widened_rows() {
                     let (got, want) =
                         ((s.sum_exp)(&stored, shift, skip, Ahead::NONE), (k.sum_exp)(&wide, shift, skip, Ahead::NONE));
                     assert_eq!(got.to_bits(), want.to_bits(), "{name} sum_exp (shift {shift}) {stored:?}");
-                    let (mut terms, mut wide_terms) = (vec![f32::NAN; wide.len()], vec![f32::NAN; wide.len()]);
-                    let got = (s.sum_exp_store)(&stored, shift, skip, &mut terms, Ahead::NONE);
-                    let want = (k.sum_exp_store)(&wide, shift, skip, &mut wide_terms, Ahead::NONE);
-                    assert_eq!(got.to_bits(), want.to_bits(), "{name} sum_exp_store (shift {shift})");
-                    let same = terms.iter().zip(&wide_terms).all(|(a, b)| a.to_bits() == b.to_bits());
-                    assert!(same, "{name} sum_exp_store terms (shift {shift})");
+                    // (Kept exps, as the widened rows keep them, for `scale_narrow`.)
+                    let mut wide_terms = vec![f32::NAN; wide.len()];
+                    (k.sum_exp_store)(&wide, shift, skip, &mut wide_terms, Ahead::NONE);
                     for scale in [1.0, 0.37, 1e3, 3e-30] {
                         let mut wide_out = vec![f32::NAN; wide.len()];
                         (k.scale)(&wide_terms, scale, &mut wide_out);
