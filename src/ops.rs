@@ -149,6 +149,9 @@ impl RowLayout {
 /// A row's maximum and the index of its first occurrence.
 type MaxAt<T> = (<T as Element>::Compute, usize);
 
+/// The kernels over rows of `T` as stored (half types).
+type Stored<T> = &'static StoredKernels<T, <T as Element>::Compute>;
+
 /// The rows of a strided n-d view along its class axis, read without copying where the
 /// memory already holds the compute type contiguously (but for narrow rows, which
 /// [`for_rows_with`] copies sixteen at a time).
@@ -157,7 +160,7 @@ struct RowView<'a, T: Element> {
     layout: RowLayout,
     /// Kernels over contiguous half-type rows as stored: a row widened whole and its maximum
     /// in one pass, and the statistics of long rows read a block at a time.
-    stored: Option<&'static StoredKernels<T, T::Compute>>,
+    stored: Option<Stored<T>>,
     /// Never borrow a row: the gradient is written over these logits.
     copy: bool,
     _view: PhantomData<&'a T>,
@@ -481,17 +484,28 @@ impl<T: Element> Sink<T::Compute> for RowSink<'_, T> {
         scale: T::Compute,
         stream: bool,
     ) -> bool {
-        let (1, Some(k)) = (self.layout.class_stride, T::stored_kernels()) else { return false };
-        let out = std::slice::from_raw_parts_mut(self.ptr.offset(start + from as isize), z.len());
+        let Some((k, out)) = self.with_stored_kernels(start, from, z.len()) else { return false };
         (if stream { k.exp_scaled_narrow_stream } else { k.exp_scaled_narrow })(z, shift, scale, out);
         true
     }
 
     unsafe fn scaled(&self, start: isize, from: usize, x: &[T::Compute], scale: T::Compute, stream: bool) -> bool {
-        let (1, Some(k)) = (self.layout.class_stride, T::stored_kernels()) else { return false };
-        let out = std::slice::from_raw_parts_mut(self.ptr.offset(start + from as isize), x.len());
+        let Some((k, out)) = self.with_stored_kernels(start, from, x.len()) else { return false };
         (if stream { k.scale_narrow_stream } else { k.scale_narrow })(x, scale, out);
         true
+    }
+}
+
+impl<T: Element> RowSink<'_, T> {
+    /// The stored type's kernels and the elements `from..from + len` of the row at `start` as
+    /// stored, where the rows are contiguous and the type has such kernels (half types).
+    ///
+    /// # Safety
+    /// As [`Sink::direct`].
+    #[allow(clippy::mut_from_ref)] // (the slice is carved from a raw pointer, not from `self`)
+    unsafe fn with_stored_kernels(&self, start: isize, from: usize, len: usize) -> Option<(Stored<T>, &mut [T])> {
+        let (1, Some(k)) = (self.layout.class_stride, T::stored_kernels()) else { return None };
+        Some((k, std::slice::from_raw_parts_mut(self.ptr.offset(start + from as isize), len)))
     }
 }
 
