@@ -170,6 +170,9 @@ mod tests {
 /// A sparse-label element type: any primitive integer, signed or unsigned, 8 to 64 bits.
 pub trait Label: Copy + Send + Sync + 'static {
     fn to_i128(self) -> i128;
+    /// The value as `u64`, negative ones wrapped (sign-extended) past `i64::MAX`: below a
+    /// class count exactly when it is a class index, by one comparison that vectorises.
+    fn to_u64_wrapping(self) -> u64;
 }
 
 macro_rules! label {
@@ -178,6 +181,10 @@ macro_rules! label {
             #[inline]
             fn to_i128(self) -> i128 {
                 self as i128
+            }
+            #[inline]
+            fn to_u64_wrapping(self) -> u64 {
+                self as u64
             }
         }
     )*};

@@ -515,6 +515,11 @@ const SEQUENTIAL_MAX: usize = 1 << 15;
 
 /// How far ahead of the tile in hand the next tiles' rows are prefetched.
 const TILES_AHEAD: usize = 4;
+/// The widest float32 rows whose tiles are read in place (see `for_rows_with`). Sparse
+/// forward, one thread, fastest of 15, copied against in place: 1,000,000×10 13.3-13.6 ->
+/// 12.6-13.2 ms (two threads 7.0-7.1 -> 6.3-6.7), 524288×32 15.3 -> 13.6-14.0, 262144×64
+/// 15.3-18.4 -> 13.3-16.8, but 262144×128 31.8-32.8 -> 34.3-39.3.
+const IN_PLACE_TILE_MAX: usize = 64;
 
 /// Runs `f(r, z, stats, scratch, out)` for every row `r` of `view` in parallel, with the
 /// row `z` in the compute type and its statistics, and puts what it returns in `results[r]`.
@@ -542,9 +547,8 @@ impl<F, R, G> RowFn<F, R> for G where
 }
 
 /// Takes a whole tile of narrow rows of a call without outputs: `(first row, the tile's rows
-/// one after another, their statistics, their results)`; returns false to leave the tile to
-/// the row function.
-type TileFn<'a, F, R> = &'a (dyn Fn(usize, &[F], &[RowStats<F>], &mut [R]) -> bool + Sync);
+/// one after another, their results)`; returns false to leave the tile to the row function.
+type TileFn<'a, F, R> = &'a (dyn Fn(usize, &[F], &mut [R]) -> bool + Sync);
 
 /// What the row function reads from memory for row `r` besides its logits (at most one
 /// region, the next row's logits being the other: a dense row's labels), to ask for while the
@@ -596,24 +600,32 @@ fn for_rows_with<T, R, Fun>(
             if let Some(ahead) = view.stored_rows(first + TILES_AHEAD * LANES, LANES) {
                 crate::kernels::prefetch(ahead);
             }
-            // The sixteen rows copied (half types: widened) into scratch, in one go: the
-            // tile's columns are then read from L1. Gathered straight from the logits, they
-            // waited on L2 (sparse float32 524288×64: 52 -> 40 ms, 1048576×32: 48 -> 45 ms).
-            d.tile.resize(LANES * classes, T::Compute::zero());
-            match view.stored_rows(first, LANES) {
-                Some(stored) => T::widen_into(stored, &mut d.tile),
+            // The sixteen rows copied (half types: widened) into scratch, in one go, so that
+            // the tile's columns are read from L1 (gathered a column at a time straight from
+            // the logits, they waited on L2). Float32 rows up to `IN_PLACE_TILE_MAX` wide
+            // and read for no outputs are transposed where they are, a vector per row at a
+            // time: no copy (written outputs need one, they may be the logits).
+            let in_place = sink.is_none() && classes <= IN_PLACE_TILE_MAX;
+            let tile = match view.contiguous_rows(first, LANES).filter(|_| in_place) {
+                Some(rows) => rows,
                 None => {
-                    for (r, row) in (first..).zip(d.tile.chunks_exact_mut(classes)) {
-                        view.widen_row(r, row);
+                    d.tile.resize(LANES * classes, T::Compute::zero());
+                    match view.stored_rows(first, LANES) {
+                        Some(stored) => T::widen_into(stored, &mut d.tile),
+                        None => {
+                            for (r, row) in (first..).zip(d.tile.chunks_exact_mut(classes)) {
+                                view.widen_row(r, row);
+                            }
+                        }
                     }
+                    &d.tile
                 }
-            }
-            let tile = &d.tile;
+            };
             let Some(sink) = sink else {
-                T::Compute::tile_stats(tile, classes, &mut d.stats, None);
-                if tile_f.is_some_and(|tf| tf(first, tile, &d.stats, results)) {
+                if tile_f.is_some_and(|tf| tf(first, tile, results)) {
                     return;
                 }
+                T::Compute::tile_stats(tile, classes, &mut d.stats, None);
                 for (i, (res, (z, stats))) in
                     results.iter_mut().zip(tile.chunks_exact(classes).zip(&d.stats)).enumerate()
                 {
@@ -896,11 +908,15 @@ fn class_indices<'a, L: Label>(
         let v = l.to_i128();
         Some(v) == ignore || (0..classes as i128).contains(&v)
     };
+    // Class indices alone, checked without a branch per label (1,000,000 labels: 1.2 ms on
+    // one thread label by label); the exact test where that finds anything else.
+    let indices_only = |flat: &[L]| flat.iter().fold(true, |ok, &l| ok & (l.to_u64_wrapping() < classes as u64));
     let all_valid = match labels.as_slice() {
-        Some(flat) if flat.len() > SEQUENTIAL_MAX => {
-            crate::threads::run(|| flat.par_iter().with_min_len(1 << 14).all(|&l| valid(l)))
-        }
-        Some(flat) => flat.iter().all(|&l| valid(l)),
+        Some(flat) if flat.len() > SEQUENTIAL_MAX => crate::threads::run(|| {
+            let chunks = || flat.par_chunks(1 << 14);
+            chunks().all(indices_only) || chunks().all(|c| c.iter().all(|&l| valid(l)))
+        }),
+        Some(flat) => indices_only(flat) || flat.iter().all(|&l| valid(l)),
         None => labels.iter().all(|&l| valid(l)),
     };
     if !all_valid {
@@ -1002,32 +1018,16 @@ fn sparse_run<T: Element, L: Label>(
     let k = T::Compute::kernels();
     let (view, sink) = io.rows(&logits_shape, axis)?;
     let stream = sink.as_ref().is_some_and(|s| s.stream);
-    // Without options or a gradient, a tile's losses come straight from its statistics.
+    // Without options or a gradient, a tile's losses come straight from its statistics where
+    // every counted row is plain (a row with NaN or inf, or one so confident that its
+    // statistics need refining, is left to the row function with the rest of its tile).
     let plain = sink.is_none() && weight.is_none() && options.label_smoothing == 0.0;
-    let tile_losses = |first: usize, tile: &[T::Compute], stats: &[RowStats<T::Compute>], out: &mut [T::Compute]| {
-        // The common tile (labels in place, none ignored, only plain rows), checked as a whole:
-        // decoding each label and refining each row's statistics cost more than its loss.
-        if let ClassIndices::Flat { labels, ignore } = &indices {
-            let tile_labels = &labels[first..first + out.len()];
-            let kept = |l: &L| Some(l.to_i128()) != *ignore;
-            if stats.iter().all(RowStats::is_plain) && tile_labels.iter().all(kept) {
-                let rows_in = tile.chunks_exact(classes).zip(stats).zip(tile_labels);
-                for (o, ((z, s), &label)) in out.iter_mut().zip(rows_in) {
-                    *o = rows::sparse_plain(z, s, label.to_i128() as usize);
-                }
-                return true;
-            }
+    let tile_losses = |first: usize, tile: &[T::Compute], out: &mut [T::Compute]| {
+        let mut labels = [0; LANES];
+        for (i, l) in labels.iter_mut().enumerate() {
+            *l = indices.get(first + i); // (IGNORED is not below `classes`.)
         }
-        for (i, (o, s)) in out.iter_mut().zip(stats).enumerate() {
-            let label = indices.get(first + i);
-            let z = &tile[i * classes..(i + 1) * classes];
-            *o = if label == IGNORED {
-                T::Compute::zero()
-            } else {
-                rows::sparse_plain(z, &s.refined(&Row::Slice(z)), label)
-            };
-        }
-        true
+        T::Compute::tile_sparse_losses(tile, classes, &labels, out)
     };
     let row = |r,
                z: &Row<T::Compute>,

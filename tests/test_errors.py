@@ -346,3 +346,32 @@ def test_no_partial_output_on_error():
     with pytest.raises(ValueError):
         fx.sparse_softmax_cross_entropy_with_logits(labels=np.array([0, 1, 9]), logits=Z, out=out)
     assert np.all(out == 7.0)
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.uint8, np.int32, np.int64, np.uint64])
+def test_every_label_of_a_large_batch_is_checked(dtype):
+    # Past 32768 labels the check runs in parallel chunks, class indices first, then the
+    # exact test (ignore_index included) where that finds anything else.
+    rows, classes = 100_000, 4
+    y = (np.arange(rows) % classes).astype(dtype)
+    z = np.zeros((rows, classes), np.float32)
+    info = np.iinfo(dtype)
+    bad = [classes, info.max] + ([-1, info.min] if info.min < 0 else [])
+    for k, value in enumerate(bad):
+        labels = y.copy()
+        at = 40_000 + 17_011 * k
+        labels[at] = value
+        labels[at + 5000] = value
+        with pytest.raises(ValueError, match=rf"labels\[{at}\] = {value} is out of range.*\[0, {classes}\)"):
+            fx.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=z)
+        if info.min < 0 and value != -1:
+            # Ignored labels pass; the bad one is still found.
+            labels[::7] = -1
+            labels[at] = value
+            with pytest.raises(ValueError, match=rf"labels\[{at}\] = {value} is out of range"):
+                fx.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=z, ignore_index=-1)
+    labels = y.copy()
+    if info.min < 0:
+        labels[::3] = -1
+    loss = fx.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=z, ignore_index=-1)
+    assert np.all(loss == np.where(labels == -1, 0.0, np.float32(np.log(4.0))))

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import fastxent as fx
+from conftest import assert_close, ref_sparse
 
 REDUCTIONS = ["none", "sum", "mean"]
 SMOOTHING = [0.0, 0.3]
@@ -116,6 +117,42 @@ def test_fused_loss_is_the_forward_loss_bit_for_bit(dtype, case):
     forward = fx.softmax_cross_entropy_with_logits(labels=p, logits=z, **kw)
     fused, _ = fx.softmax_cross_entropy_with_logits_and_grad(labels=p, logits=z, **kw)
     assert forward.tobytes() == fused.tobytes()
+
+
+@pytest.mark.parametrize("classes", [10, 64, 65, 128])
+def test_tiles_of_rows_that_need_the_row_function(classes):
+    # Narrow rows go sixteen at a time, and a plain call takes a tile's losses straight from
+    # its statistics unless a row in it needs more (NaN, inf, a row of -inf, statistics to
+    # refine): the tile is then left to the row function. Ignored labels do not. Each kind of
+    # row, at several places in its tile, against the float64 reference and the fused loss.
+    rng = np.random.default_rng(classes)
+    rows = 16 * 8 + 5
+    z = rng.normal(0, 3, (rows, classes)).astype(np.float32)
+    y = rng.integers(0, classes, rows)
+    special = {
+        "nan": [3, 16, 47],
+        "inf": [17, 63],
+        "all -inf": [34, 127],
+        # e^-70 below the maximum: a mass of about 1e-29, summed again in f64.
+        "confident": [0, 50, 79, 128],
+        "ignored": [5, 15, 64, 65, 66, 96, 97, 98, 99, 100, 101, 102, 103, 104, 105, 106, 107, 108, 109, 110, 111],
+    }
+    z[special["nan"], 1] = np.nan
+    z[special["inf"], 0] = np.inf
+    z[special["all -inf"]] = -np.inf
+    for r in special["confident"]:
+        z[r] = -70.0
+        z[r, y[r]] = 0.0
+    y[special["ignored"]] = -100
+    loss = fx.sparse_softmax_cross_entropy_with_logits(labels=y, logits=z, ignore_index=-100)
+    want, _ = ref_sparse(z, y, ignore_index=-100)
+    assert_close(loss, want, np.float32)
+    assert 0 < loss[special["confident"]].min() and np.all(loss[special["ignored"]] == 0)
+    fused, _ = fx.sparse_softmax_cross_entropy_with_logits_and_grad(labels=y, logits=z, ignore_index=-100)
+    assert loss.tobytes() == fused.tobytes()
+    # The same rows not one after another (read through a copy of each tile).
+    strided = fx.sparse_softmax_cross_entropy_with_logits(labels=y, logits=np.asfortranarray(z), ignore_index=-100)
+    assert loss.tobytes() == strided.tobytes()
 
 
 def test_pytorch_mean_semantics():

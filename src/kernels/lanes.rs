@@ -47,6 +47,19 @@ pub struct TileStats {
     pub log_rest: [f32; LANES],
 }
 
+impl TileStats {
+    /// Row `r`'s statistics.
+    #[inline(always)]
+    pub fn row(&self, r: usize) -> crate::rows::RowStats<f32> {
+        crate::rows::RowStats {
+            max: self.max[r],
+            argmax: self.argmax[r] as usize,
+            rest: self.rest[r],
+            log_rest: self.log_rest[r],
+        }
+    }
+}
+
 /// `exp(x)` for one lane and `x <= 0` or `-inf` (a logit minus its row's maximum): within
 /// 1 ulp, subnormal results correctly rounded, 0 below -103.97. NaN never reaches it (rows with
 /// NaN are answered before any exp), so it spends nothing on NaN.

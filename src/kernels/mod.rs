@@ -269,6 +269,13 @@ pub trait Float:
     fn tile_stats(_z: &[Self], _classes: usize, _out: &mut [crate::rows::RowStats<Self>], _exps: Option<&mut [Self]>) {
         unreachable!("no tiled path for this type")
     }
+    /// The sparse losses ([`crate::rows::sparse_plain`]) of the `lanes::LANES` rows stored one
+    /// after another in `z` (only called when `tiles(classes)`), 0 where a label is not below
+    /// `classes` (an ignored row). False, with `out` unspecified, where a counted row's
+    /// statistics are not plain (see `RowStats::is_plain`): it needs the row function.
+    fn tile_sparse_losses(_z: &[Self], _classes: usize, _labels: &[usize; lanes::LANES], _out: &mut [Self]) -> bool {
+        unreachable!("no tiled path for this type")
+    }
 }
 
 impl Float for f32 {
@@ -314,14 +321,21 @@ impl Float for f32 {
                 }
             }
         }
-        for (i, o) in out.iter_mut().enumerate() {
-            *o = crate::rows::RowStats {
-                max: t.max[i],
-                argmax: t.argmax[i] as usize,
-                rest: t.rest[i],
-                log_rest: t.log_rest[i],
-            };
+        for (r, o) in out.iter_mut().enumerate() {
+            *o = t.row(r);
         }
+    }
+    fn tile_sparse_losses(z: &[f32], classes: usize, labels: &[usize; lanes::LANES], out: &mut [f32]) -> bool {
+        let mut t = lanes::TileStats::default();
+        lanes::tile_stats(z, classes, &mut t, None);
+        let mut plain = true;
+        for (r, ((o, &label), z)) in out.iter_mut().zip(labels).zip(z.chunks_exact(classes)).enumerate() {
+            let s = t.row(r);
+            let counted = label < classes;
+            plain &= !counted || s.is_plain();
+            *o = if counted { crate::rows::sparse_plain(z, &s, label) } else { 0.0 };
+        }
+        plain
     }
 }
 
