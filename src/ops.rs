@@ -552,7 +552,7 @@ type TileFn<'a, F, R> = &'a (dyn Fn(usize, &[F], &mut [R]) -> bool + Sync);
 
 /// What the row function reads from memory for row `r` besides its logits (at most one
 /// region, the next row's logits being the other: a dense row's labels), to ask for while the
-/// row's exps are summed. (Narrow rows, taken sixteen at a time, do not ask for it.)
+/// row's maximum is taken. (Narrow rows, taken sixteen at a time, do not ask for it.)
 type RowAhead<'a> = &'a (dyn Fn(usize) -> Ahead<'a> + Sync);
 
 /// [`for_rows`], with a function that may do a whole tile of narrow rows at once (where the
@@ -672,11 +672,10 @@ fn for_rows_with<T, R, Fun>(
             for (i, res) in results.iter_mut().enumerate() {
                 let r = first + i;
                 let (z, known) = view.row_and_max(r, &mut d.row);
-                // What comes next from memory: the next row, and what `f` reads of this one.
-                let ahead = match view.stored_rows(r + 1, 1) {
-                    Some(next) => row_ahead(r).and(next),
-                    None => row_ahead(r),
-                };
+                // What comes next from memory: what `f` reads of this row, asked for while its
+                // maximum is taken, and the next row, while its exps are summed.
+                let next = view.stored_rows(r + 1, 1).map_or(Ahead::NONE, |next| Ahead::NONE.and(next));
+                let ahead = (row_ahead(r), next);
                 if keep_exps {
                     d.exps.resize(classes, T::Compute::zero());
                     let stats = RowStats::of_before(k, &z, known, ahead, Some(&mut d.exps));

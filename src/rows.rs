@@ -94,8 +94,9 @@ fn first_max<F: Float>(a: (F, usize), b: (F, usize)) -> (F, usize) {
     }
 }
 
-/// The maximum and the index of its first occurrence, or NaN if the row holds one.
-fn max_argmax<F: Float>(k: &RowKernels<F>, z: &Row<F>) -> (F, usize) {
+/// The maximum and the index of its first occurrence, or NaN if the row holds one; asking
+/// for `ahead` on the way, a block's share before each block (rows below `SPLIT_MIN`).
+fn max_argmax<F: Float>(k: &RowKernels<F>, z: &Row<F>, ahead: Ahead) -> (F, usize) {
     let of_range = |range: Range<usize>| {
         let (mut reader, piece) = (z.reader(), z.piece());
         if let Some((m, j)) = reader.stored_max_argmax(range.clone()) {
@@ -109,8 +110,16 @@ fn max_argmax<F: Float>(k: &RowKernels<F>, z: &Row<F>) -> (F, usize) {
         best
     };
     let len = z.len();
-    if len < SPLIT_MIN {
+    if len < SPLIT_MIN && ahead.is_empty() {
         return of_range(0..len);
+    }
+    if len < SPLIT_MIN {
+        let ahead = ahead.along(len);
+        return (0..len).step_by(BLOCK).fold((F::neg_infinity(), usize::MAX), |best, from| {
+            let block = from..(from + BLOCK).min(len);
+            ahead.part(block.clone()).prefetch();
+            first_max(best, of_range(block))
+        });
     }
     (0..len.div_ceil(SPLIT_BLOCK))
         .into_par_iter()
@@ -258,7 +267,7 @@ pub struct RowStats<F> {
 
 impl<F: Float> RowStats<F> {
     pub fn of(k: &RowKernels<F>, z: &Row<F>) -> Self {
-        Self::of_before(k, z, None, Ahead::NONE, None)
+        Self::of_before(k, z, None, (Ahead::NONE, Ahead::NONE), None)
     }
 
     /// [`RowStats::of`], from the row's `max_argmax` where it was taken already (`known`),
@@ -270,13 +279,16 @@ impl<F: Float> RowStats<F> {
         k: &RowKernels<F>,
         z: &Row<F>,
         known: Option<(F, usize)>,
-        ahead: Ahead,
+        (during_max, during_sum): (Ahead, Ahead),
         exps: Option<&mut [F]>,
     ) -> Self {
         if z.is_empty() {
             return RowStats { max: F::neg_infinity(), argmax: 0, rest: f64::NAN, log_rest: F::nan() };
         }
-        let (max, argmax) = known.unwrap_or_else(|| max_argmax(k, z));
+        let ((max, argmax), ahead) = match known {
+            Some(known) => (known, during_max.with(during_sum)),
+            None => (max_argmax(k, z, during_max), during_sum),
+        };
         let rest = if max.is_finite() { sum_exp(k, z, max, argmax, ahead, exps) } else { f64::NAN };
         RowStats { max, argmax, rest, log_rest: F::log1p_of(rest) }
     }
@@ -636,4 +648,33 @@ pub fn dense<F: Float>(
         out.set(s.argmax, scale * (others - tk * F::from_f64(s.rest)) * inv);
     }
     loss
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_argmax_asking_ahead_is_max_argmax() {
+        // Asking for memory on the way takes the maximum a block at a time: the same answer,
+        // first occurrence and NaN included, wherever they fall among the blocks.
+        let k = f32::kernels();
+        let labels = vec![0f32; 5000];
+        let ahead = Ahead::NONE.and(&labels);
+        let len = 3 * BLOCK + 17;
+        let mut cases: Vec<Vec<f32>> = vec![vec![f32::NEG_INFINITY; len], vec![1.0; len]];
+        for (at, again) in [(0, 5), (BLOCK - 1, BLOCK), (BLOCK + 3, 3 * BLOCK + 16), (len - 1, len - 1)] {
+            let mut z: Vec<f32> = (0..len).map(|i| ((i * 37 % 101) as f32) * 0.01).collect();
+            z[at] = 7.0;
+            z[again] = 7.0;
+            cases.push(z.clone());
+            z[again] = f32::NAN;
+            cases.push(z);
+        }
+        for z in &cases {
+            let whole = (k.max_argmax)(z);
+            let (m, j) = max_argmax(k, &Row::Slice(z), ahead);
+            assert!(j == whole.1 && (m == whole.0 || (m.is_nan() && whole.0.is_nan())), "{m} at {j}, want {whole:?}");
+        }
+    }
 }
