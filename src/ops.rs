@@ -154,7 +154,8 @@ type Stored<T> = &'static StoredKernels<T, <T as Element>::Compute>;
 
 /// The rows of a strided n-d view along its class axis, read without copying where the
 /// memory already holds the compute type contiguously (but for narrow rows, which
-/// [`for_rows_with`] copies sixteen at a time).
+/// [`for_rows_with`] copies sixteen at a time unless it reads them for no outputs and they
+/// are at most `IN_PLACE_TILE_MAX` wide).
 struct RowView<'a, T: Element> {
     ptr: *const T,
     layout: RowLayout,
@@ -515,10 +516,11 @@ const SEQUENTIAL_MAX: usize = 1 << 15;
 
 /// How far ahead of the tile in hand the next tiles' rows are prefetched.
 const TILES_AHEAD: usize = 4;
-/// The widest float32 rows whose tiles are read in place (see `for_rows_with`). Sparse
-/// forward, one thread, fastest of 15, copied against in place: 1,000,000×10 13.3-13.6 ->
-/// 12.6-13.2 ms (two threads 7.0-7.1 -> 6.3-6.7), 524288×32 15.3 -> 13.6-14.0, 262144×64
-/// 15.3-18.4 -> 13.3-16.8, but 262144×128 31.8-32.8 -> 34.3-39.3.
+/// The widest float32 rows whose tiles are read in place, in every call without outputs (see
+/// `for_rows_with`). Measured on the sparse forward pass, one thread, fastest of 15, copied
+/// against in place: 1,000,000×10 13.3-13.6 -> 12.6-13.2 ms (two threads 7.0-7.1 ->
+/// 6.3-6.7), 524288×32 15.3 -> 13.6-14.0, 262144×64 15.3-18.4 -> 13.3-16.8, but 262144×128
+/// 31.8-32.8 -> 34.3-39.3.
 const IN_PLACE_TILE_MAX: usize = 64;
 
 /// Runs `f(r, z, stats, scratch, out)` for every row `r` of `view` in parallel, with the
@@ -552,7 +554,8 @@ type TileFn<'a, F, R> = &'a (dyn Fn(usize, &[F], &mut [R]) -> bool + Sync);
 
 /// What the row function reads from memory for row `r` besides its logits (at most one
 /// region, the next row's logits being the other: a dense row's labels), to ask for while the
-/// row's maximum is taken. (Narrow rows, taken sixteen at a time, do not ask for it.)
+/// row's maximum is taken (while its exps are summed where the maximum came with the widened
+/// row). Narrow rows, taken sixteen at a time, and rows split across threads do not ask.
 type RowAhead<'a> = &'a (dyn Fn(usize) -> Ahead<'a> + Sync);
 
 /// [`for_rows`], with a function that may do a whole tile of narrow rows at once (where the

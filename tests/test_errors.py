@@ -348,7 +348,7 @@ def test_no_partial_output_on_error():
     assert np.all(out == 7.0)
 
 
-@pytest.mark.parametrize("dtype", [np.int8, np.uint8, np.int32, np.int64, np.uint64])
+@pytest.mark.parametrize("dtype", [np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.int64, np.uint64])
 def test_every_label_of_a_large_batch_is_checked(dtype):
     # Past 32768 labels the check runs in parallel chunks, class indices first, then the
     # exact test (ignore_index included) where that finds anything else.

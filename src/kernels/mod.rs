@@ -83,7 +83,8 @@ pub type TargetSums<F> = fn(&[F], &[F], F) -> (F, F);
 /// is done with a share of its elements, it has asked for that share of each region. What the
 /// row function reads next from memory: the next row's logits, asked for while the exps are
 /// computed, and a dense row's own labels, while its maximum is taken (a block's share before
-/// each block), so that memory works through both passes. (Asked for a block at a time before
+/// each block; with the next row where the maximum came with the widened row), so that
+/// memory works through both passes. (Asked for a block at a time before
 /// each kernel call instead, and the labels not at all, the float32 forward passes over
 /// 32768-class rows ran slower on an AVX2 machine: see the README, Performance. The labels
 /// asked for with the next row, while the exps are computed, dense float32 4096×32768 took
@@ -109,7 +110,7 @@ impl<'a> Ahead<'a> {
         self.regions.iter().all(|r| r.is_empty())
     }
 
-    /// These regions and `other`'s (two in all at most).
+    /// These regions and `other`'s (two in all at most), before [`Ahead::along`].
     pub fn with(mut self, other: Ahead<'a>) -> Self {
         for r in other.regions.into_iter().filter(|r| !r.is_empty()) {
             *self.regions.iter_mut().find(|r| r.is_empty()).expect("two regions at most") = r;
