@@ -84,11 +84,11 @@ pub type TargetSums<F> = fn(&[F], &[F], F) -> (F, F);
 /// row function reads next from memory: the next row's logits, asked for while the exps are
 /// computed, and a dense row's own labels, while its maximum is taken (a block's share before
 /// each block; with the next row where the maximum came with the widened row), so that
-/// memory works through both passes. (Asked for a block at a time before
-/// each kernel call instead, and the labels not at all, the float32 forward passes over
-/// 32768-class rows ran slower on an AVX2 machine: see the README, Performance. The labels
-/// asked for with the next row, while the exps are computed, dense float32 4096×32768 took
-/// 41.8-42.6 ms against 38.2-40.1, fastest of 9, on Zen 4; the gradient was no faster.)
+/// memory works through both passes. (Asked for a block at a time before each kernel call
+/// instead, and the labels not at all, the float32 forward passes over 32768-class rows ran
+/// slower on an AVX2 machine: see the README, Performance. The labels asked for with the next
+/// row, while the exps are computed, dense float32 4096×32768 took 41.8-42.6 ms against
+/// 38.2-40.1, fastest of 9, on Zen 4; the gradient was no faster.)
 #[derive(Clone, Copy, Debug)]
 pub struct Ahead<'a> {
     regions: [&'a [u8]; 2],
@@ -106,6 +106,7 @@ impl<'a> Ahead<'a> {
     pub const NONE: Ahead<'static> =
         Ahead { regions: [&[], &[]], bytes_per_element: [0; 2], elements_per_line: [0; 2] };
 
+    /// Nothing to ask for.
     pub fn is_empty(&self) -> bool {
         self.regions.iter().all(|r| r.is_empty())
     }
@@ -119,13 +120,11 @@ impl<'a> Ahead<'a> {
     }
 
     /// These regions and `data` (two in all at most).
-    pub fn and<T: crate::Element>(mut self, data: &'a [T]) -> Self {
+    pub fn and<T: crate::Element>(self, data: &'a [T]) -> Self {
         // SAFETY: the same memory as bytes: the element types (sealed) are numbers, without
         // padding.
         let bytes = unsafe { std::slice::from_raw_parts(data.as_ptr() as *const u8, std::mem::size_of_val(data)) };
-        let free = self.regions.iter_mut().find(|r| r.is_empty()).expect("two regions at most");
-        *free = bytes;
-        self
+        self.with(Ahead { regions: [bytes, &[]], ..Ahead::NONE })
     }
 
     /// The regions, to be asked for along a row of `len` elements.
