@@ -110,10 +110,10 @@ fn max_argmax<F: Float>(k: &RowKernels<F>, z: &Row<F>, ahead: Ahead) -> (F, usiz
         best
     };
     let len = z.len();
-    if len < SPLIT_MIN && ahead.is_empty() {
-        return of_range(0..len);
-    }
     if len < SPLIT_MIN {
+        if ahead.is_empty() {
+            return of_range(0..len);
+        }
         let ahead = ahead.along(len);
         return (0..len).step_by(BLOCK).fold((F::neg_infinity(), usize::MAX), |best, from| {
             let block = from..(from + BLOCK).min(len);

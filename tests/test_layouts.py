@@ -1,11 +1,11 @@
 """Rows not stored contiguously in the compute type take other paths: half-type rows are widened
 whole with their maximum in one pass (long ones read as stored, their statistics widened as
-loaded) and their outputs rounded as stored; rows of 65536 classes or more (a class stride, logits the gradient overwrites, strided or half-type
-outputs, broadcast labels) are read and written a block at a time, never copied whole. Their
-results must be, bit for bit, those of the same values laid out contiguously in float32 /
-float64, a path that the accuracy tests check against float64 references; and one case here
-is checked against float64 NumPy directly. The memory long rows need is in
-tests/test_resources.py.
+loaded) and their outputs rounded as stored; rows of 65536 classes or more (a class stride,
+logits the gradient overwrites, strided or half-type outputs, broadcast labels) are read and
+written a block at a time, never copied whole. Their results must be, bit for bit, those of
+the same values laid out contiguously in float32 / float64, a path that the accuracy tests
+check against float64 references; and one case here is checked against float64 NumPy
+directly. The memory long rows need is in tests/test_resources.py.
 """
 
 from __future__ import annotations
