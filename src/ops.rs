@@ -46,6 +46,13 @@ fn min_rows_per_task(classes: usize) -> usize {
     ((1usize << 14) / classes.max(1)).max(1)
 }
 
+/// The rows whose results [`for_rows_with`] stores together: whole groups (one at least), up
+/// to 256 rows or 4 Ki elements, a quarter of the least a task reads.
+fn rows_per_block(classes: usize, group: usize) -> usize {
+    let rows = ((1usize << 12) / classes.max(1)).clamp(1, 256);
+    (rows / group * group).max(group)
+}
+
 /// `axis` in `[-rank, rank)` to an index in `[0, rank)`.
 pub fn class_axis(axis: isize, rank: usize) -> Result<usize> {
     if rank == 0 {
@@ -534,7 +541,29 @@ where
     R: Copy + Default + Send,
     Fun: RowFn<T::Compute, R>,
 {
-    for_rows_with(view, sink, results, f, None, &|_| Ahead::NONE)
+    for_rows_with(view, sink, results, in_place, f, None, &|_| Ahead::NONE)
+}
+
+/// Has a block of results computed by the function it is given and puts them in their place
+/// (the slice), using the buffer (of the task) if it needs one.
+type Store<R, S> = fn(&mut [S], &mut Vec<R>, &mut dyn FnMut(&mut [R]));
+
+/// The [`Store`] of results computed where they belong.
+fn in_place<R>(results: &mut [R], _: &mut Vec<R>, compute: &mut dyn FnMut(&mut [R])) {
+    compute(results);
+}
+
+/// The [`Store`] of results computed in the compute type and rounded to `T`, a block at a
+/// time, so by the threads that compute them (no pass of their own), and from a buffer
+/// written a while before (read back right after each tile or row was written, one number
+/// at a time, they waited on the stores: store-to-load forwarding fails across several).
+fn rounded<T: Element>(results: &mut [T], buffer: &mut Vec<T::Compute>, compute: &mut dyn FnMut(&mut [T::Compute])) {
+    if buffer.len() < results.len() {
+        buffer.resize(results.len(), T::Compute::zero()); // (once a task: each result is set)
+    }
+    let computed = &mut buffer[..results.len()];
+    compute(computed);
+    T::narrow_slice(computed, results);
 }
 
 /// The function [`for_rows`] calls on each row: `(r, z, stats, exps, scratch, out)`, `exps`
@@ -559,18 +588,21 @@ type TileFn<'a, F, R> = &'a (dyn Fn(usize, &[F], &mut [R]) -> bool + Sync);
 type RowAhead<'a> = &'a (dyn Fn(usize) -> Ahead<'a> + Sync);
 
 /// [`for_rows`], with a function that may do a whole tile of narrow rows at once (where the
-/// work per row is so small that calling the row function costs more than it), and what the
-/// row function reads besides the logits.
-fn for_rows_with<T, R, Fun>(
+/// work per row is so small that calling the row function costs more than it), what the row
+/// function reads besides the logits, and results put in place by `store` ([`in_place`], or
+/// [`rounded`] to the logits' type).
+fn for_rows_with<T, R, S, Fun>(
     view: &RowView<T>,
     sink: Option<&RowSink<T>>,
-    results: &mut [R],
+    results: &mut [S],
+    store: Store<R, S>,
     f: Fun,
     tile_f: Option<TileFn<T::Compute, R>>,
     row_ahead: RowAhead,
 ) where
     T: Element,
     R: Copy + Default + Send,
+    S: Send,
     Fun: RowFn<T::Compute, R>,
 {
     let (rows, classes) = (view.layout.rows(), view.layout.classes);
@@ -593,113 +625,120 @@ fn for_rows_with<T, R, Fun>(
     // Where the outputs are built from exps, a row's statistics keep theirs (a row of scratch,
     // read back from cache): the outputs need no others where the scale allows.
     let keep_exps = sink.is_some_and(|s| s.from_exps) && classes < rows::SPLIT_MIN;
-    let init = || (Scratch::default(), DriverScratch::default());
-    let group_rows = |(s, d): &mut (Scratch<T::Compute>, DriverScratch<T::Compute>),
-                      (g, results): (usize, &mut [R])| {
-        let first = g * group;
-        if tiled && results.len() == LANES {
-            // A tile's rows are read where the prefetcher has not looked yet (each row once,
-            // then its columns from the copy): ask for a tile a few ahead.
-            if let Some(ahead) = view.stored_rows(first + TILES_AHEAD * LANES, LANES) {
-                crate::kernels::prefetch(ahead);
-            }
-            // The sixteen rows copied (half types: widened) into scratch, in one go, so that
-            // the tile's columns are read from L1 (gathered a column at a time straight from
-            // the logits, they waited on L2). Float32 rows up to `IN_PLACE_TILE_MAX` wide
-            // and read for no outputs are transposed where they are, a vector per row at a
-            // time: no copy (written outputs need one, they may be the logits).
-            let in_place = sink.is_none() && classes <= IN_PLACE_TILE_MAX;
-            let tile = match view.contiguous_rows(first, LANES).filter(|_| in_place) {
-                Some(rows) => rows,
-                None => {
-                    d.tile.resize(LANES * classes, T::Compute::zero());
-                    match view.stored_rows(first, LANES) {
-                        Some(stored) => T::widen_into(stored, &mut d.tile),
+    let init = || ((Scratch::default(), DriverScratch::default()), Vec::new());
+    let fill_group =
+        |(s, d): &mut (Scratch<T::Compute>, DriverScratch<T::Compute>), first: usize, results: &mut [R]| {
+            if tiled && results.len() == LANES {
+                // A tile's rows are read where the prefetcher has not looked yet (each row once,
+                // then its columns from the copy): ask for a tile a few ahead.
+                if let Some(ahead) = view.stored_rows(first + TILES_AHEAD * LANES, LANES) {
+                    crate::kernels::prefetch(ahead);
+                }
+                // The sixteen rows copied (half types: widened) into scratch, in one go, so that
+                // the tile's columns are read from L1 (gathered a column at a time straight from
+                // the logits, they waited on L2). Float32 rows up to `IN_PLACE_TILE_MAX` wide
+                // and read for no outputs are transposed where they are, a vector per row at a
+                // time: no copy (written outputs need one, they may be the logits).
+                let in_place = sink.is_none() && classes <= IN_PLACE_TILE_MAX;
+                let tile = match view.contiguous_rows(first, LANES).filter(|_| in_place) {
+                    Some(rows) => rows,
+                    None => {
+                        d.tile.resize(LANES * classes, T::Compute::zero());
+                        match view.stored_rows(first, LANES) {
+                            Some(stored) => T::widen_into(stored, &mut d.tile),
+                            None => {
+                                for (r, row) in (first..).zip(d.tile.chunks_exact_mut(classes)) {
+                                    view.widen_row(r, row);
+                                }
+                            }
+                        }
+                        &d.tile
+                    }
+                };
+                let Some(sink) = sink else {
+                    if tile_f.is_some_and(|tf| tf(first, tile, results)) {
+                        return;
+                    }
+                    T::Compute::tile_stats(tile, classes, &mut d.stats, None);
+                    for (i, (res, (z, stats))) in
+                        results.iter_mut().zip(tile.chunks_exact(classes).zip(&d.stats)).enumerate()
+                    {
+                        let z = Row::Slice(z);
+                        *res = f(first + i, &z, &stats.refined(&z), None, s, None);
+                    }
+                    return;
+                };
+                // With outputs, the exps of the statistics are kept: the outputs need no others.
+                d.exps.resize(LANES * classes, T::Compute::zero());
+                T::Compute::tile_stats(tile, classes, &mut d.stats, Some(&mut d.exps));
+                let rows_in = tile.chunks_exact(classes).zip(&d.stats).zip(d.exps.chunks_exact(classes));
+                // The tile's outputs, one slice: the destination itself where its rows are one
+                // block of the compute type, else a buffer stored row by row afterwards.
+                // SAFETY: this task is the only one handling these rows, and their logits were
+                // read (into `tile`) before they are written.
+                let direct = unsafe { sink.rows_mut(first, LANES) };
+                let buffered = direct.is_none();
+                let out = direct.unwrap_or_else(|| {
+                    d.out.resize(LANES * classes, T::Compute::zero());
+                    &mut d.out
+                });
+                for (i, ((res, ((z, stats), exps)), o)) in
+                    results.iter_mut().zip(rows_in).zip(out.chunks_exact_mut(classes)).enumerate()
+                {
+                    let z = Row::Slice(z);
+                    let (stats, exps) = stats.refined_with(&z, Some(exps));
+                    *res = f(first + i, &z, &stats, exps, s, Some(&mut RowOut::Slice(o)));
+                }
+                if buffered {
+                    // SAFETY: as above.
+                    match unsafe { sink.stored_rows_mut(first, LANES) } {
+                        // Half types: the sixteen rows rounded in one go.
+                        Some(rows) => T::narrow_slice(&d.out, rows),
                         None => {
-                            for (r, row) in (first..).zip(d.tile.chunks_exact_mut(classes)) {
-                                view.widen_row(r, row);
+                            for (i, o) in d.out.chunks_exact(classes).enumerate() {
+                                // SAFETY: as above; `first + i < rows`.
+                                unsafe { sink.write_row(first + i, |mut row| row.copy_from(o)) };
                             }
                         }
                     }
-                    &d.tile
                 }
-            };
-            let Some(sink) = sink else {
-                if tile_f.is_some_and(|tf| tf(first, tile, results)) {
-                    return;
-                }
-                T::Compute::tile_stats(tile, classes, &mut d.stats, None);
-                for (i, (res, (z, stats))) in
-                    results.iter_mut().zip(tile.chunks_exact(classes).zip(&d.stats)).enumerate()
-                {
-                    let z = Row::Slice(z);
-                    *res = f(first + i, &z, &stats.refined(&z), None, s, None);
-                }
-                return;
-            };
-            // With outputs, the exps of the statistics are kept: the outputs need no others.
-            d.exps.resize(LANES * classes, T::Compute::zero());
-            T::Compute::tile_stats(tile, classes, &mut d.stats, Some(&mut d.exps));
-            let rows_in = tile.chunks_exact(classes).zip(&d.stats).zip(d.exps.chunks_exact(classes));
-            // The tile's outputs, one slice: the destination itself where its rows are one
-            // block of the compute type, else a buffer stored row by row afterwards.
-            // SAFETY: this task is the only one handling these rows, and their logits were
-            // read (into `tile`) before they are written.
-            let direct = unsafe { sink.rows_mut(first, LANES) };
-            let buffered = direct.is_none();
-            let out = direct.unwrap_or_else(|| {
-                d.out.resize(LANES * classes, T::Compute::zero());
-                &mut d.out
-            });
-            for (i, ((res, ((z, stats), exps)), o)) in
-                results.iter_mut().zip(rows_in).zip(out.chunks_exact_mut(classes)).enumerate()
-            {
-                let z = Row::Slice(z);
-                let (stats, exps) = stats.refined_with(&z, Some(exps));
-                *res = f(first + i, &z, &stats, exps, s, Some(&mut RowOut::Slice(o)));
-            }
-            if buffered {
-                // SAFETY: as above.
-                match unsafe { sink.stored_rows_mut(first, LANES) } {
-                    // Half types: the sixteen rows rounded in one go.
-                    Some(rows) => T::narrow_slice(&d.out, rows),
-                    None => {
-                        for (i, o) in d.out.chunks_exact(classes).enumerate() {
-                            // SAFETY: as above; `first + i < rows`.
-                            unsafe { sink.write_row(first + i, |mut row| row.copy_from(o)) };
-                        }
+            } else {
+                for (i, res) in results.iter_mut().enumerate() {
+                    let r = first + i;
+                    let (z, known) = view.row_and_max(r, &mut d.row);
+                    // What comes next from memory: what `f` reads of this row, asked for while its
+                    // maximum is taken, and the next row, while its exps are summed.
+                    let next = view.stored_rows(r + 1, 1).map_or(Ahead::NONE, |next| Ahead::NONE.and(next));
+                    let ahead = (row_ahead(r), next);
+                    if keep_exps {
+                        d.exps.resize(classes, T::Compute::zero());
+                        let stats = RowStats::of_before(k, &z, known, ahead, Some(&mut d.exps));
+                        *res = call(r, &z, &stats, stats.is_regular().then_some(&d.exps[..]), s);
+                    } else {
+                        *res = call(r, &z, &RowStats::of_before(k, &z, known, ahead, None), None, s);
                     }
                 }
             }
-        } else {
-            for (i, res) in results.iter_mut().enumerate() {
-                let r = first + i;
-                let (z, known) = view.row_and_max(r, &mut d.row);
-                // What comes next from memory: what `f` reads of this row, asked for while its
-                // maximum is taken, and the next row, while its exps are summed.
-                let next = view.stored_rows(r + 1, 1).map_or(Ahead::NONE, |next| Ahead::NONE.and(next));
-                let ahead = (row_ahead(r), next);
-                if keep_exps {
-                    d.exps.resize(classes, T::Compute::zero());
-                    let stats = RowStats::of_before(k, &z, known, ahead, Some(&mut d.exps));
-                    *res = call(r, &z, &stats, stats.is_regular().then_some(&d.exps[..]), s);
-                } else {
-                    *res = call(r, &z, &RowStats::of_before(k, &z, known, ahead, None), None, s);
-                }
+        };
+    let block = rows_per_block(classes, group);
+    let block_rows = |(scratch, buffer): &mut (_, Vec<R>), (b, results): (usize, &mut [S])| {
+        store(results, buffer, &mut |results| {
+            for (g, group_results) in results.chunks_mut(group).enumerate() {
+                fill_group(scratch, b * block + g * group, group_results);
             }
-        }
+        });
     };
     if view.layout.elements() <= SEQUENTIAL_MAX {
         // Small: on the calling thread (a hop to the pool would cost more than the work).
         let mut state = init();
-        results.chunks_mut(group).enumerate().for_each(|item| group_rows(&mut state, item));
+        results.chunks_mut(block).enumerate().for_each(|item| block_rows(&mut state, item));
     } else {
         crate::threads::run(|| {
             results
-                .par_chunks_mut(group)
+                .par_chunks_mut(block)
                 .enumerate()
-                .with_min_len((min_rows_per_task(classes) / group).max(1))
-                .for_each_init(init, group_rows)
+                .with_min_len((min_rows_per_task(classes) / block).max(1))
+                .for_each_init(init, block_rows)
         });
     }
 }
@@ -767,25 +806,60 @@ fn loss_shape(batch_shape: &[usize], reduction: Reduction) -> Vec<usize> {
     }
 }
 
-/// Runs `run` on a buffer of per-row losses (row order) and puts them into `out`, reduced as
-/// asked (`divisor` is the `Mean` denominator). Without a reduction, `run` writes into `out`
-/// itself where it is contiguous and of the compute type. `out` has the shape of
-/// [`loss_shape`].
+/// One result per row (row order, a loss or a sum): in the compute type, or in the logits'
+/// type (half types, rounded a block of rows at a time as they are computed: [`rounded`]).
+enum PerRow<'a, T: Element> {
+    Compute(&'a mut [T::Compute]),
+    Stored(&'a mut [T]),
+}
+
+impl<'a, T: Element> PerRow<'a, T> {
+    /// `results` in the compute type where that is their type.
+    fn of(results: &'a mut [T]) -> Self {
+        // (Asked twice: a borrow returned from one arm of a match would hold the other's.)
+        if T::as_compute_mut(results).is_none() {
+            return Self::Stored(results);
+        }
+        Self::Compute(T::as_compute_mut(results).expect("the compute type"))
+    }
+}
+
+/// Runs `run` on a buffer of per-row losses and puts them into `out`, reduced as asked
+/// (`divisor` is the `Mean` denominator). Without a reduction, `run` writes into `out` itself
+/// where it is contiguous. `out` has the shape of [`loss_shape`].
 fn fill_losses<T: Element>(
     out: &mut ArrayViewMutD<T>,
     rows: usize,
     reduction: Reduction,
     divisor: f64,
-    run: impl FnOnce(&mut [T::Compute]),
+    run: impl FnOnce(PerRow<T>),
 ) {
     if reduction == Reduction::None {
-        if let Some(direct) = out.as_slice_mut().and_then(T::as_compute_mut) {
-            return run(direct);
+        if let Some(flat) = out.as_slice_mut() {
+            return run(PerRow::of(flat));
         }
     }
     let mut losses = vec![T::Compute::zero(); rows];
-    run(&mut losses);
+    run(PerRow::Compute(&mut losses));
     write_losses(losses, out, reduction, divisor);
+}
+
+/// [`for_rows_with`] into `results`.
+fn for_rows_into<T, Fun>(
+    view: &RowView<T>,
+    sink: Option<&RowSink<T>>,
+    results: PerRow<T>,
+    f: Fun,
+    tile_f: Option<TileFn<T::Compute, T::Compute>>,
+    row_ahead: RowAhead,
+) where
+    T: Element,
+    Fun: RowFn<T::Compute, T::Compute>,
+{
+    match results {
+        PerRow::Compute(results) => for_rows_with(view, sink, results, in_place, f, tile_f, row_ahead),
+        PerRow::Stored(results) => for_rows_with(view, sink, results, rounded::<T>, f, tile_f, row_ahead),
+    }
 }
 
 /// Writes per-row losses (row order) into `out`, reduced as asked; `divisor` is the `Mean`
@@ -1047,7 +1121,7 @@ fn sparse_run<T: Element, L: Label>(
         rows::sparse(k, z, stats, label, &targets, out.map(|out| Grad { out, scale, stream, exps }))
     };
     fill_losses(&mut loss, rows, options.reduction, divisor, |losses| {
-        for_rows_with(&view, sink.as_ref(), losses, row, plain.then_some(&tile_losses as TileFn<_, _>), &|_| {
+        for_rows_into(&view, sink.as_ref(), losses, row, plain.then_some(&tile_losses as TileFn<_, _>), &|_| {
             Ahead::NONE
         })
     });
@@ -1097,7 +1171,7 @@ fn dense_run<T: Element, Y: Element<Compute = T::Compute>>(
             rows::dense(k, z, stats, &y, &targets, &mut s.targets, grad)
         };
         let labels_ahead = |r| y_rows.stored_rows(r, 1).map_or(Ahead::NONE, |y| Ahead::NONE.and(y));
-        for_rows_with(&z_rows, sink.as_ref(), losses, row, None, &labels_ahead)
+        for_rows_into(&z_rows, sink.as_ref(), losses, row, None, &labels_ahead)
     });
     Ok(fresh)
 }
@@ -1275,8 +1349,8 @@ pub fn softmax<T: Element>(logits: ArrayViewD<T>, axis: isize) -> Result<ArrayD<
 pub fn logsumexp<T: Element>(logits: ArrayViewD<T>, axis: isize) -> Result<ArrayD<T>> {
     let axis = class_axis(axis, logits.ndim())?;
     let view = RowView::new(&logits, axis);
-    let mut sums = vec![T::Compute::zero(); view.layout.rows()];
-    for_rows(&view, None, &mut sums, |_, _, stats, _, _, _| stats.logsumexp());
-    let data = sums.into_iter().map(T::narrow).collect();
+    let mut data = T::zeros(view.layout.rows());
+    let sums = PerRow::of(&mut data);
+    for_rows_into(&view, None, sums, |_, _, stats, _, _, _| stats.logsumexp(), None, &|_| Ahead::NONE);
     Ok(ArrayD::from_shape_vec(IxDyn(&without(logits.shape(), axis)), data).expect("one value per row"))
 }
