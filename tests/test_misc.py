@@ -277,13 +277,3 @@ def test_bench_command_runs_every_op(capsys):
     assert "self-check: passed" in out and "reused grad_out" in out
     for op in ("sparse", "dense", "sparse_grad", "dense_grad"):
         assert f"{op} 64x100" in out, out
-
-
-def test_bench_interleaves_the_libraries_calls():
-    # A warm-up call each, then rounds of one call each in an order that rotates.
-    from fastxent.__main__ import _median_times
-
-    order: list[str] = []
-    times = _median_times({name: lambda name=name: order.append(name) for name in "abc"}, repeat=4)
-    assert order == list("abc" "abc" "bca" "cab" "abc")
-    assert sorted(times) == ["a", "b", "c"] and all(t >= 0 for t in times.values())

@@ -11,7 +11,6 @@ PyTorch, TensorFlow and JAX are installed.
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
 import time
 from typing import Any, Callable
@@ -198,35 +197,14 @@ def _prepare(name: str) -> Callable[[Any], Any]:
     return lambda a: a
 
 
-def _calls(
-    op: str, z: np.ndarray, y: np.ndarray, p: np.ndarray | None, grad_out: np.ndarray | None
-) -> dict[str, Callable[[], Any]]:
-    """The call of fastxent and of each installed peer for `op` on these inputs (the peers'
-    own copies of them made here, outside the timed region)."""
-    calls: dict[str, Callable[[], Any]] = {"fastxent": lambda: _fastxent(op, grad_out)(z, y, p)}
-    for name, make in PEERS.items():
-        fn = make(op)
-        if fn is not None:
-            prepare = _prepare(name)
-            calls[name] = functools.partial(fn, prepare(z), prepare(y), prepare(p))
-    return calls
-
-
-def _median_times(fns: dict[str, Callable[[], Any]], repeat: int) -> dict[str, float]:
-    """The median time of each call, timed in `repeat` rounds of one call each, in an order
-    that rotates from round to round: the machine's slow and fast spells (fresh memory reads
-    slowly for a second or two on some machines) and what a call leaves behind (another
-    library's threads still spinning) fall on every library alike."""
-    for fn in fns.values():
-        fn()  # warm up (and compile, for JAX)
-    names = list(fns)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for i in range(repeat):
-        for name in names[i % len(names) :] + names[: i % len(names)]:
-            t0 = time.perf_counter()
-            fns[name]()
-            times[name].append(time.perf_counter() - t0)
-    return {name: float(np.median(t)) for name, t in times.items()}
+def _median_time(fn: Callable[[], Any], repeat: int) -> float:
+    fn()  # warm up (and compile, for JAX)
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
 
 
 def _dtype(name: str) -> Any:
@@ -243,12 +221,10 @@ def bench(
     rng = np.random.default_rng(1)
     results = []
     reuse = ", fastxent's gradients into one reused grad_out" if reuse_grad else ""
-    print(
-        f"\nmedian of {repeat} rounds (the libraries' calls interleaved), {dtype}, SIMD tier {fx.simd_tier()}, "
-        f"{fx.get_num_threads()} threads{reuse}"
-    )
+    print(f"\nmedian of {repeat} runs, {dtype}, SIMD tier {fx.simd_tier()}, {fx.get_num_threads()} threads{reuse}")
     header = f"{'case':28s} {'fastxent':>10s} {'GB/s':>6s}"
-    for name in PEERS:
+    peers = {name: make for name, make in PEERS.items()}
+    for name in peers:
         header += f" {name:>11s} {'ratio':>6s}"
     print(header)
     for op, rows, classes in cases:
@@ -258,13 +234,20 @@ def bench(
         if p is not None:
             p /= p.sum(axis=-1, keepdims=True)
         grad_out = np.empty_like(z) if reuse_grad and op.endswith("_grad") else None
-        times = _median_times(_calls(op, z, y, p, grad_out), repeat)
-        row: dict[str, Any] = {"op": op, "rows": rows, "classes": classes, **times}
-        ours = row["fastxent"]
-        line = f"{op + ' ' + str(rows) + 'x' + str(classes):28s} {ours * 1e3:8.2f}ms {z.nbytes / ours / 1e9:6.1f}"
-        for name in PEERS:
-            t = row.get(name)
-            line += f" {'-':>11s} {'':>6s}" if t is None else f" {t * 1e3:9.2f}ms {t / ours:5.1f}x"
+        ours = _median_time(lambda: _fastxent(op, grad_out)(z, y, p), repeat)
+        gbs = z.nbytes / ours / 1e9
+        line = f"{op + ' ' + str(rows) + 'x' + str(classes):28s} {ours * 1e3:8.2f}ms {gbs:6.1f}"
+        row: dict[str, Any] = {"op": op, "rows": rows, "classes": classes, "fastxent": ours}
+        for name, make in peers.items():
+            fn = make(op)
+            if fn is None:
+                line += f" {'-':>11s} {'':>6s}"
+                continue
+            prepare = _prepare(name)
+            args = (prepare(z), prepare(y), prepare(p))
+            t = _median_time(lambda: fn(*args), repeat)
+            row[name] = t
+            line += f" {t * 1e3:9.2f}ms {t / ours:5.1f}x"
         print(line, flush=True)
         results.append(row)
     if plot:
