@@ -197,19 +197,8 @@ def _prepare(name: str) -> Callable[[Any], Any]:
     return lambda a: a
 
 
-# Each library's calls for a case are timed in a block of their own, after calls that warm
-# up for this long: JAX compiles, and fresh memory read slowly for a second or two after the
-# case's arrays were made on the development machine (a virtual one), which fell on the
-# library timed first. (Interleaving the libraries' calls would measure the threads a peer
-# leaves spinning: fastxent's call took 40-70% longer right after JAX's.)
-WARM_UP_S = 2.0
-
-
-def _median_time(fn: Callable[[], Any], repeat: int, warm_up_s: float = WARM_UP_S) -> float:
-    start = time.perf_counter()
-    fn()
-    while time.perf_counter() - start < warm_up_s:
-        fn()
+def _median_time(fn: Callable[[], Any], repeat: int) -> float:
+    fn()  # warm up (and compile, for JAX)
     times = []
     for _ in range(repeat):
         t0 = time.perf_counter()
@@ -227,20 +216,12 @@ def _dtype(name: str) -> Any:
 
 
 def bench(
-    cases: list[tuple[str, int, int]],
-    repeat: int,
-    dtype: str,
-    plot: str | None,
-    reuse_grad: bool = False,
-    warm_up_s: float = WARM_UP_S,
+    cases: list[tuple[str, int, int]], repeat: int, dtype: str, plot: str | None, reuse_grad: bool = False
 ) -> list[dict[str, Any]]:
     rng = np.random.default_rng(1)
     results = []
     reuse = ", fastxent's gradients into one reused grad_out" if reuse_grad else ""
-    print(
-        f"\nmedian of {repeat} runs after {warm_up_s:g} s of warm-up calls, {dtype}, SIMD tier {fx.simd_tier()}, "
-        f"{fx.get_num_threads()} threads{reuse}"
-    )
+    print(f"\nmedian of {repeat} runs, {dtype}, SIMD tier {fx.simd_tier()}, {fx.get_num_threads()} threads{reuse}")
     header = f"{'case':28s} {'fastxent':>10s} {'GB/s':>6s}"
     peers = {name: make for name, make in PEERS.items()}
     for name in peers:
@@ -253,7 +234,7 @@ def bench(
         if p is not None:
             p /= p.sum(axis=-1, keepdims=True)
         grad_out = np.empty_like(z) if reuse_grad and op.endswith("_grad") else None
-        ours = _median_time(lambda: _fastxent(op, grad_out)(z, y, p), repeat, warm_up_s)
+        ours = _median_time(lambda: _fastxent(op, grad_out)(z, y, p), repeat)
         gbs = z.nbytes / ours / 1e9
         line = f"{op + ' ' + str(rows) + 'x' + str(classes):28s} {ours * 1e3:8.2f}ms {gbs:6.1f}"
         row: dict[str, Any] = {"op": op, "rows": rows, "classes": classes, "fastxent": ours}
@@ -264,7 +245,7 @@ def bench(
                 continue
             prepare = _prepare(name)
             args = (prepare(z), prepare(y), prepare(p))
-            t = _median_time(lambda: fn(*args), repeat, warm_up_s)
+            t = _median_time(lambda: fn(*args), repeat)
             row[name] = t
             line += f" {t * 1e3:9.2f}ms {t / ours:5.1f}x"
         print(line, flush=True)
@@ -316,9 +297,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shapes", help="comma-separated ROWSxCLASSES (default: design notes' cases)")
     parser.add_argument("--ops", default="sparse,dense,sparse_grad", help=f"comma-separated, of {', '.join(OPS)}")
     parser.add_argument("--repeat", type=int, default=7)
-    parser.add_argument(
-        "--warm-up", type=float, default=WARM_UP_S, help="seconds of untimed calls before each library's timed ones"
-    )
     parser.add_argument("--dtype", default="float32", choices=["float16", "bfloat16", "float32", "float64"])
     parser.add_argument("--plot", help="write a PNG bar chart here (needs matplotlib)")
     parser.add_argument(
@@ -327,10 +305,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     ok = self_check()
     if args.command == "check":
-        bench(DEFAULT_CASES, args.repeat, args.dtype, args.plot, warm_up_s=args.warm_up)
+        bench(DEFAULT_CASES, args.repeat, args.dtype, args.plot)
     else:
         cases = _parse_cases(args.shapes, args.ops) if args.shapes else DESIGN_CASES
-        bench(cases, args.repeat, args.dtype, args.plot, args.reuse_grad, args.warm_up)
+        bench(cases, args.repeat, args.dtype, args.plot, args.reuse_grad)
     return 0 if ok else 1
 
 
