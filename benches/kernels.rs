@@ -86,17 +86,21 @@ fn row_kernels<F: fastxent::kernels::Float>(c: &mut Criterion, name: &str) {
 }
 
 /// The narrow-row kernel alone: the statistics of sixteen rows of 10 classes (in L1), with and
-/// without their exps kept, in elements per second.
+/// without their exps kept, and with the sums of dense targets, in elements per second.
 fn tile_kernels(c: &mut Criterion) {
     use fastxent::kernels::lanes::{tile_stats, TileStats, LANES, MAX_CLASSES};
     let classes = 10;
     let z: Vec<f32> = logits::<f32>(LANES, classes).into_iter().collect();
+    let targets = vec![1.0 / classes as f32; z.len()];
     let (mut stats, mut exps) = (TileStats::default(), [[0.0f32; LANES]; MAX_CLASSES]);
     let mut group = c.benchmark_group(format!("tile_kernels_{}", fastxent::simd_tier().name()));
     group.throughput(Throughput::Elements(z.len() as u64));
-    group.bench_function("stats_16x10", |b| b.iter(|| tile_stats(&z, classes, &mut stats, None)));
+    group.bench_function("stats_16x10", |b| b.iter(|| tile_stats(&z, classes, &mut stats, None, None)));
     group.bench_function("stats_exps_16x10", |b| {
-        b.iter(|| tile_stats(&z, classes, &mut stats, Some(&mut exps[..classes])))
+        b.iter(|| tile_stats(&z, classes, &mut stats, Some(&mut exps[..classes]), None))
+    });
+    group.bench_function("stats_targets_16x10", |b| {
+        b.iter(|| tile_stats(&z, classes, &mut stats, None, Some(&targets)))
     });
     group.finish();
 }

@@ -254,6 +254,34 @@ impl<'a, T: Element> RowView<'a, T> {
         }
     }
 
+    /// The tile of rows `first..first + LANES`, one after another in the compute type: where
+    /// they lie if `in_place` and they are stored so (the tile's columns are read straight
+    /// from them), else widened into `scratch` in one go (its columns then read from L1;
+    /// gathered a column at a time from the rows, they waited on L2). The rows of a tile a
+    /// few ahead are asked for: they are read where the prefetcher has not looked yet.
+    fn tile<'s>(&'s self, first: usize, scratch: &'s mut Vec<T::Compute>, in_place: bool) -> &'s [T::Compute] {
+        if let Some(ahead) = self.stored_rows(first + TILES_AHEAD * LANES, LANES) {
+            crate::kernels::prefetch(ahead);
+        }
+        match self.contiguous_rows(first, LANES).filter(|_| in_place) {
+            Some(rows) => rows,
+            None => {
+                scratch.resize(LANES * self.layout.classes, T::Compute::zero());
+                self.widen_rows(first, scratch);
+                scratch
+            }
+        }
+    }
+
+    /// Rows `first..`, widened, one after another into `dst` (of whole rows).
+    fn widen_rows(&self, first: usize, dst: &mut [T::Compute]) {
+        let classes = self.layout.classes;
+        match self.stored_rows(first, dst.len() / classes) {
+            Some(stored) => T::widen_into(stored, dst),
+            None => (first..).zip(dst.chunks_exact_mut(classes)).for_each(|(r, row)| self.widen_row(r, row)),
+        }
+    }
+
     /// Row `r`, widened, into `dst` (of the row's length).
     fn widen_row(&self, r: usize, dst: &mut [T::Compute]) {
         assert!(r < self.layout.rows() && dst.len() == self.layout.classes, "a row of the view");
@@ -335,6 +363,8 @@ struct DriverScratch<F> {
     stats: Vec<RowStats<F>>,
     /// A tile's `exp(z_j - max)`, row by row, or a row's.
     exps: Vec<F>,
+    /// A tile's dense targets, row by row.
+    targets: Vec<F>,
 }
 
 impl<F: Float> Default for DriverScratch<F> {
@@ -345,6 +375,7 @@ impl<F: Float> Default for DriverScratch<F> {
             out: Vec::new(),
             stats: vec![RowStats::default(); LANES],
             exps: Vec::new(),
+            targets: Vec::new(),
         }
     }
 }
@@ -521,6 +552,18 @@ impl<T: Element> RowSink<'_, T> {
 /// fastxent was told to use, `set_num_threads`, or rayon's global one).
 const SEQUENTIAL_MAX: usize = 1 << 15;
 
+/// The widest dense rows whose tiles take the sums of their plain targets with their
+/// statistics (a row at a time, the `target_sums` kernel and its horizontal sums cost more
+/// than the rest of a narrow row). Dense, one thread, fastest of 15, builds alternated three
+/// times, float32 (float16 with float16 labels):
+/// - 1,000,000×10: forward 25.2-25.3 -> 16.8-17.0 ms (48.1-48.5 -> 17.8-18.0), the gradient
+///   into `grad_out` 50.1-51.2 -> 51.9-52.3 (72.3-73.5 -> 64.9-66.4);
+/// - 600,000×16: forward 17.0-17.7 -> 13.1-13.5 (25.8-26.1 -> 13.7-14.2), gradient 32.4-32.7
+///   -> 33.2-34.1 (39.4-39.9 -> 37.1-37.6);
+/// - 32 classes: forward 22.7-22.9 -> 18.4-19.0, but gradient 38.0-38.3 -> 43.2-44.6; 64
+///   and 128 classes: both slower (64: forward 23.0-23.1 -> 29.4-30.1).
+const TILE_TARGETS_MAX: usize = 16;
+
 /// How far ahead of the tile in hand the next tiles' rows are prefetched.
 const TILES_AHEAD: usize = 4;
 /// The widest float32 rows whose tiles are read in place, in every call without outputs (see
@@ -541,7 +584,7 @@ where
     R: Copy + Default + Send,
     Fun: RowFn<T::Compute, R>,
 {
-    for_rows_with(view, sink, results, in_place, f, None, &|_| Ahead::NONE)
+    for_rows_with(view, sink, results, in_place, f, Extras::NONE)
 }
 
 /// Has a block of results computed by the function it is given and puts them in their place
@@ -578,8 +621,9 @@ impl<F, R, G> RowFn<F, R> for G where
 }
 
 /// Takes a whole tile of narrow rows of a call without outputs: `(first row, the tile's rows
-/// one after another, their results)`; returns false to leave the tile to the row function.
-type TileFn<'a, F, R> = &'a (dyn Fn(usize, &[F], &mut [R]) -> bool + Sync);
+/// one after another, their dense targets (see [`Extras`]), their results)`; returns false to
+/// leave the tile to the row function.
+type TileFn<'a, F, R> = &'a (dyn Fn(usize, &[F], Option<&[F]>, &mut [R]) -> bool + Sync);
 
 /// What the row function reads from memory for row `r` besides its logits (at most one
 /// region, the next row's logits being the other: a dense row's labels), to ask for while the
@@ -587,9 +631,34 @@ type TileFn<'a, F, R> = &'a (dyn Fn(usize, &[F], &mut [R]) -> bool + Sync);
 /// row). Narrow rows, taken sixteen at a time, and rows split across threads do not ask.
 type RowAhead<'a> = &'a (dyn Fn(usize) -> Ahead<'a> + Sync);
 
-/// [`for_rows`], with a function that may do a whole tile of narrow rows at once (where the
-/// work per row is so small that calling the row function costs more than it), what the row
-/// function reads besides the logits, and results put in place by `store` ([`in_place`], or
+/// Rows read a tile at a time (see [`RowView::tile`]).
+trait Tiles<F>: Sync {
+    fn tile<'s>(&'s self, first: usize, scratch: &'s mut Vec<F>, in_place: bool) -> &'s [F];
+}
+
+impl<T: Element> Tiles<T::Compute> for RowView<'_, T> {
+    fn tile<'s>(&'s self, first: usize, scratch: &'s mut Vec<T::Compute>, in_place: bool) -> &'s [T::Compute] {
+        RowView::tile(self, first, scratch, in_place)
+    }
+}
+
+/// What a caller may give [`for_rows_with`] besides the row function.
+struct Extras<'a, F, R> {
+    /// A function that does a whole tile of narrow rows at once (where the work per row is so
+    /// small that calling the row function costs more than it).
+    tile: Option<TileFn<'a, F, R>>,
+    /// What the row function reads besides the logits.
+    ahead: RowAhead<'a>,
+    /// The rows of dense targets (the labels, where no weight nor smoothing makes them
+    /// differ), whose sums a tile's statistics then take (see `RowStats::target_sums`).
+    tile_targets: Option<&'a dyn Tiles<F>>,
+}
+
+impl<F, R> Extras<'_, F, R> {
+    const NONE: Self = Extras { tile: None, ahead: &|_| Ahead::NONE, tile_targets: None };
+}
+
+/// [`for_rows`], with [`Extras`], and results put in place by `store` ([`in_place`], or
 /// [`rounded`] to the logits' type).
 fn for_rows_with<T, R, S, Fun>(
     view: &RowView<T>,
@@ -597,8 +666,7 @@ fn for_rows_with<T, R, S, Fun>(
     results: &mut [S],
     store: Store<R, S>,
     f: Fun,
-    tile_f: Option<TileFn<T::Compute, R>>,
-    row_ahead: RowAhead,
+    extras: Extras<T::Compute, R>,
 ) where
     T: Element,
     R: Copy + Default + Send,
@@ -629,37 +697,20 @@ fn for_rows_with<T, R, S, Fun>(
     let fill_group =
         |(s, d): &mut (Scratch<T::Compute>, DriverScratch<T::Compute>), first: usize, results: &mut [R]| {
             if tiled && results.len() == LANES {
-                // A tile's rows are read where the prefetcher has not looked yet (each row once,
-                // then its columns from the copy): ask for a tile a few ahead.
-                if let Some(ahead) = view.stored_rows(first + TILES_AHEAD * LANES, LANES) {
-                    crate::kernels::prefetch(ahead);
-                }
-                // The sixteen rows copied (half types: widened) into scratch, in one go, so that
-                // the tile's columns are read from L1 (gathered a column at a time straight from
-                // the logits, they waited on L2). Float32 rows up to `IN_PLACE_TILE_MAX` wide
-                // and read for no outputs are transposed where they are, a vector per row at a
-                // time: no copy (written outputs need one, they may be the logits).
+                // Float32 rows up to `IN_PLACE_TILE_MAX` wide and read for no outputs are
+                // transposed where they are, a vector per row at a time: no copy (written
+                // outputs need one, they may be the logits).
                 let in_place = sink.is_none() && classes <= IN_PLACE_TILE_MAX;
-                let tile = match view.contiguous_rows(first, LANES).filter(|_| in_place) {
-                    Some(rows) => rows,
-                    None => {
-                        d.tile.resize(LANES * classes, T::Compute::zero());
-                        match view.stored_rows(first, LANES) {
-                            Some(stored) => T::widen_into(stored, &mut d.tile),
-                            None => {
-                                for (r, row) in (first..).zip(d.tile.chunks_exact_mut(classes)) {
-                                    view.widen_row(r, row);
-                                }
-                            }
-                        }
-                        &d.tile
-                    }
-                };
+                let tile = view.tile(first, &mut d.tile, in_place);
+                // A dense row's targets, where the statistics take their sums (read where they
+                // are even for outputs: no output overlaps them).
+                let targets_in_place = classes <= IN_PLACE_TILE_MAX;
+                let targets = extras.tile_targets.map(|rows| rows.tile(first, &mut d.targets, targets_in_place));
                 let Some(sink) = sink else {
-                    if tile_f.is_some_and(|tf| tf(first, tile, results)) {
+                    if extras.tile.is_some_and(|tf| tf(first, tile, targets, results)) {
                         return;
                     }
-                    T::Compute::tile_stats(tile, classes, &mut d.stats, None);
+                    T::Compute::tile_stats(tile, classes, &mut d.stats, None, targets);
                     for (i, (res, (z, stats))) in
                         results.iter_mut().zip(tile.chunks_exact(classes).zip(&d.stats)).enumerate()
                     {
@@ -670,7 +721,7 @@ fn for_rows_with<T, R, S, Fun>(
                 };
                 // With outputs, the exps of the statistics are kept: the outputs need no others.
                 d.exps.resize(LANES * classes, T::Compute::zero());
-                T::Compute::tile_stats(tile, classes, &mut d.stats, Some(&mut d.exps));
+                T::Compute::tile_stats(tile, classes, &mut d.stats, Some(&mut d.exps), targets);
                 let rows_in = tile.chunks_exact(classes).zip(&d.stats).zip(d.exps.chunks_exact(classes));
                 // The tile's outputs, one slice: the destination itself where its rows are one
                 // block of the compute type, else a buffer stored row by row afterwards.
@@ -709,7 +760,7 @@ fn for_rows_with<T, R, S, Fun>(
                     // What comes next from memory: what `f` reads of this row, asked for while its
                     // maximum is taken, and the next row, while its exps are summed.
                     let next = view.stored_rows(r + 1, 1).map_or(Ahead::NONE, |next| Ahead::NONE.and(next));
-                    let ahead = (row_ahead(r), next);
+                    let ahead = ((extras.ahead)(r), next);
                     if keep_exps {
                         d.exps.resize(classes, T::Compute::zero());
                         let stats = RowStats::of_before(k, &z, known, ahead, Some(&mut d.exps));
@@ -850,15 +901,14 @@ fn for_rows_into<T, Fun>(
     sink: Option<&RowSink<T>>,
     results: PerRow<T>,
     f: Fun,
-    tile_f: Option<TileFn<T::Compute, T::Compute>>,
-    row_ahead: RowAhead,
+    extras: Extras<T::Compute, T::Compute>,
 ) where
     T: Element,
     Fun: RowFn<T::Compute, T::Compute>,
 {
     match results {
-        PerRow::Compute(results) => for_rows_with(view, sink, results, in_place, f, tile_f, row_ahead),
-        PerRow::Stored(results) => for_rows_with(view, sink, results, rounded::<T>, f, tile_f, row_ahead),
+        PerRow::Compute(results) => for_rows_with(view, sink, results, in_place, f, extras),
+        PerRow::Stored(results) => for_rows_with(view, sink, results, rounded::<T>, f, extras),
     }
 }
 
@@ -1098,7 +1148,7 @@ fn sparse_run<T: Element, L: Label>(
     // every counted row is plain (a row with NaN or inf, or one so confident that its
     // statistics need refining, is left to the row function with the rest of its tile).
     let plain = sink.is_none() && weight.is_none() && options.label_smoothing == 0.0;
-    let tile_losses = |first: usize, tile: &[T::Compute], out: &mut [T::Compute]| {
+    let tile_losses = |first: usize, tile: &[T::Compute], _: Option<&[_]>, out: &mut [T::Compute]| {
         let mut labels = [0; LANES];
         for (i, l) in labels.iter_mut().enumerate() {
             *l = indices.get(first + i); // (IGNORED is not below `classes`.)
@@ -1121,9 +1171,8 @@ fn sparse_run<T: Element, L: Label>(
         rows::sparse(k, z, stats, label, &targets, out.map(|out| Grad { out, scale, stream, exps }))
     };
     fill_losses(&mut loss, rows, options.reduction, divisor, |losses| {
-        for_rows_into(&view, sink.as_ref(), losses, row, plain.then_some(&tile_losses as TileFn<_, _>), &|_| {
-            Ahead::NONE
-        })
+        let tile = plain.then_some(&tile_losses as TileFn<_, _>);
+        for_rows_into(&view, sink.as_ref(), losses, row, Extras { tile, ..Extras::NONE })
     });
     Ok(fresh)
 }
@@ -1171,7 +1220,19 @@ fn dense_run<T: Element, Y: Element<Compute = T::Compute>>(
             rows::dense(k, z, stats, &y, &targets, &mut s.targets, grad)
         };
         let labels_ahead = |r| y_rows.stored_rows(r, 1).map_or(Ahead::NONE, |y| Ahead::NONE.and(y));
-        for_rows_into(&z_rows, sink.as_ref(), losses, row, None, &labels_ahead)
+        // Plain targets are the labels: a tile's statistics take their sums, and without
+        // outputs its losses come straight from them where every regular row is plain (the
+        // fused loss takes the same sums: the same bits).
+        let tile_losses = |_, tile: &[_], targets: Option<&[_]>, out: &mut [_]| {
+            T::Compute::tile_dense_losses(tile, classes, targets.expect("a plain tile's targets"), out)
+        };
+        let plain = targets.plain() && classes <= TILE_TARGETS_MAX;
+        let extras = Extras {
+            tile: plain.then_some(&tile_losses as TileFn<_, _>),
+            ahead: &labels_ahead,
+            tile_targets: plain.then_some(&y_rows as &dyn Tiles<_>),
+        };
+        for_rows_into(&z_rows, sink.as_ref(), losses, row, extras)
     });
     Ok(fresh)
 }
@@ -1351,6 +1412,6 @@ pub fn logsumexp<T: Element>(logits: ArrayViewD<T>, axis: isize) -> Result<Array
     let view = RowView::new(&logits, axis);
     let mut data = T::zeros(view.layout.rows());
     let sums = PerRow::of(&mut data);
-    for_rows_into(&view, None, sums, |_, _, stats, _, _, _| stats.logsumexp(), None, &|_| Ahead::NONE);
+    for_rows_into(&view, None, sums, |_, _, stats, _, _, _| stats.logsumexp(), Extras::NONE);
     Ok(ArrayD::from_shape_vec(IxDyn(&without(logits.shape(), axis)), data).expect("one value per row"))
 }

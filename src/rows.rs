@@ -263,6 +263,10 @@ pub struct RowStats<F> {
     pub rest: f64,
     /// `log1p(rest)`, so that `lse = max + log_rest`.
     pub log_rest: F,
+    /// A dense row's `(Σ_{j≠argmax} t_j, Σ_{t_j≠0} t_j (max - z_j))` of its targets `t` (the
+    /// labels, where no weight nor smoothing makes them differ), where taken with the
+    /// statistics (a tile's: see `kernels::lanes`). Meaningful for a regular row only.
+    pub target_sums: Option<(F, F)>,
 }
 
 impl<F: Float> RowStats<F> {
@@ -285,14 +289,20 @@ impl<F: Float> RowStats<F> {
         exps: Option<&mut [F]>,
     ) -> Self {
         if z.is_empty() {
-            return RowStats { max: F::neg_infinity(), argmax: 0, rest: f64::NAN, log_rest: F::nan() };
+            return RowStats {
+                max: F::neg_infinity(),
+                argmax: 0,
+                rest: f64::NAN,
+                log_rest: F::nan(),
+                target_sums: None,
+            };
         }
         let ((max, argmax), ahead) = match known {
             Some(known) => (known, during_max.with(during_sum)),
             None => (max_argmax(k, z, during_max), during_sum),
         };
         let rest = if max.is_finite() { sum_exp(k, z, max, argmax, ahead, exps) } else { f64::NAN };
-        RowStats { max, argmax, rest, log_rest: F::log1p_of(rest) }
+        RowStats { max, argmax, rest, log_rest: F::log1p_of(rest), target_sums: None }
     }
 
     /// The same statistics, with the off-maximum mass summed again in f64 when it is so small
@@ -302,7 +312,8 @@ impl<F: Float> RowStats<F> {
     #[inline(always)]
     pub fn refined(&self, z: &Row<F>) -> Self {
         if self.is_regular() && self.lost_bits() {
-            Self::summed_in_f64(self.max, self.argmax, z)
+            // (The target sums do not depend on the rest.)
+            Self { target_sums: self.target_sums, ..Self::summed_in_f64(self.max, self.argmax, z) }
         } else {
             *self
         }
@@ -345,7 +356,7 @@ impl<F: Float> RowStats<F> {
                 }
             }
         });
-        RowStats { max, argmax, rest, log_rest: F::log1p_of(rest) }
+        RowStats { max, argmax, rest, log_rest: F::log1p_of(rest), target_sums: None }
     }
 
     /// `factor / (1 + rest)`, rounded once (computed in f64): the factor that turns
@@ -425,7 +436,7 @@ impl<'w, F: Float> Targets<'w, F> {
     }
 
     /// Labels used as they are: no weights, no smoothing.
-    fn plain(&self) -> bool {
+    pub fn plain(&self) -> bool {
         self.weight.is_none() && self.smoothing == F::zero()
     }
 
@@ -513,6 +524,18 @@ pub fn sparse<F: Float>(
         sparse_grad(k, z, s, label, t, (a, b), g);
     }
     loss
+}
+
+/// [`dense`] without weights, smoothing or gradient, from the row's target sums (see
+/// [`RowStats::target_sums`]) and its label at the maximum: `gap + (others + y_argmax)
+/// log_rest`.
+#[inline]
+pub fn dense_plain<F: Float>(s: &RowStats<F>, (others, gap): (F, F), y_argmax: F) -> F {
+    if s.is_regular() {
+        gap + (others + y_argmax) * s.log_rest
+    } else {
+        F::nan()
+    }
 }
 
 /// [`sparse`] without weights, smoothing or gradient: `lse - z_label`.
@@ -633,10 +656,13 @@ pub fn dense<F: Float>(
         }
         return F::nan();
     }
-    let (others, gap) = target_sums(k, t, y, z, s.max, s.argmax, scratch);
+    let (others, gap) = match s.target_sums {
+        Some(sums) if t.plain() => sums,
+        _ => target_sums(k, t, y, z, s.max, s.argmax, scratch),
+    };
     let tk = t.dense(s.argmax, y.get(s.argmax));
     let total = others + tk;
-    let loss = gap + total * s.log_rest;
+    let loss = gap + total * s.log_rest; // (as `dense_plain`: the same bits)
     if let Some(Grad { out, scale, exps, .. }) = grad {
         let inv = F::from_f64(1.0 / (1.0 + s.rest));
         // (Not streamed: each piece is read back at once.)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import fastxent as fx
-from conftest import assert_close, ref_sparse
+from conftest import assert_close, ref_dense, ref_sparse
 
 REDUCTIONS = ["none", "sum", "mean"]
 SMOOTHING = [0.0, 0.3]
@@ -153,6 +153,39 @@ def test_tiles_of_rows_that_need_the_row_function(classes):
     assert loss.tobytes() == fused.tobytes()
     # The same rows not one after another (read through a copy of each tile).
     strided = fx.sparse_softmax_cross_entropy_with_logits(labels=y, logits=np.asfortranarray(z), ignore_index=-100)
+    assert loss.tobytes() == strided.tobytes()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16], ids=str)
+@pytest.mark.parametrize("classes", [3, 10, 16, 17])
+def test_dense_tiles_of_rows_that_need_the_row_function(classes, dtype):
+    # Narrow dense rows with plain labels take their target sums from a tile's statistics, and
+    # a plain call its losses straight from them unless a regular row needs its statistics
+    # refined. Special rows at several places in their tiles, against float64, the fused loss
+    # bit for bit and the Fortran-order layout bit for bit (a copied tile).
+    rng = np.random.default_rng(classes)
+    rows = 16 * 8 + 5
+    z = rng.normal(0, 3, (rows, classes))
+    p = rng.dirichlet(np.ones(classes), rows)
+    p[::7] *= rng.uniform(0.5, 2.0, (len(p[::7]), 1))  # not distributions
+    p[[2, 40]] = -p[[2, 40]]  # negative labels
+    z[[3, 16, 47], 1] = np.nan
+    z[[17, 63], 0] = np.inf
+    z[[34, 127]] = -np.inf
+    z[[9, 90], classes - 1] = -np.inf  # a masked logit: no mass on it, then some
+    p[9, classes - 1], p[90, classes - 1] = 0.0, 0.25
+    for r in [0, 50, 79, 128]:  # confident, labelled at the maximum: a loss of ~1e-43,
+        z[r] = -100.0  # its exps subnormal: the rest summed again in f64
+        z[r, r % classes] = 0.0
+        p[r] = np.eye(classes)[r % classes]
+    z, p = z.astype(dtype), p.astype(dtype)
+    loss = fx.softmax_cross_entropy_with_logits(labels=p, logits=z)
+    want, _ = ref_dense(z, p)
+    assert_close(loss, want, dtype)
+    assert np.isinf(loss[90]) and np.isfinite(loss[9]) and np.isnan(loss[[3, 17, 34]]).all()
+    fused, _ = fx.softmax_cross_entropy_with_logits_and_grad(labels=p, logits=z)
+    assert loss.tobytes() == fused.tobytes()
+    strided = fx.softmax_cross_entropy_with_logits(labels=np.asfortranarray(p), logits=np.asfortranarray(z))
     assert loss.tobytes() == strided.tobytes()
 
 

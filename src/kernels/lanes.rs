@@ -45,6 +45,9 @@ pub struct TileStats {
     pub argmax: [u32; LANES],
     pub rest: [f64; LANES],
     pub log_rest: [f32; LANES],
+    /// Where dense targets came with the tile, their sums (see
+    /// [`crate::rows::RowStats::target_sums`]), row `r`'s in `[0][r]` and `[1][r]`.
+    pub target_sums: [[f32; LANES]; 2],
 }
 
 impl TileStats {
@@ -56,6 +59,7 @@ impl TileStats {
             argmax: self.argmax[r] as usize,
             rest: self.rest[r],
             log_rest: self.log_rest[r],
+            target_sums: None,
         }
     }
 }
@@ -128,9 +132,16 @@ fn transpose_generic(z: &[f32], classes: usize, tile: &mut Tile) {
 }
 
 /// The statistics of the 16 rows of a transposed tile. Rows with NaN get a NaN max. With
-/// `exps`, also `exp(z_j - max)` of every element, transposed as the tile.
+/// `exps`, also `exp(z_j - max)` of every element, transposed as the tile; with `targets`
+/// (transposed as the tile), their sums.
 #[inline(always)]
-fn stats_of_tile(tile: &Tile, classes: usize, out: &mut TileStats, mut exps: Option<&mut [Column]>) {
+fn stats_of_tile(
+    tile: &Tile,
+    classes: usize,
+    out: &mut TileStats,
+    mut exps: Option<&mut [Column]>,
+    targets: Option<&Tile>,
+) {
     let tile = &tile[..classes];
     let mut max = [f32::NEG_INFINITY; LANES];
     let mut nan = [false; LANES];
@@ -173,12 +184,27 @@ fn stats_of_tile(tile: &Tile, classes: usize, out: &mut TileStats, mut exps: Opt
         out.rest[r] = rest[r];
         out.log_rest[r] = log1p_lane(rest[r]);
     }
+    // Summed in f64 too, each term exact (a product of two f32s, one an exact difference).
+    if let Some(targets) = targets {
+        let (mut others, mut gap) = ([0.0f64; LANES], [0.0f64; LANES]);
+        for (j, (t, z)) in targets.iter().zip(tile).enumerate() {
+            for r in 0..LANES {
+                others[r] += if argmax[r] == j as u32 { 0.0 } else { t[r] as f64 };
+                gap[r] += if t[r] == 0.0 { 0.0 } else { t[r] as f64 * (max[r] as f64 - z[r] as f64) };
+            }
+        }
+        out.target_sums = [others.map(|x| x as f32), gap.map(|x| x as f32)];
+    }
 }
 
 /// A tile's statistics from the SIMD tiers' lanes (`super::simd::tile_lanes`: max, argmax,
-/// Kahan sum and carry of the rest), with the `log1p` of each row's rest.
+/// Kahan sum and carry of the rest, and the target sums where it took targets), with the
+/// `log1p` of each row's rest.
 #[inline(always)]
-pub(crate) fn finish_tile(lanes: &[[f32; LANES]; 4], out: &mut TileStats) {
+pub(crate) fn finish_tile(lanes: &[[f32; LANES]; 4], target_sums: Option<&[[f32; LANES]; 2]>, out: &mut TileStats) {
+    if let Some(sums) = target_sums {
+        out.target_sums = *sums;
+    }
     #[allow(clippy::needless_range_loop)] // (lane r of four arrays: indexing reads best)
     for r in 0..LANES {
         let rest = lanes[2][r] as f64 - lanes[3][r] as f64;
@@ -191,32 +217,50 @@ pub(crate) fn finish_tile(lanes: &[[f32; LANES]; 4], out: &mut TileStats) {
     }
 }
 
-fn check(z: &[f32], classes: usize, exps: &Option<&mut [Column]>) {
+fn check(z: &[f32], classes: usize, exps: &Option<&mut [Column]>, targets: Option<&[f32]>) {
     assert!((1..=MAX_CLASSES).contains(&classes) && z.len() == classes * LANES);
     assert!(exps.as_ref().is_none_or(|e| e.len() >= classes), "a column of exps per class");
+    assert!(targets.is_none_or(|t| t.len() == z.len()), "a target per logit");
 }
 
-fn tile_stats_portable(z: &[f32], classes: usize, out: &mut TileStats, exps: Option<&mut [Column]>) {
+fn tile_stats_portable(
+    z: &[f32],
+    classes: usize,
+    out: &mut TileStats,
+    exps: Option<&mut [Column]>,
+    targets: Option<&[f32]>,
+) {
     let mut tile: Tile = [[0.0; LANES]; MAX_CLASSES];
     transpose_generic(z, classes, &mut tile);
-    stats_of_tile(&tile, classes, out, exps)
+    let mut target_tile: Tile = [[0.0; LANES]; MAX_CLASSES];
+    if let Some(t) = targets {
+        transpose_generic(t, classes, &mut target_tile);
+    }
+    stats_of_tile(&tile, classes, out, exps, targets.map(|_| &target_tile))
 }
 
 /// The statistics of 16 rows of `classes` (1 ..= MAX_CLASSES) elements each, stored one
 /// after another in `z`, with the code compiled for the tier in use; with `exps` (at least
 /// `classes` columns), also `exps[j][r] = exp(z_j - max)` of row `r` (1 at the maximum;
-/// unspecified for rows without a finite maximum).
-pub fn tile_stats(z: &[f32], classes: usize, out: &mut TileStats, exps: Option<&mut [Column]>) {
-    check(z, classes, &exps);
+/// unspecified for rows without a finite maximum); with `targets` (a dense row's targets for
+/// each row of `z`, stored as `z`), also their sums, `out.target_sums`.
+pub fn tile_stats(
+    z: &[f32],
+    classes: usize,
+    out: &mut TileStats,
+    exps: Option<&mut [Column]>,
+    targets: Option<&[f32]>,
+) {
+    check(z, classes, &exps, targets);
     match tier() {
         // SAFETY: `tier()` only reports tiers whose features the CPU has; `check` holds.
         #[cfg(target_arch = "x86_64")]
-        Tier::Avx512 => unsafe { super::x86::tile_stats_avx512(z, classes, out, exps) },
+        Tier::Avx512 => unsafe { super::x86::tile_stats_avx512(z, classes, out, exps, targets) },
         #[cfg(target_arch = "x86_64")]
-        Tier::Avx2 => unsafe { super::x86::tile_stats_avx2(z, classes, out, exps) },
+        Tier::Avx2 => unsafe { super::x86::tile_stats_avx2(z, classes, out, exps, targets) },
         #[cfg(target_arch = "aarch64")]
-        Tier::Neon => unsafe { super::neon::tile_stats_neon(z, classes, out, exps) },
-        _ => tile_stats_portable(z, classes, out, exps),
+        Tier::Neon => unsafe { super::neon::tile_stats_neon(z, classes, out, exps, targets) },
+        _ => tile_stats_portable(z, classes, out, exps, targets),
     }
 }
 
@@ -296,7 +340,7 @@ mod tests {
 
     #[test]
     fn tile_matches_rows() {
-        type TileFn = unsafe fn(&[f32], usize, &mut TileStats, Option<&mut [Column]>);
+        type TileFn = unsafe fn(&[f32], usize, &mut TileStats, Option<&mut [Column]>, Option<&[f32]>);
         #[allow(unused_mut)]
         let mut impls: Vec<(&str, TileFn)> = vec![("portable", tile_stats_portable as TileFn)];
         #[cfg(target_arch = "x86_64")]
@@ -319,11 +363,19 @@ mod tests {
             // A tie for the maximum: the first occurrence counts, the other is in the rest.
             z[7 * classes] = 100.0;
             z[8 * classes - 1] = 100.0;
+            // Targets: zeros (also on the -inf logit of row 5, which count nothing), negative
+            // ones, and in row 9 a target on a -inf logit (+inf) and in row 10 an infinite one.
+            let mut t: Vec<f32> =
+                (0..classes * LANES).map(|i| [0.0, 0.25, -0.5, 1.5, 0.0][i % 5] * (i % 7) as f32).collect();
+            t[5 * classes] = 0.0;
+            z[9 * classes + classes - 1] = f32::NEG_INFINITY;
+            t[9 * classes + classes - 1] = 0.5;
+            t[10 * classes] = f32::INFINITY;
             for (name, f) in &impls {
                 let mut stats = TileStats::default();
                 let mut exps = [[f32::NAN; LANES]; MAX_CLASSES];
-                // SAFETY: the CPU has the features (checked above); z holds LANES rows.
-                unsafe { f(&z, classes, &mut stats, Some(&mut exps[..classes])) };
+                // SAFETY: the CPU has the features (checked above); z and t hold LANES rows.
+                unsafe { f(&z, classes, &mut stats, Some(&mut exps[..classes]), Some(&t)) };
                 for (r, row) in z.chunks(classes).enumerate() {
                     let (m, k) = crate::kernels::scalar::max_argmax(row);
                     if m.is_nan() {
@@ -349,6 +401,34 @@ mod tests {
                     let err = (stats.rest[r] - rest).abs();
                     assert!(err <= 2e-7 * rest.max(f64::MIN_POSITIVE), "{name}, {classes} classes, row {r}: {err}");
                     assert_eq!(stats.log_rest[r], log1p_lane(stats.rest[r]), "{name}");
+                    // The target sums (of rows with a finite maximum), against f64 (each term
+                    // rounded once, then summed).
+                    if !m.is_finite() {
+                        continue;
+                    }
+                    let y = &t[r * classes..(r + 1) * classes];
+                    let others: f64 = y.iter().enumerate().filter(|&(j, _)| j != k).map(|(_, &x)| x as f64).sum();
+                    let gap: f64 =
+                        y.iter().zip(row).filter(|(&tj, _)| tj != 0.0).map(|(&tj, &x)| (tj * (m - x)) as f64).sum();
+                    for (got, want, scale) in [
+                        (stats.target_sums[0][r], others, y.iter().map(|x| x.abs() as f64).sum::<f64>()),
+                        (
+                            stats.target_sums[1][r],
+                            gap,
+                            y.iter()
+                                .zip(row)
+                                .filter(|(&tj, _)| tj != 0.0)
+                                .map(|(&tj, &x)| (tj * (m - x)).abs() as f64)
+                                .sum(),
+                        ),
+                    ] {
+                        let ok = if want.is_finite() {
+                            (got as f64 - want).abs() <= 4.0 * f32::EPSILON as f64 * scale
+                        } else {
+                            got as f64 == want || (got.is_nan() && want.is_nan())
+                        };
+                        assert!(ok, "{name}, {classes} classes, row {r}: target sum {got} vs {want}");
+                    }
                 }
             }
         }

@@ -280,8 +280,15 @@ pub trait Float:
     }
     /// The statistics of `lanes::LANES` rows stored one after another in `z` (only called
     /// when `tiles(classes)`); with `exps` (of `z`'s length), also `exp(z_j - max)` of each
-    /// element of the rows with a finite maximum.
-    fn tile_stats(_z: &[Self], _classes: usize, _out: &mut [crate::rows::RowStats<Self>], _exps: Option<&mut [Self]>) {
+    /// element of the rows with a finite maximum; with `targets` (dense targets for each row
+    /// of `z`, stored as `z`), also their sums (`RowStats::target_sums`).
+    fn tile_stats(
+        _z: &[Self],
+        _classes: usize,
+        _out: &mut [crate::rows::RowStats<Self>],
+        _exps: Option<&mut [Self]>,
+        _targets: Option<&[Self]>,
+    ) {
         unreachable!("no tiled path for this type")
     }
     /// The sparse losses ([`crate::rows::sparse_plain`]) of the `lanes::LANES` rows stored one
@@ -289,6 +296,13 @@ pub trait Float:
     /// `classes` (an ignored row). False, with `out` unspecified, where a counted row's
     /// statistics are not plain (see `RowStats::is_plain`): it needs the row function.
     fn tile_sparse_losses(_z: &[Self], _classes: usize, _labels: &[usize; lanes::LANES], _out: &mut [Self]) -> bool {
+        unreachable!("no tiled path for this type")
+    }
+    /// The dense losses ([`crate::rows::dense_plain`]) of the `lanes::LANES` rows stored one
+    /// after another in `z` against their `targets` (stored as `z`; only called when
+    /// `tiles(classes)`). False, with `out` unspecified, where a regular row's statistics are
+    /// not plain (see `RowStats::is_plain`): it needs the row function.
+    fn tile_dense_losses(_z: &[Self], _classes: usize, _targets: &[Self], _out: &mut [Self]) -> bool {
         unreachable!("no tiled path for this type")
     }
 }
@@ -314,10 +328,16 @@ impl Float for f32 {
     fn tiles(classes: usize) -> bool {
         (1..=lanes::max_classes()).contains(&classes)
     }
-    fn tile_stats(z: &[f32], classes: usize, out: &mut [crate::rows::RowStats<f32>], exps: Option<&mut [f32]>) {
+    fn tile_stats(
+        z: &[f32],
+        classes: usize,
+        out: &mut [crate::rows::RowStats<f32>],
+        exps: Option<&mut [f32]>,
+        targets: Option<&[f32]>,
+    ) {
         let mut t = lanes::TileStats::default();
         match exps {
-            None => lanes::tile_stats(z, classes, &mut t, None),
+            None => lanes::tile_stats(z, classes, &mut t, None, targets),
             Some(exps) => {
                 // Only the columns in use are set: zeroing all 64 (4 KiB a tile, when that was
                 // the limit) showed in profiles of 10-class gradients.
@@ -328,7 +348,7 @@ impl Float for f32 {
                 // SAFETY: the first `classes` columns were just written, and `MaybeUninit<T>`
                 // has the layout of `T`.
                 let columns = unsafe { &mut *(&mut storage[..classes] as *mut [_] as *mut [lanes::Column]) };
-                lanes::tile_stats(z, classes, &mut t, Some(columns));
+                lanes::tile_stats(z, classes, &mut t, Some(columns), targets);
                 for (r, row) in exps.chunks_exact_mut(classes).enumerate() {
                     for (j, e) in row.iter_mut().enumerate() {
                         *e = columns[j][r];
@@ -337,18 +357,32 @@ impl Float for f32 {
             }
         }
         for (r, o) in out.iter_mut().enumerate() {
-            *o = t.row(r);
+            *o = crate::rows::RowStats {
+                target_sums: targets.map(|_| (t.target_sums[0][r], t.target_sums[1][r])),
+                ..t.row(r)
+            };
         }
     }
     fn tile_sparse_losses(z: &[f32], classes: usize, labels: &[usize; lanes::LANES], out: &mut [f32]) -> bool {
         let mut t = lanes::TileStats::default();
-        lanes::tile_stats(z, classes, &mut t, None);
+        lanes::tile_stats(z, classes, &mut t, None, None);
         let mut plain = true;
         for (r, ((o, &label), z)) in out.iter_mut().zip(labels).zip(z.chunks_exact(classes)).enumerate() {
             let s = t.row(r);
             let counted = label < classes;
             plain &= !counted || s.is_plain();
             *o = if counted { crate::rows::sparse_plain(z, &s, label) } else { 0.0 };
+        }
+        plain
+    }
+    fn tile_dense_losses(z: &[f32], classes: usize, targets: &[f32], out: &mut [f32]) -> bool {
+        let mut t = lanes::TileStats::default();
+        lanes::tile_stats(z, classes, &mut t, None, Some(targets));
+        let mut plain = true;
+        for (r, (o, y)) in out.iter_mut().zip(targets.chunks_exact(classes)).enumerate() {
+            let s = t.row(r);
+            plain &= !s.is_regular() || s.is_plain();
+            *o = crate::rows::dense_plain(&s, (t.target_sums[0][r], t.target_sums[1][r]), y[s.argmax]);
         }
         plain
     }

@@ -253,17 +253,19 @@ unsafe impl Vector for float64x2_t {
 /// Narrow rows, sixteen at a time (see `super::lanes`), four per vector.
 ///
 /// # Safety
-/// `z` holds `LANES` rows of `classes` (1 ..= `MAX_CLASSES`) elements; `exps`, at least
-/// `classes` columns (NEON is part of every aarch64 CPU).
+/// `z` (and `targets`) hold `LANES` rows of `classes` (1 ..= `MAX_CLASSES`) elements; `exps`,
+/// at least `classes` columns (NEON is part of every aarch64 CPU).
 pub(super) unsafe fn tile_stats_neon(
     z: &[f32],
     classes: usize,
     out: &mut super::lanes::TileStats,
     exps: Option<&mut [super::lanes::Column]>,
+    targets: Option<&[f32]>,
 ) {
-    let mut lanes = [[0.0f32; super::lanes::LANES]; 4];
-    simd::tile_lanes::<float32x4_t, 4>(z.as_ptr(), classes, &mut lanes, exps);
-    super::lanes::finish_tile(&lanes, out);
+    use super::lanes::LANES;
+    let (mut lanes, mut sums) = ([[0.0f32; LANES]; 4], [[0.0f32; LANES]; 2]);
+    simd::tile_lanes::<float32x4_t, 4>(z.as_ptr(), classes, &mut lanes, exps, targets.map(|t| (t.as_ptr(), &mut sums)));
+    super::lanes::finish_tile(&lanes, targets.map(|_| &sums), out);
 }
 
 macro_rules! tier {

@@ -1099,6 +1099,9 @@ pub unsafe fn target_sums<V: Vector>(t: &[V::E], z: &[V::E], max: V::E) -> (V::E
     (V::hsum(V::add(s0, s1)), V::hsum(V::add(g0, g1)))
 }
 
+/// A tile's dense targets (stored as its logits) and where [`tile_lanes`] puts their sums.
+pub type TargetsAndSums<'a, E> = (*const E, &'a mut [[E; 16]; 2]);
+
 /// Per-lane statistics of 16 narrow rows (lane `r` of part `h` is row `h · V::N + r`) of
 /// `classes` (1 ..= [`MAX_CLASSES`]) elements each, stored one after another from `z`: a row
 /// of ten classes gives a loop along the row nothing to do, so the loops run across rows
@@ -1107,10 +1110,13 @@ pub unsafe fn target_sums<V: Vector>(t: &[V::E], z: &[V::E], max: V::E) -> (V::E
 /// of its first occurrence (as a float), and the mass off the maximum, `Σ_{j≠argmax}
 /// exp(z_j - max)`, as a Kahan sum and its carry (`sum - carry`): into `out[0..4][row]`. With
 /// `exps`, also `exp(z_j - max)` of every element (1 at the maximum), into `exps[j][row]`: a
-/// gradient or a softmax then costs no second exp.
+/// gradient or a softmax then costs no second exp. With `targets` (a dense row's targets `t`,
+/// stored as `z`), also their sums `(Σ_{j≠argmax} t_j, Σ_{t_j≠0} t_j (max - z_j))` into its
+/// `[0..2][row]` (unspecified for rows without a finite maximum).
 ///
 /// # Safety
-/// `z` is valid for `16 · classes` reads, `H · V::N == 16`; the CPU has the tier's features.
+/// `z` (and `targets`) are valid for `16 · classes` reads, `H · V::N == 16`; the CPU has the
+/// tier's features.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // (part h of several arrays: indexing reads best)
 pub unsafe fn tile_lanes<V: Vector, const H: usize>(
@@ -1118,6 +1124,7 @@ pub unsafe fn tile_lanes<V: Vector, const H: usize>(
     classes: usize,
     out: &mut [[V::E; 16]; 4],
     mut exps: Option<&mut [[V::E; 16]]>,
+    targets: Option<TargetsAndSums<V::E>>,
 ) {
     debug_assert!((1..=MAX_CLASSES).contains(&classes) && H * V::N == 16);
     let part = V::N * classes;
@@ -1126,6 +1133,12 @@ pub unsafe fn tile_lanes<V: Vector, const H: usize>(
         V::columns(z.add(h * part), classes, (H - h) * part, cols);
     }
     let col = |h: usize, j: usize| cols[h][j].assume_init();
+    let mut target_cols = [[MaybeUninit::<V>::uninit(); MAX_CLASSES]; H];
+    if let Some((t, _)) = targets {
+        for (h, cols) in target_cols.iter_mut().enumerate() {
+            V::columns(t.add(h * part), classes, (H - h) * part, cols);
+        }
+    }
     let mut max = [splat::<V>(V::E::neg_infinity()); H];
     // A bit per row.
     let mut nan = 0u64;
@@ -1153,6 +1166,27 @@ pub unsafe fn tile_lanes<V: Vector, const H: usize>(
             if let Some(e) = exps.as_deref_mut() {
                 V::store(e[j].as_mut_ptr().add(h * V::N), term);
             }
+        }
+    }
+    if let Some((_, sums)) = targets {
+        // Plain sums, the even and the odd columns apart (as short a chain of roundings as the
+        // row kernel's tree of lanes, for the rows of up to 16 classes that take this).
+        let mut acc = [[(zero, zero); 2]; H];
+        for start in 0..2 {
+            for j in (start..classes).step_by(2) {
+                let index = splat::<V>(V::E::from_f64(j as f64));
+                for h in 0..H {
+                    let t = target_cols[h][j].assume_init();
+                    let (others, gap) = &mut acc[h][start];
+                    *others = V::add(*others, V::select_eq(index, argmax[h], zero, t));
+                    *gap = V::fmadd_nonzero(t, V::sub(max[h], col(h, j)), *gap);
+                }
+            }
+        }
+        for h in 0..H {
+            let [(others0, gap0), (others1, gap1)] = acc[h];
+            V::store(sums[0].as_mut_ptr().add(h * V::N), V::add(others0, others1));
+            V::store(sums[1].as_mut_ptr().add(h * V::N), V::add(gap0, gap1));
         }
     }
     for h in 0..H {

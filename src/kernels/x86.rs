@@ -633,23 +633,35 @@ unsafe impl Vector for __m256d {
 // ---- Narrow rows, sixteen at a time (see `super::lanes`) ----
 
 /// # Safety
-/// The CPU has AVX-512F; `z` holds `LANES` rows of `classes` (1 ..= `MAX_CLASSES`) elements;
-/// `exps`, at least `classes` columns.
+/// The CPU has AVX-512F; `z` (and `targets`) hold `LANES` rows of `classes` (1 ..=
+/// `MAX_CLASSES`) elements; `exps`, at least `classes` columns.
 #[target_feature(enable = "avx512f,avx2,fma")]
-pub(super) unsafe fn tile_stats_avx512(z: &[f32], classes: usize, out: &mut TileStats, exps: Option<&mut [Column]>) {
-    let mut lanes = [[0.0f32; LANES]; 4];
-    simd::tile_lanes::<__m512, 1>(z.as_ptr(), classes, &mut lanes, exps);
-    finish_tile(&lanes, out);
+pub(super) unsafe fn tile_stats_avx512(
+    z: &[f32],
+    classes: usize,
+    out: &mut TileStats,
+    exps: Option<&mut [Column]>,
+    targets: Option<&[f32]>,
+) {
+    let (mut lanes, mut sums) = ([[0.0f32; LANES]; 4], [[0.0f32; LANES]; 2]);
+    simd::tile_lanes::<__m512, 1>(z.as_ptr(), classes, &mut lanes, exps, targets.map(|t| (t.as_ptr(), &mut sums)));
+    finish_tile(&lanes, targets.map(|_| &sums), out);
 }
 
 /// # Safety
-/// The CPU has AVX2 and FMA; `z` holds `LANES` rows of `classes` (1 ..= `MAX_CLASSES`)
-/// elements; `exps`, at least `classes` columns.
+/// The CPU has AVX2 and FMA; `z` (and `targets`) hold `LANES` rows of `classes` (1 ..=
+/// `MAX_CLASSES`) elements; `exps`, at least `classes` columns.
 #[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn tile_stats_avx2(z: &[f32], classes: usize, out: &mut TileStats, exps: Option<&mut [Column]>) {
-    let mut lanes = [[0.0f32; LANES]; 4];
-    simd::tile_lanes::<__m256, 2>(z.as_ptr(), classes, &mut lanes, exps);
-    finish_tile(&lanes, out);
+pub(super) unsafe fn tile_stats_avx2(
+    z: &[f32],
+    classes: usize,
+    out: &mut TileStats,
+    exps: Option<&mut [Column]>,
+    targets: Option<&[f32]>,
+) {
+    let (mut lanes, mut sums) = ([[0.0f32; LANES]; 4], [[0.0f32; LANES]; 2]);
+    simd::tile_lanes::<__m256, 2>(z.as_ptr(), classes, &mut lanes, exps, targets.map(|t| (t.as_ptr(), &mut sums)));
+    finish_tile(&lanes, targets.map(|_| &sums), out);
 }
 
 // ---- The tables ----
