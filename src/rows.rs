@@ -661,6 +661,9 @@ pub fn dense<F: Float>(
         _ => target_sums(k, t, y, z, s.max, s.argmax, scratch),
     };
     let tk = t.dense(s.argmax, y.get(s.argmax));
+    // An infinite (or NaN) target at the maximum makes the gradient NaN, as the loss (the
+    // kernel's `sum - t_k` gives that; the tiles' sums leave `t_k` out).
+    let others = if tk.is_finite() { others } else { F::nan() };
     let total = others + tk;
     let loss = gap + total * s.log_rest; // (as `dense_plain`: the same bits)
     if let Some(Grad { out, scale, exps, .. }) = grad {

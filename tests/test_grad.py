@@ -156,13 +156,14 @@ def test_tiles_of_rows_that_need_the_row_function(classes):
     assert loss.tobytes() == strided.tobytes()
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float16], ids=str)
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, ml_dtypes.bfloat16], ids=str)
 @pytest.mark.parametrize("classes", [3, 10, 16, 17])
 def test_dense_tiles_of_rows_that_need_the_row_function(classes, dtype):
     # Narrow dense rows with plain labels take their target sums from a tile's statistics, and
     # a plain call its losses straight from them unless a regular row needs its statistics
-    # refined. Special rows at several places in their tiles, against float64, the fused loss
-    # bit for bit and the Fortran-order layout bit for bit (a copied tile).
+    # refined. Special rows at several places in their tiles (the last one partial), against
+    # float64, the fused loss bit for bit, and the Fortran-order layout's loss and gradient
+    # bit for bit (a copied tile).
     rng = np.random.default_rng(classes)
     rows = 16 * 8 + 5
     z = rng.normal(0, 3, (rows, classes))
@@ -178,15 +179,19 @@ def test_dense_tiles_of_rows_that_need_the_row_function(classes, dtype):
         z[r] = -100.0  # its exps subnormal: the rest summed again in f64
         z[r, r % classes] = 0.0
         p[r] = np.eye(classes)[r % classes]
+    infinite = [20, 131]  # an infinite label at the maximum: NaN loss and gradient, anywhere
+    z[infinite, 0], p[infinite, 0] = 50.0, np.inf
     z, p = z.astype(dtype), p.astype(dtype)
     loss = fx.softmax_cross_entropy_with_logits(labels=p, logits=z)
     want, _ = ref_dense(z, p)
-    assert_close(loss, want, dtype)
-    assert np.isinf(loss[90]) and np.isfinite(loss[9]) and np.isnan(loss[[3, 17, 34]]).all()
-    fused, _ = fx.softmax_cross_entropy_with_logits_and_grad(labels=p, logits=z)
+    finite = np.setdiff1d(np.arange(rows), infinite)
+    assert_close(loss[finite], want[finite], dtype)
+    assert np.isinf(loss[90]) and np.isfinite(loss[9]) and np.isnan(loss[[3, 17, 34, *infinite]]).all()
+    fused, grad = fx.softmax_cross_entropy_with_logits_and_grad(labels=p, logits=z)
     assert loss.tobytes() == fused.tobytes()
-    strided = fx.softmax_cross_entropy_with_logits(labels=np.asfortranarray(p), logits=np.asfortranarray(z))
-    assert loss.tobytes() == strided.tobytes()
+    assert np.isnan(grad[infinite].astype(np.float32)).all()
+    fortran = fx.softmax_cross_entropy_with_logits_and_grad(labels=np.asfortranarray(p), logits=np.asfortranarray(z))
+    assert loss.tobytes() == fortran[0].tobytes() and grad.tobytes() == np.ascontiguousarray(fortran[1]).tobytes()
 
 
 def test_pytorch_mean_semantics():

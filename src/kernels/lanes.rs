@@ -184,7 +184,7 @@ fn stats_of_tile(
         out.rest[r] = rest[r];
         out.log_rest[r] = log1p_lane(rest[r]);
     }
-    // Summed in f64 too, each term exact (a product of two f32s, one an exact difference).
+    // Summed in f64 too, each term rounded far below the f32 results' precision.
     if let Some(targets) = targets {
         let (mut others, mut gap) = ([0.0f64; LANES], [0.0f64; LANES]);
         for (j, (t, z)) in targets.iter().zip(tile).enumerate() {

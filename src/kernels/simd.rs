@@ -1169,8 +1169,9 @@ pub unsafe fn tile_lanes<V: Vector, const H: usize>(
         }
     }
     if let Some((_, sums)) = targets {
-        // Plain sums, the even and the odd columns apart (as short a chain of roundings as the
-        // row kernel's tree of lanes, for the rows of up to 16 classes that take this).
+        // Plain sums, the even and the odd columns apart: chains of up to 8 roundings for the
+        // rows of up to 16 classes that take this (the row kernel's tree of lanes has about
+        // 4 levels; the losses' worst error measured 2.62 ulp against 2.27 with it).
         let mut acc = [[(zero, zero); 2]; H];
         for start in 0..2 {
             for j in (start..classes).step_by(2) {
