@@ -567,10 +567,10 @@ const TILE_TARGETS_MAX: usize = 16;
 /// How far ahead of the tile in hand the next tiles' rows are prefetched.
 const TILES_AHEAD: usize = 4;
 /// The widest float32 rows whose tiles are read in place, the logits' in every call without
-/// outputs and a dense row's targets in every call (see `for_rows_with`). Measured on the sparse forward pass, one thread, fastest of 15, copied
-/// against in place: 1,000,000×10 13.3-13.6 -> 12.6-13.2 ms (two threads 7.0-7.1 ->
-/// 6.3-6.7), 524288×32 15.3 -> 13.6-14.0, 262144×64 15.3-18.4 -> 13.3-16.8, but 262144×128
-/// 31.8-32.8 -> 34.3-39.3.
+/// outputs and a dense row's targets in every call (see `for_rows_with`). Measured on the
+/// sparse forward pass, one thread, fastest of 15, copied against in place: 1,000,000×10
+/// 13.3-13.6 -> 12.6-13.2 ms (two threads 7.0-7.1 -> 6.3-6.7), 524288×32 15.3 -> 13.6-14.0,
+/// 262144×64 15.3-18.4 -> 13.3-16.8, but 262144×128 31.8-32.8 -> 34.3-39.3.
 const IN_PLACE_TILE_MAX: usize = 64;
 
 /// Runs `f(r, z, stats, scratch, out)` for every row `r` of `view` in parallel, with the

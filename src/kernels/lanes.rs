@@ -232,11 +232,14 @@ fn tile_stats_portable(
 ) {
     let mut tile: Tile = [[0.0; LANES]; MAX_CLASSES];
     transpose_generic(z, classes, &mut tile);
-    let mut target_tile: Tile = [[0.0; LANES]; MAX_CLASSES];
-    if let Some(t) = targets {
-        transpose_generic(t, classes, &mut target_tile);
+    match targets {
+        Some(t) => {
+            let mut target_tile: Tile = [[0.0; LANES]; MAX_CLASSES];
+            transpose_generic(t, classes, &mut target_tile);
+            stats_of_tile(&tile, classes, out, exps, Some(&target_tile))
+        }
+        None => stats_of_tile(&tile, classes, out, exps, None),
     }
-    stats_of_tile(&tile, classes, out, exps, targets.map(|_| &target_tile))
 }
 
 /// The statistics of 16 rows of `classes` (1 ..= MAX_CLASSES) elements each, stored one
