@@ -197,13 +197,25 @@ fn stats_of_tile(
     }
 }
 
-/// A tile's statistics from the SIMD tiers' lanes (`super::simd::tile_lanes`: max, argmax,
-/// Kahan sum and carry of the rest, and the target sums where it took targets), with the
-/// `log1p` of each row's rest.
+/// [`tile_stats`] on a SIMD tier's vectors `V`, `H` to a tile (see
+/// `super::simd::tile_lanes`: max, argmax, Kahan sum and carry of the rest, and the target
+/// sums where it takes targets), with the `log1p` of each row's rest.
+///
+/// # Safety
+/// As `tile_lanes`, with `z` (and `targets`) of `LANES` rows of `classes` elements.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 #[inline(always)]
-pub(crate) fn finish_tile(lanes: &[[f32; LANES]; 4], target_sums: Option<&[[f32; LANES]; 2]>, out: &mut TileStats) {
-    if let Some(sums) = target_sums {
-        out.target_sums = *sums;
+pub(crate) unsafe fn tile_stats_on<V: super::simd::Vector<E = f32>, const H: usize>(
+    z: &[f32],
+    classes: usize,
+    out: &mut TileStats,
+    exps: Option<&mut [Column]>,
+    targets: Option<&[f32]>,
+) {
+    let (mut lanes, mut sums) = ([[0.0f32; LANES]; 4], [[0.0f32; LANES]; 2]);
+    super::simd::tile_lanes::<V, H>(z.as_ptr(), classes, &mut lanes, exps, targets.map(|t| (t.as_ptr(), &mut sums)));
+    if targets.is_some() {
+        out.target_sums = sums;
     }
     #[allow(clippy::needless_range_loop)] // (lane r of four arrays: indexing reads best)
     for r in 0..LANES {

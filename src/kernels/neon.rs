@@ -262,10 +262,7 @@ pub(super) unsafe fn tile_stats_neon(
     exps: Option<&mut [super::lanes::Column]>,
     targets: Option<&[f32]>,
 ) {
-    use super::lanes::LANES;
-    let (mut lanes, mut sums) = ([[0.0f32; LANES]; 4], [[0.0f32; LANES]; 2]);
-    simd::tile_lanes::<float32x4_t, 4>(z.as_ptr(), classes, &mut lanes, exps, targets.map(|t| (t.as_ptr(), &mut sums)));
-    super::lanes::finish_tile(&lanes, targets.map(|_| &sums), out);
+    super::lanes::tile_stats_on::<float32x4_t, 4>(z, classes, out, exps, targets)
 }
 
 macro_rules! tier {

@@ -11,7 +11,7 @@ use std::mem::MaybeUninit;
 
 use half::{bf16, f16};
 
-use super::lanes::{finish_tile, Column, TileStats, LANES, MAX_CLASSES};
+use super::lanes::{Column, TileStats, MAX_CLASSES};
 use super::simd::{self, Bf16Bits, ExpConsts, F16Bits, Plain, Storage, Vector};
 use super::{Ahead, RowKernels, StoredKernels};
 use crate::dispatch::Tier;
@@ -643,9 +643,7 @@ pub(super) unsafe fn tile_stats_avx512(
     exps: Option<&mut [Column]>,
     targets: Option<&[f32]>,
 ) {
-    let (mut lanes, mut sums) = ([[0.0f32; LANES]; 4], [[0.0f32; LANES]; 2]);
-    simd::tile_lanes::<__m512, 1>(z.as_ptr(), classes, &mut lanes, exps, targets.map(|t| (t.as_ptr(), &mut sums)));
-    finish_tile(&lanes, targets.map(|_| &sums), out);
+    super::lanes::tile_stats_on::<__m512, 1>(z, classes, out, exps, targets)
 }
 
 /// # Safety
@@ -659,9 +657,7 @@ pub(super) unsafe fn tile_stats_avx2(
     exps: Option<&mut [Column]>,
     targets: Option<&[f32]>,
 ) {
-    let (mut lanes, mut sums) = ([[0.0f32; LANES]; 4], [[0.0f32; LANES]; 2]);
-    simd::tile_lanes::<__m256, 2>(z.as_ptr(), classes, &mut lanes, exps, targets.map(|t| (t.as_ptr(), &mut sums)));
-    finish_tile(&lanes, targets.map(|_| &sums), out);
+    super::lanes::tile_stats_on::<__m256, 2>(z, classes, out, exps, targets)
 }
 
 // ---- The tables ----
