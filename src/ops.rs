@@ -631,14 +631,20 @@ type TileFn<'a, F, R> = &'a (dyn Fn(usize, &[F], Option<&[F]>, &mut [R]) -> bool
 /// row). Narrow rows, taken sixteen at a time, and rows split across threads do not ask.
 type RowAhead<'a> = &'a (dyn Fn(usize) -> Ahead<'a> + Sync);
 
-/// Rows read a tile at a time (see [`RowView::tile`]).
-trait Tiles<F>: Sync {
+/// A dense call's rows of targets, read a tile at a time (see [`RowView::tile`]), or a row
+/// where it lies in memory in the compute type.
+trait TargetRows<F>: Sync {
     fn tile<'s>(&'s self, first: usize, scratch: &'s mut Vec<F>, in_place: bool) -> &'s [F];
+    fn row(&self, r: usize) -> Option<&[F]>;
 }
 
-impl<T: Element> Tiles<T::Compute> for RowView<'_, T> {
+impl<T: Element> TargetRows<T::Compute> for RowView<'_, T> {
     fn tile<'s>(&'s self, first: usize, scratch: &'s mut Vec<T::Compute>, in_place: bool) -> &'s [T::Compute] {
         RowView::tile(self, first, scratch, in_place)
+    }
+
+    fn row(&self, r: usize) -> Option<&[T::Compute]> {
+        self.contiguous_rows(r, 1)
     }
 }
 
@@ -650,12 +656,14 @@ struct Extras<'a, F, R> {
     /// What the row function reads besides the logits.
     ahead: RowAhead<'a>,
     /// The rows of dense targets (the labels, where no weight nor smoothing makes them
-    /// differ), whose sums a tile's statistics then take (see `RowStats::target_sums`).
-    tile_targets: Option<&'a dyn Tiles<F>>,
+    /// differ), whose sums the statistics then take (see `RowStats::target_sums`): a tile's
+    /// (rows of up to `TILE_TARGETS_MAX`), or a row's where its targets lie in memory in the
+    /// compute type (rows shorter than `rows::SPLIT_MIN`).
+    targets: Option<&'a dyn TargetRows<F>>,
 }
 
 impl<F, R> Extras<'_, F, R> {
-    const NONE: Self = Extras { tile: None, ahead: &|_| Ahead::NONE, tile_targets: None };
+    const NONE: Self = Extras { tile: None, ahead: &|_| Ahead::NONE, targets: None };
 }
 
 /// [`for_rows`], with [`Extras`], and results put in place by `store` ([`in_place`], or
@@ -705,7 +713,9 @@ fn for_rows_with<T, R, S, Fun>(
                 // A dense row's targets, where the statistics take their sums (read where they
                 // are even for outputs: no output overlaps them).
                 let targets_in_place = classes <= IN_PLACE_TILE_MAX;
-                let targets = extras.tile_targets.map(|rows| rows.tile(first, &mut d.targets, targets_in_place));
+                let targets = (extras.targets)
+                    .filter(|_| classes <= TILE_TARGETS_MAX)
+                    .map(|rows| rows.tile(first, &mut d.targets, targets_in_place));
                 let Some(sink) = sink else {
                     if extras.tile.is_some_and(|tf| tf(first, tile, targets, results)) {
                         return;
@@ -761,12 +771,13 @@ fn for_rows_with<T, R, S, Fun>(
                     // maximum is taken, and the next row, while its exps are summed.
                     let next = view.stored_rows(r + 1, 1).map_or(Ahead::NONE, |next| Ahead::NONE.and(next));
                     let ahead = ((extras.ahead)(r), next);
+                    let targets = extras.targets.filter(|_| classes < rows::SPLIT_MIN).and_then(|t| t.row(r));
                     if keep_exps {
                         d.exps.resize(classes, T::Compute::zero());
-                        let stats = RowStats::of_before(k, &z, known, ahead, Some(&mut d.exps));
+                        let stats = RowStats::of_before(k, &z, known, ahead, Some(&mut d.exps), targets);
                         *res = call(r, &z, &stats, stats.is_regular().then_some(&d.exps[..]), s);
                     } else {
-                        *res = call(r, &z, &RowStats::of_before(k, &z, known, ahead, None), None, s);
+                        *res = call(r, &z, &RowStats::of_before(k, &z, known, ahead, None, targets), None, s);
                     }
                 }
             }
@@ -1226,11 +1237,11 @@ fn dense_run<T: Element, Y: Element<Compute = T::Compute>>(
         let tile_losses = |_, tile: &[_], targets: Option<&[_]>, out: &mut [_]| {
             T::Compute::tile_dense_losses(tile, classes, targets.expect("a plain tile's targets"), out)
         };
-        let plain = targets.plain() && classes <= TILE_TARGETS_MAX;
+        let plain = targets.plain();
         let extras = Extras {
-            tile: plain.then_some(&tile_losses as TileFn<_, _>),
+            tile: (plain && classes <= TILE_TARGETS_MAX).then_some(&tile_losses as TileFn<_, _>),
             ahead: &labels_ahead,
-            tile_targets: plain.then_some(&y_rows as &dyn Tiles<_>),
+            targets: plain.then_some(&y_rows as &dyn TargetRows<_>),
         };
         for_rows_into(&z_rows, sink.as_ref(), losses, row, extras)
     });

@@ -32,7 +32,8 @@ fn split_part(i: usize, len: usize) -> Range<usize> {
 /// summed (from cache: the max pass just read it), the same share of `ahead` (a row shorter
 /// than `SPLIT_MIN`) is asked for, so that memory works while the exps are computed. With
 /// `exps` (such a row too), each term is also stored there (1 at `skip`): the same sum, bit
-/// for bit.
+/// for bit. With a dense row's plain targets `t` (such a row too), also their
+/// [`target_sums`] with `shift` the row's maximum, bit for bit, from the same pass.
 fn sum_exp<F: Float>(
     k: &RowKernels<F>,
     z: &Row<F>,
@@ -40,7 +41,8 @@ fn sum_exp<F: Float>(
     skip: usize,
     ahead: Ahead,
     mut exps: Option<&mut [F]>,
-) -> f64 {
+    t: Option<&[F]>,
+) -> (f64, Option<(F, F)>) {
     let len = z.len();
     // (A row split across threads asks for nothing: its parts run on different cores.)
     let ahead = if len < SPLIT_MIN { ahead.along(len) } else { Ahead::NONE };
@@ -61,6 +63,23 @@ fn sum_exp<F: Float>(
         }
     };
     let mut total = CompensatedSum::default();
+    if let Some(t) = t {
+        assert!(len < SPLIT_MIN && t.len() == len, "a target per element of a row taken whole");
+        let (mut reader, mut sums) = (z.reader(), TargetTotals::default());
+        for r in block_ranges(0..len) {
+            let exps = exps.as_deref_mut().map(|e| &mut e[r.clone()]);
+            let block_skip = skip.wrapping_sub(r.start);
+            let ahead = ahead.part(r.clone());
+            let (sum, block_sums) =
+                (k.sum_exp_targets)(reader.read(r.clone()), shift, block_skip, &t[r.clone()], exps, ahead);
+            total.add(sum);
+            sums.add(r.start, &t[r], block_sums, skip);
+        }
+        if let Some(e) = exps {
+            e[skip] = F::one();
+        }
+        return (total.value(), Some(sums.value()));
+    }
     if len >= SPLIT_MIN {
         assert!(exps.is_none(), "the terms of a row split across threads are not kept");
         let parts: Vec<Vec<f64>> = (0..len.div_ceil(SPLIT_BLOCK))
@@ -80,7 +99,7 @@ fn sum_exp<F: Float>(
             e[skip] = F::one();
         }
     }
-    total.value()
+    (total.value(), None)
 }
 
 /// The first of two `(maximum, index)` candidates: NaN wins, then the larger, then the
@@ -271,7 +290,7 @@ pub struct RowStats<F> {
 
 impl<F: Float> RowStats<F> {
     pub fn of(k: &RowKernels<F>, z: &Row<F>) -> Self {
-        Self::of_before(k, z, None, (Ahead::NONE, Ahead::NONE), None)
+        Self::of_before(k, z, None, (Ahead::NONE, Ahead::NONE), None, None)
     }
 
     /// [`RowStats::of`], from the row's `max_argmax` where it was taken already (`known`),
@@ -287,6 +306,7 @@ impl<F: Float> RowStats<F> {
         known: Option<(F, usize)>,
         (during_max, during_sum): (Ahead, Ahead),
         exps: Option<&mut [F]>,
+        targets: Option<&[F]>,
     ) -> Self {
         if z.is_empty() {
             return RowStats {
@@ -301,8 +321,9 @@ impl<F: Float> RowStats<F> {
             Some(known) => (known, during_max.with(during_sum)),
             None => (max_argmax(k, z, during_max), during_sum),
         };
-        let rest = if max.is_finite() { sum_exp(k, z, max, argmax, ahead, exps) } else { f64::NAN };
-        RowStats { max, argmax, rest, log_rest: F::log1p_of(rest), target_sums: None }
+        let (rest, target_sums) =
+            if max.is_finite() { sum_exp(k, z, max, argmax, ahead, exps, targets) } else { (f64::NAN, None) };
+        RowStats { max, argmax, rest, log_rest: F::log1p_of(rest), target_sums }
     }
 
     /// The same statistics, with the off-maximum mass summed again in f64 when it is so small
@@ -610,7 +631,7 @@ fn target_sums<F: Float>(
             return (F::zero() + others, F::zero() + gap);
         }
     }
-    let (mut others, mut gap) = (CompensatedSum::default(), CompensatedSum::default());
+    let mut sums = TargetTotals::default();
     let mut add_block = |from: usize, yb: &[F], zb: &[F]| {
         let tb = if t.plain() {
             yb
@@ -619,10 +640,7 @@ fn target_sums<F: Float>(
             t.dense_map(from, yb, scratch, |_, tj| tj);
             &scratch[..]
         };
-        let (block_sum, block_gap) = (k.target_sums)(tb, zb, max);
-        // The skipped target is taken out of its own block's sum, where it is of the same size.
-        others.add(if (from..from + tb.len()).contains(&skip) { block_sum - tb[skip - from] } else { block_sum });
-        gap.add(block_gap);
+        sums.add(from, tb, (k.target_sums)(tb, zb, max), skip);
     };
     if let (Row::Slice(zs), Row::Slice(ys)) = (z, y) {
         // (Slices directly: narrow rows are millions of calls.)
@@ -633,7 +651,28 @@ fn target_sums<F: Float>(
         let mut y_reader = y.reader();
         z.reader().blocks(0..z.len(), |from, zb| add_block(from, y_reader.read(from..from + zb.len()), zb));
     }
-    (others.value(), gap.value())
+    sums.value()
+}
+
+/// The [`target_sums`] of a row, a block at a time.
+#[derive(Default)]
+struct TargetTotals<F> {
+    others: CompensatedSum<F>,
+    gap: CompensatedSum<F>,
+}
+
+impl<F: Float> TargetTotals<F> {
+    /// The block of targets `t` from element `from`, and the `target_sums` kernel's sums of it.
+    #[inline(always)]
+    fn add(&mut self, from: usize, t: &[F], (sum, gap): (F, F), skip: usize) {
+        // The skipped target is taken out of its own block's sum, where it is of the same size.
+        self.others.add(if (from..from + t.len()).contains(&skip) { sum - t[skip - from] } else { sum });
+        self.gap.add(gap);
+    }
+
+    fn value(self) -> (F, F) {
+        (self.others.value(), self.gap.value())
+    }
 }
 
 /// Loss of one row against a dense label row `y` (any real numbers), with weights and

@@ -23,7 +23,9 @@ use crate::dispatch::Tier;
 ///   1, kept out so that a small rest keeps its bits. `sum_exp_store(z, shift, skip, out)`:
 ///   the same sum, bit for bit, also storing each term (the skipped one too) in `out`
 ///   (`out.len() == z.len()`). Both ask for their [`Ahead`] on the way (a hint: any tier may
-///   ignore it).
+///   ignore it). `sum_exp_targets(z, shift, skip, t, exps)`: `sum_exp` (`sum_exp_store` into
+///   `exps` where given) and `target_sums(t, z, shift)`, each bit for bit, in one pass
+///   (`t.len() == z.len()`).
 /// - `exp_scaled(z, shift, scale, out)`: `out_j = exp(z_j - shift) * scale`; `out.len() == z.len()`.
 ///   `exp_scaled_stream`: the same bits, stored past the caches where the tier can.
 /// - `scale(x, c, out)`: `out_j = x_j * c` (`out.len() == x.len()`); `scale_stream` as above.
@@ -39,6 +41,7 @@ pub struct RowKernels<F> {
     pub max_argmax: fn(&[F]) -> (F, usize),
     pub sum_exp: fn(&[F], F, usize, Ahead) -> f64,
     pub sum_exp_store: fn(&[F], F, usize, &mut [F], Ahead) -> f64,
+    pub sum_exp_targets: SumExpTargets<F>,
     pub exp_scaled: fn(&[F], F, F, &mut [F]),
     /// `exp_scaled` with its stores past the caches (where the tier can): for outputs far
     /// larger than the caches, written once and not read back soon.
@@ -75,6 +78,9 @@ pub struct StoredKernels<S, F> {
 
 /// The `skip` of [`RowKernels::sum_exp`] that keeps every term.
 pub const NO_SKIP: usize = usize::MAX;
+
+/// The signature of [`RowKernels::sum_exp_targets`].
+pub type SumExpTargets<F> = fn(&[F], F, usize, &[F], Option<&mut [F]>, Ahead) -> (f64, (F, F));
 
 /// The signature of [`RowKernels::target_sums`].
 pub type TargetSums<F> = fn(&[F], &[F], F) -> (F, F);

@@ -281,6 +281,16 @@ macro_rules! tier {
             pub unsafe fn sum_exp_store(z: &[$t], shift: $t, skip: usize, out: &mut [$t], ahead: Ahead) -> f64 {
                 simd::sum_exp_store::<$vector, Plain>(z, shift, skip, out, ahead)
             }
+            pub unsafe fn sum_exp_targets(
+                z: &[$t],
+                shift: $t,
+                skip: usize,
+                t: &[$t],
+                exps: Option<&mut [$t]>,
+                ahead: Ahead,
+            ) -> (f64, ($t, $t)) {
+                simd::sum_exp_targets::<$vector>(z, shift, skip, t, exps, ahead)
+            }
             pub unsafe fn exp_scaled(z: &[$t], shift: $t, scale: $t, out: &mut [$t]) {
                 simd::exp_scaled::<$vector, Plain, Plain, false>(z, shift, scale, out)
             }
@@ -303,6 +313,7 @@ macro_rules! tier {
             max_argmax: |z| unsafe { $module::max_argmax(z) },
             sum_exp: |z, s, k, a| unsafe { $module::sum_exp(z, s, k, a) },
             sum_exp_store: |z, s, k, o, a| unsafe { $module::sum_exp_store(z, s, k, o, a) },
+            sum_exp_targets: |z, s, k, t, e, a| unsafe { $module::sum_exp_targets(z, s, k, t, e, a) },
             exp_scaled: |z, s, c, o| unsafe { $module::exp_scaled(z, s, c, o) },
             exp_scaled_stream: |z, s, c, o| unsafe { $module::exp_scaled(z, s, c, o) },
             scale: |x, c, o| unsafe { $module::scale(x, c, o) },

@@ -27,6 +27,22 @@ pub fn sum_exp_store<F: Float>(z: &[F], shift: F, skip: usize, out: &mut [F], ah
     sum_exp_into(z, shift, skip, Some(out))
 }
 
+pub fn sum_exp_targets<F: Float>(
+    z: &[F],
+    shift: F,
+    skip: usize,
+    t: &[F],
+    exps: Option<&mut [F]>,
+    ahead: Ahead,
+) -> (f64, (F, F)) {
+    assert_eq!(z.len(), t.len(), "a target per element");
+    let sum = match exps {
+        Some(out) => sum_exp_store(z, shift, skip, out, ahead),
+        None => sum_exp(z, shift, skip, ahead),
+    };
+    (sum, target_sums(t, z, shift))
+}
+
 /// `Σ_{j≠skip} exp(z_j - shift)`, each term (the skipped one too) also stored in `out` where
 /// given.
 fn sum_exp_into<F: Float>(z: &[F], shift: F, skip: usize, mut out: Option<&mut [F]>) -> f64 {
@@ -103,6 +119,7 @@ pub static F32: RowKernels<f32> = RowKernels {
     max_argmax: max_argmax::<f32>,
     sum_exp: sum_exp::<f32>,
     sum_exp_store: sum_exp_store::<f32>,
+    sum_exp_targets: sum_exp_targets::<f32>,
     exp_scaled: exp_scaled::<f32>,
     exp_scaled_stream: exp_scaled::<f32>,
     scale: scale::<f32>,
@@ -115,6 +132,7 @@ pub static F64: RowKernels<f64> = RowKernels {
     max_argmax: max_argmax::<f64>,
     sum_exp: sum_exp::<f64>,
     sum_exp_store: sum_exp_store::<f64>,
+    sum_exp_targets: sum_exp_targets::<f64>,
     exp_scaled: exp_scaled::<f64>,
     exp_scaled_stream: exp_scaled::<f64>,
     scale: scale::<f64>,

@@ -689,7 +689,7 @@ unsafe fn max_argmax_widening<V: Vector, L: Storage<V>, const WIDEN: bool>(
 /// partial sums, added up in f64; asking for `ahead` on the way.
 #[inline(always)]
 pub unsafe fn sum_exp<V: Vector, L: Storage<V>>(z: &[L::S], shift: V::E, skip: usize, ahead: Ahead) -> f64 {
-    sum_exp_into::<V, L, false>(z, shift, skip, std::ptr::null_mut(), ahead)
+    sum_exp_into::<V, L, false, false>(z, shift, skip, std::ptr::null_mut(), std::ptr::null(), ahead).0
 }
 
 /// [`sum_exp`], bit for bit, also storing each term `exp(z_j - shift)` in `out` (as long as
@@ -704,23 +704,47 @@ pub unsafe fn sum_exp_store<V: Vector, L: Storage<V>>(
     ahead: Ahead,
 ) -> f64 {
     assert_eq!(z.len(), out.len(), "a term per element");
-    sum_exp_into::<V, L, true>(z, shift, skip, out.as_mut_ptr(), ahead)
+    sum_exp_into::<V, L, true, false>(z, shift, skip, out.as_mut_ptr(), std::ptr::null(), ahead).0
 }
 
-/// [`sum_exp`], storing the terms to `out` if `STORE`.
+/// [`sum_exp`] (or [`sum_exp_store`] into `exps`) and [`target_sums`]`(t, z, shift)`, each
+/// bit for bit, in one pass over the row: a dense row's targets summed as its exps are,
+/// not in a pass of their own that reads the row again.
 #[inline(always)]
-unsafe fn sum_exp_into<V: Vector, L: Storage<V>, const STORE: bool>(
+pub unsafe fn sum_exp_targets<V: Vector>(
+    z: &[V::E],
+    shift: V::E,
+    skip: usize,
+    t: &[V::E],
+    exps: Option<&mut [V::E]>,
+    ahead: Ahead,
+) -> (f64, (V::E, V::E)) {
+    assert_eq!(z.len(), t.len(), "a target per element");
+    match exps {
+        Some(out) => {
+            assert_eq!(z.len(), out.len(), "a term per element");
+            sum_exp_into::<V, Plain, true, true>(z, shift, skip, out.as_mut_ptr(), t.as_ptr(), ahead)
+        }
+        None => sum_exp_into::<V, Plain, false, true>(z, shift, skip, std::ptr::null_mut(), t.as_ptr(), ahead),
+    }
+}
+
+/// [`sum_exp`], storing the terms to `out` if `STORE`, and with the [`target_sums`] of the
+/// targets at `t` if `TARGETS` (else zeros).
+#[inline(always)]
+unsafe fn sum_exp_into<V: Vector, L: Storage<V>, const STORE: bool, const TARGETS: bool>(
     z: &[L::S],
     shift: V::E,
     skip: usize,
     out: *mut V::E,
+    t: *const V::E,
     ahead: Ahead,
-) -> f64 {
+) -> (f64, (V::E, V::E)) {
     match Split::<V>::new(shift) {
-        Some(split) => sum_exp_with::<V, L, _, STORE>(z, split, shift, skip, out, ahead),
+        Some(split) => sum_exp_with::<V, L, _, STORE, TARGETS>(z, split, shift, skip, out, t, ahead),
         None => {
             let f = Compensated { shift: splat::<V>(shift) };
-            sum_exp_with::<V, L, _, STORE>(z, f, shift, skip, out, ahead)
+            sum_exp_with::<V, L, _, STORE, TARGETS>(z, f, shift, skip, out, t, ahead)
         }
     }
 }
@@ -777,23 +801,30 @@ impl<V: Vector> KahanSum<V> {
 }
 
 #[inline(always)]
-unsafe fn sum_exp_with<V: Vector, L: Storage<V>, S: ShiftedExp<V>, const STORE: bool>(
+unsafe fn sum_exp_with<V: Vector, L: Storage<V>, S: ShiftedExp<V>, const STORE: bool, const TARGETS: bool>(
     z: &[L::S],
     f: S,
     shift: V::E,
     skip: usize,
     out: *mut V::E,
+    t: *const V::E,
     ahead: Ahead,
-) -> f64 {
+) -> (f64, (V::E, V::E)) {
     let (n, p, w) = (z.len(), z.as_ptr(), V::N);
     let zero = splat::<V>(V::E::zero());
     let mut acc = KahanSum { sum: zero, carry: zero };
+    let mut targets = TargetSums::<V>::new(shift);
     let mut ahead = ahead.stepper();
     let mut i = 0;
     while i + 8 * w <= n {
         ahead.upto(i + 8 * w);
         // Eight vectors summed as a tree (exact for equal terms), then into the running sum.
         let x = load_vectors::<V, L, 8>(p.add(i));
+        if TARGETS {
+            for (k, &x) in x.iter().enumerate() {
+                targets.add(k % 2, V::load(t.add(i + k * w)), x);
+            }
+        }
         let mut e = f.exps::<false, 8>(x);
         if STORE {
             for (k, &e) in e.iter().enumerate() {
@@ -825,7 +856,8 @@ unsafe fn sum_exp_with<V: Vector, L: Storage<V>, S: ShiftedExp<V>, const STORE: 
         acc.add(sum_exp_rest::<V, L, S, STORE, 1>(z, i, f, shift, skip, out));
     }
     ahead.finish();
-    acc.value()
+    let target_sums = if TARGETS { targets.rest::<L>(t, p, i, n) } else { (V::E::zero(), V::E::zero()) };
+    (acc.value(), target_sums)
 }
 
 /// The terms of `z[i..]` (at most `U` vectors) but the one at `skip`, summed as a tree; stored
@@ -1067,36 +1099,52 @@ pub unsafe fn narrow<V: Vector, L: Storage<V>>(src: &[V::E], dst: &mut [L::S]) {
 /// `(Σ t_j, Σ_{t_j≠0} t_j (max - z_j))`.
 #[inline(always)]
 pub unsafe fn target_sums<V: Vector>(t: &[V::E], z: &[V::E], max: V::E) -> (V::E, V::E) {
-    let n = t.len().min(z.len());
-    let (tp, zp, w) = (t.as_ptr(), z.as_ptr(), V::N);
-    let m = splat::<V>(max);
-    let zero = splat::<V>(V::E::zero());
-    let (mut s0, mut s1, mut g0, mut g1) = (zero, zero, zero, zero);
-    let mut i = 0;
-    while i + 2 * w <= n {
-        let (t0, t1) = (V::load(tp.add(i)), V::load(tp.add(i + w)));
-        let d0 = V::sub(m, V::load(zp.add(i)));
-        let d1 = V::sub(m, V::load(zp.add(i + w)));
-        s0 = V::add(s0, t0);
-        s1 = V::add(s1, t1);
-        g0 = V::fmadd_nonzero(t0, d0, g0);
-        g1 = V::fmadd_nonzero(t1, d1, g1);
-        i += 2 * w;
+    TargetSums::<V>::new(max).rest::<Plain>(t.as_ptr(), z.as_ptr(), 0, t.len().min(z.len()))
+}
+
+/// The running sums of [`target_sums`], the even and the odd vectors of the row apart (two
+/// chains of additions, not one).
+struct TargetSums<V> {
+    max: V,
+    sum: [V; 2],
+    gap: [V; 2],
+}
+
+impl<V: Vector> TargetSums<V> {
+    #[inline(always)]
+    unsafe fn new(max: V::E) -> Self {
+        let zero = splat::<V>(V::E::zero());
+        TargetSums { max: splat::<V>(max), sum: [zero; 2], gap: [zero; 2] }
     }
-    while i + w <= n {
-        let t0 = V::load(tp.add(i));
-        s0 = V::add(s0, t0);
-        g0 = V::fmadd_nonzero(t0, V::sub(m, V::load(zp.add(i))), g0);
-        i += w;
+
+    /// Targets `t` at logits `z`, a vector of the row's even (`k = 0`) or odd ones.
+    #[inline(always)]
+    unsafe fn add(&mut self, k: usize, t: V, z: V) {
+        self.sum[k] = V::add(self.sum[k], t);
+        self.gap[k] = V::fmadd_nonzero(t, V::sub(self.max, z), self.gap[k]);
     }
-    if i < n {
-        // Missing lanes: a zero target, which counts nothing.
-        let t1 = V::load_partial(tp.add(i), n - i, V::E::zero());
-        let z1 = V::load_partial(zp.add(i), n - i, V::E::zero());
-        s1 = V::add(s1, t1);
-        g1 = V::fmadd_nonzero(t1, V::sub(m, z1), g1);
+
+    /// Adds elements `i..n` (`i` at an even vector) of the targets at `t` and the logits at
+    /// `z`, and gives the two sums.
+    #[inline(always)]
+    unsafe fn rest<L: Storage<V>>(mut self, t: *const V::E, z: *const L::S, mut i: usize, n: usize) -> (V::E, V::E) {
+        let w = V::N;
+        while i + 2 * w <= n {
+            self.add(0, V::load(t.add(i)), L::load(z.add(i)));
+            self.add(1, V::load(t.add(i + w)), L::load(z.add(i + w)));
+            i += 2 * w;
+        }
+        if i + w <= n {
+            self.add(0, V::load(t.add(i)), L::load(z.add(i)));
+            i += w;
+        }
+        if i < n {
+            // Missing lanes: a zero target, which counts nothing.
+            let zero = V::E::zero();
+            self.add(1, V::load_partial(t.add(i), n - i, zero), L::load_partial(z.add(i), n - i, zero));
+        }
+        (V::hsum(V::add(self.sum[0], self.sum[1])), V::hsum(V::add(self.gap[0], self.gap[1])))
     }
-    (V::hsum(V::add(s0, s1)), V::hsum(V::add(g0, g1)))
 }
 
 /// A tile's dense targets (stored as its logits) and where [`tile_lanes`] puts their sums.

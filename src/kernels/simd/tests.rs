@@ -794,6 +794,59 @@ fn sum_exp_store_stores_the_terms_it_sums() {
     }
 }
 
+/// `sum_exp_targets` returns `sum_exp`'s sum (`sum_exp_store`'s, with its terms, where it
+/// stores them) and `target_sums`'s sums, each bit for bit (every tier, the scalar one
+/// included): the one pass changes no result of the two.
+#[test]
+fn sum_exp_targets_is_sum_exp_and_target_sums() {
+    fn check<F: super::ExpConsts>(k: &RowKernels<F>, name: &str) {
+        let bits = |x: F| crate::kernels::Float::to_f64(x).to_bits();
+        let mut rng = Rng(11);
+        for z in rows(10) {
+            let z: Vec<F> = z.iter().map(|&x| F::from_f64(x)).collect();
+            let Some(max) = z.iter().copied().reduce(F::max).filter(|m| m.is_finite()) else { continue };
+            if z.iter().any(|x| x.is_nan()) {
+                continue;
+            }
+            // Zeros (also on -inf logits), negative and infinite targets among the others.
+            let t: Vec<F> = (0..z.len())
+                .map(|_| match rng.below(8) {
+                    0 | 1 => F::zero(),
+                    2 => F::from_f64(-0.25),
+                    3 if z.len().is_multiple_of(5) => F::infinity(),
+                    _ => F::from_f64(rng.unit()),
+                })
+                .collect();
+            let (long, short) = (vec![0f64; z.len() + 100], [0f32; 3]);
+            let ahead = Ahead::NONE.and(&long).and(&short).along(z.len() + 7);
+            let (want_sums, want_gap) = (k.target_sums)(&t, &z, max);
+            for skip in [NO_SKIP, z.len() / 3, z.len() - 1] {
+                let what = || format!("{name}: {} elements, skipping {skip}", z.len());
+                let want = (k.sum_exp)(&z, max, skip, Ahead::NONE);
+                let (sum, (sums, gap)) = (k.sum_exp_targets)(&z, max, skip, &t, None, ahead);
+                assert_eq!(sum.to_bits(), want.to_bits(), "sum {}", what());
+                assert_eq!((bits(sums), bits(gap)), (bits(want_sums), bits(want_gap)), "target sums {}", what());
+                let (mut terms, mut want_terms) = (vec![F::nan(); z.len()], vec![F::nan(); z.len()]);
+                (k.sum_exp_store)(&z, max, skip, &mut want_terms, Ahead::NONE);
+                let (sum, (sums, gap)) = (k.sum_exp_targets)(&z, max, skip, &t, Some(&mut terms), Ahead::NONE);
+                assert_eq!(sum.to_bits(), want.to_bits(), "stored sum {}", what());
+                assert_eq!((bits(sums), bits(gap)), (bits(want_sums), bits(want_gap)), "stored target sums {}", what());
+                for (j, (&e, &w)) in terms.iter().zip(&want_terms).enumerate() {
+                    assert_eq!(bits(e), bits(w), "term {j} {}", what());
+                }
+            }
+        }
+    }
+    check(&scalar::F32, "scalar");
+    check(&scalar::F64, "scalar");
+    for t in tiers_f32() {
+        check(t.k, t.name);
+    }
+    for t in tiers_f64() {
+        check(t.k, t.name);
+    }
+}
+
 /// A tier's kernels over half-type rows as stored, with its f32 kernels.
 #[cfg(target_arch = "x86_64")]
 pub(crate) struct StoredTier {
