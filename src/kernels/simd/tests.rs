@@ -748,6 +748,18 @@ fn exp_scaled_lifts_subnormal_exps_accurately() {
     }
 }
 
+/// Runs the checks on every tier this CPU has, the scalar one included.
+fn on_every_tier(check32: fn(&RowKernels<f32>, &str), check64: fn(&RowKernels<f64>, &str)) {
+    check32(&scalar::F32, "scalar");
+    check64(&scalar::F64, "scalar");
+    for t in tiers_f32() {
+        check32(t.k, t.name);
+    }
+    for t in tiers_f64() {
+        check64(t.k, t.name);
+    }
+}
+
 /// `sum_exp_store` returns `sum_exp`'s sum, bit for bit, and stores the terms it summed: the
 /// exps of `exp_scaled` with a scale of 1, bit for bit (every tier, the scalar one included).
 /// Memory asked for on the way (longer and shorter than the row) changes nothing.
@@ -784,14 +796,7 @@ fn sum_exp_store_stores_the_terms_it_sums() {
             }
         }
     }
-    check(&scalar::F32, "scalar");
-    check(&scalar::F64, "scalar");
-    for t in tiers_f32() {
-        check(t.k, t.name);
-    }
-    for t in tiers_f64() {
-        check(t.k, t.name);
-    }
+    on_every_tier(check::<f32>, check::<f64>);
 }
 
 /// `sum_exp_targets` returns `sum_exp`'s sum (`sum_exp_store`'s, with its terms, where it
@@ -837,14 +842,7 @@ fn sum_exp_targets_is_sum_exp_and_target_sums() {
             }
         }
     }
-    check(&scalar::F32, "scalar");
-    check(&scalar::F64, "scalar");
-    for t in tiers_f32() {
-        check(t.k, t.name);
-    }
-    for t in tiers_f64() {
-        check(t.k, t.name);
-    }
+    on_every_tier(check::<f32>, check::<f64>);
 }
 
 /// A tier's kernels over half-type rows as stored, with its f32 kernels.
