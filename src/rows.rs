@@ -284,7 +284,8 @@ pub struct RowStats<F> {
     pub log_rest: F,
     /// A dense row's `(Σ_{j≠argmax} t_j, Σ_{t_j≠0} t_j (max - z_j))` of its targets `t` (the
     /// labels, where no weight nor smoothing makes them differ), where taken with the
-    /// statistics (a tile's: see `kernels::lanes`). Meaningful for a regular row only.
+    /// statistics (a tile's: see `kernels::lanes`; a row's: see `sum_exp`). Meaningful for
+    /// a regular row only.
     pub target_sums: Option<(F, F)>,
 }
 
