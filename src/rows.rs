@@ -300,7 +300,8 @@ impl<F: Float> RowStats<F> {
     /// the maximum is known).
     /// With `exps` (as long as a row shorter than `SPLIT_MIN`), also `exp(z_j - max)` of each
     /// element, where the maximum is finite: the terms of the sum (the same statistics, bit for
-    /// bit), which a softmax or a gradient then reuses instead of computing a second exp.
+    /// bit), which a softmax or a gradient then reuses instead of computing a second exp. With
+    /// a dense row's plain `targets` (such a row too), also their sums, `target_sums`.
     pub fn of_before(
         k: &RowKernels<F>,
         z: &Row<F>,

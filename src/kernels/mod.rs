@@ -22,20 +22,21 @@ use crate::dispatch::Tier;
 ///   and `log1p` of the total keeps its extra bits). The skipped term is the row maximum's,
 ///   1, kept out so that a small rest keeps its bits. `sum_exp_store(z, shift, skip, out)`:
 ///   the same sum, bit for bit, also storing each term (the skipped one too) in `out`
-///   (`out.len() == z.len()`). Both ask for their [`Ahead`] on the way (a hint: any tier may
-///   ignore it). `sum_exp_targets(z, shift, skip, t, exps)`: `sum_exp` (`sum_exp_store` into
-///   `exps` where given) and `target_sums(t, z, shift)`, each bit for bit, in one pass
-///   (`t.len() == z.len()`).
+///   (`out.len() == z.len()`). `sum_exp_targets(z, shift, skip, t, exps)`: `sum_exp`
+///   (`sum_exp_store` into `exps` where given) and `target_sums(t, z, shift)`, each bit for
+///   bit, in one pass over the row where the tier can (`t.len() == z.len()`; the scalar tier
+///   makes the two calls). All three ask for their [`Ahead`] on the way (a hint: any tier may
+///   ignore it).
 /// - `exp_scaled(z, shift, scale, out)`: `out_j = exp(z_j - shift) * scale`; `out.len() == z.len()`.
 ///   `exp_scaled_stream`: the same bits, stored past the caches where the tier can.
 /// - `scale(x, c, out)`: `out_j = x_j * c` (`out.len() == x.len()`); `scale_stream` as above.
 /// - `target_sums(t, z, max)`: `(Σ t_j, Σ_{t_j≠0} t_j (max - z_j))`, the two sums of a dense
 ///   target row (a zero target on a -inf logit counts 0); `t.len() == z.len()`.
 ///
-/// `sum_exp`, `sum_exp_store` and `exp_scaled` are only called on rows without NaN, with a
-/// finite `shift` not below any `z_j` (the row's maximum). `exp_scaled` with a scale above 1
-/// keeps its bound where the exps alone would be subnormal (the row math relies on it: see
-/// `rows::reusable`).
+/// `sum_exp`, `sum_exp_store`, `sum_exp_targets` and `exp_scaled` are only called on rows
+/// without NaN, with a finite `shift` not below any `z_j` (the row's maximum). `exp_scaled`
+/// with a scale above 1 keeps its bound where the exps alone would be subnormal (the row math
+/// relies on it: see `rows::reusable`).
 pub struct RowKernels<F> {
     pub tier: Tier,
     pub max_argmax: fn(&[F]) -> (F, usize),
