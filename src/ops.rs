@@ -577,11 +577,12 @@ const FUSED_TARGETS_MIN: usize = 256;
 
 /// How far ahead of the tile in hand the next tiles' rows are prefetched.
 const TILES_AHEAD: usize = 4;
-/// The widest float32 rows whose tiles are read in place, the logits' in every call without
-/// outputs and a dense row's targets in every call (see `for_rows_with`). Measured on the
-/// sparse forward pass, one thread, fastest of 15, copied against in place: 1,000,000×10
-/// 13.3-13.6 -> 12.6-13.2 ms (two threads 7.0-7.1 -> 6.3-6.7), 524288×32 15.3 -> 13.6-14.0,
-/// 262144×64 15.3-18.4 -> 13.3-16.8, but 262144×128 31.8-32.8 -> 34.3-39.3.
+/// The widest float32 rows whose tiles of logits are read in place, in every call without
+/// outputs (see `for_rows_with`; a dense row's targets, at most `TILE_TARGETS_MAX` wide,
+/// always are). Measured on the sparse forward pass, one thread, fastest of 15, copied
+/// against in place: 1,000,000×10 13.3-13.6 -> 12.6-13.2 ms (two threads 7.0-7.1 ->
+/// 6.3-6.7), 524288×32 15.3 -> 13.6-14.0, 262144×64 15.3-18.4 -> 13.3-16.8, but 262144×128
+/// 31.8-32.8 -> 34.3-39.3.
 const IN_PLACE_TILE_MAX: usize = 64;
 
 /// Runs `f(r, z, stats, scratch, out)` for every row `r` of `view` in parallel, with the
@@ -725,10 +726,9 @@ fn for_rows_with<T, R, S, Fun>(
                 let tile = view.tile(first, &mut d.tile, in_place);
                 // A dense row's targets, where the statistics take their sums (read where they
                 // are even for outputs: no output overlaps them).
-                let targets_in_place = classes <= IN_PLACE_TILE_MAX;
                 let targets = (extras.targets)
                     .filter(|_| classes <= TILE_TARGETS_MAX)
-                    .map(|rows| rows.tile(first, &mut d.targets, targets_in_place));
+                    .map(|rows| rows.tile(first, &mut d.targets, true));
                 let Some(sink) = sink else {
                     if extras.tile.is_some_and(|tf| tf(first, tile, targets, results)) {
                         return;

@@ -48,58 +48,53 @@ fn sum_exp<F: Float>(
     let ahead = if len < SPLIT_MIN { ahead.along(len) } else { Ahead::NONE };
     // The sum of one block less its `skip` term: from the stored elements where the source
     // reads them, else from the block in the compute type (keeping the terms in `exps`, a
-    // whole row's, where given).
-    let block_sum = |reader: &mut Reader<F>, r: Range<usize>, exps: Option<&mut [F]>| {
+    // whole row's, where given); with the block's targets `t`, their sums too.
+    let block_sum = |reader: &mut Reader<F>, r: Range<usize>, exps: Option<&mut [F]>, t: Option<&[F]>| {
         let ahead = ahead.part(r.clone());
         // (Past the block's end where the skipped term is not in it.)
         let skip = skip.wrapping_sub(r.start);
+        if let Some(t) = t {
+            let exps = exps.map(|e| &mut e[r.clone()]);
+            let (sum, sums) = (k.sum_exp_targets)(reader.read(r), shift, skip, t, exps, ahead);
+            return (sum, Some(sums));
+        }
         if let Some(e) = exps {
             // (Rows that keep their exps are widened whole: no stored kernel for them.)
-            return (k.sum_exp_store)(reader.read(r.clone()), shift, skip, &mut e[r], ahead);
+            return ((k.sum_exp_store)(reader.read(r.clone()), shift, skip, &mut e[r], ahead), None);
         }
-        match reader.stored_sum_exp(r.clone(), shift, skip, ahead) {
+        let sum = match reader.stored_sum_exp(r.clone(), shift, skip, ahead) {
             Some(s) => s,
             None => (k.sum_exp)(reader.read(r), shift, skip, ahead),
-        }
+        };
+        (sum, None)
     };
     let mut total = CompensatedSum::default();
-    if let Some(t) = t {
-        assert!(len < SPLIT_MIN && t.len() == len, "a target per element of a row taken whole");
-        let (mut reader, mut sums) = (z.reader(), TargetTotals::default());
-        for r in block_ranges(0..len) {
-            let exps = exps.as_deref_mut().map(|e| &mut e[r.clone()]);
-            let block_skip = skip.wrapping_sub(r.start);
-            let ahead = ahead.part(r.clone());
-            let (sum, block_sums) =
-                (k.sum_exp_targets)(reader.read(r.clone()), shift, block_skip, &t[r.clone()], exps, ahead);
-            total.add(sum);
-            sums.add(r.start, &t[r], block_sums, skip);
-        }
-        if let Some(e) = exps {
-            e[skip] = F::one();
-        }
-        return (total.value(), Some(sums.value()));
-    }
     if len >= SPLIT_MIN {
-        assert!(exps.is_none(), "the terms of a row split across threads are not kept");
+        assert!(exps.is_none() && t.is_none(), "the terms of a row split across threads are not kept");
         let parts: Vec<Vec<f64>> = (0..len.div_ceil(SPLIT_BLOCK))
             .into_par_iter()
             .map(|i| {
                 let mut reader = z.reader();
-                block_ranges(split_part(i, len)).map(|block| block_sum(&mut reader, block, None)).collect()
+                block_ranges(split_part(i, len)).map(|block| block_sum(&mut reader, block, None, None).0).collect()
             })
             .collect();
         parts.into_iter().flatten().for_each(|x| total.add(x));
-    } else {
-        let mut reader = z.reader();
-        for block in block_ranges(0..len) {
-            total.add(block_sum(&mut reader, block, exps.as_deref_mut()));
-        }
-        if let Some(e) = exps {
-            e[skip] = F::one();
+        return (total.value(), None);
+    }
+    assert!(t.is_none_or(|t| t.len() == len), "a target per element");
+    let (mut reader, mut sums) = (z.reader(), TargetTotals::default());
+    for block in block_ranges(0..len) {
+        let t = t.map(|t| &t[block.clone()]);
+        let (sum, block_sums) = block_sum(&mut reader, block.clone(), exps.as_deref_mut(), t);
+        total.add(sum);
+        if let (Some(t), Some(block_sums)) = (t, block_sums) {
+            sums.add(block.start, t, block_sums, skip);
         }
     }
-    (total.value(), None)
+    if let Some(e) = exps {
+        e[skip] = F::one();
+    }
+    (total.value(), t.map(|_| sums.value()))
 }
 
 /// The first of two `(maximum, index)` candidates: NaN wins, then the larger, then the
