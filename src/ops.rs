@@ -637,6 +637,11 @@ impl<F, R, G> RowFn<F, R> for G where
 /// leave the tile to the row function.
 type TileFn<'a, F, R> = &'a (dyn Fn(usize, &[F], Option<&[F]>, &mut [R]) -> bool + Sync);
 
+/// A [`TileFn`] that reads the rows as stored, not widened (half types): `(first row, their
+/// results)`; false where it cannot, or leaves the tile to the row function: the tile then
+/// goes the usual way.
+type StoredTileFn<'a, R> = &'a (dyn Fn(usize, &mut [R]) -> bool + Sync);
+
 /// What the row function reads from memory for row `r` besides its logits (at most one
 /// region, the next row's logits being the other: a dense row's labels, which the pass that
 /// sums its exps reads instead where it sums them, see `FUSED_TARGETS_MIN`), to ask for while
@@ -667,6 +672,8 @@ struct Extras<'a, F, R> {
     /// A function that does a whole tile of narrow rows at once (where the work per row is so
     /// small that calling the row function costs more than it).
     tile: Option<TileFn<'a, F, R>>,
+    /// The same, tried first, reading the rows as stored.
+    stored_tile: Option<StoredTileFn<'a, R>>,
     /// What the row function reads besides the logits.
     ahead: RowAhead<'a>,
     /// The rows of dense targets (the labels, where no weight nor smoothing makes them
@@ -677,7 +684,7 @@ struct Extras<'a, F, R> {
 }
 
 impl<F, R> Extras<'_, F, R> {
-    const NONE: Self = Extras { tile: None, ahead: &|_| Ahead::NONE, targets: None };
+    const NONE: Self = Extras { tile: None, stored_tile: None, ahead: &|_| Ahead::NONE, targets: None };
 }
 
 /// [`for_rows`], with [`Extras`], and results put in place by `store` ([`in_place`], or
@@ -719,6 +726,9 @@ fn for_rows_with<T, R, S, Fun>(
     let fill_group =
         |(s, d): &mut (Scratch<T::Compute>, DriverScratch<T::Compute>), first: usize, results: &mut [R]| {
             if tiled && results.len() == LANES {
+                if sink.is_none() && extras.stored_tile.is_some_and(|tf| tf(first, results)) {
+                    return;
+                }
                 // Float32 rows up to `IN_PLACE_TILE_MAX` wide and read for no outputs are
                 // transposed where they are, a vector per row at a time: no copy (written
                 // outputs need one, they may be the logits).
@@ -1173,12 +1183,22 @@ fn sparse_run<T: Element, L: Label>(
     // every counted row is plain (a row with NaN or inf, or one so confident that its
     // statistics need refining, is left to the row function with the rest of its tile).
     let plain = sink.is_none() && weight.is_none() && options.label_smoothing == 0.0;
-    let tile_losses = |first: usize, tile: &[T::Compute], _: Option<&[_]>, out: &mut [T::Compute]| {
+    let tile_labels = |first: usize| {
         let mut labels = [0; LANES];
         for (i, l) in labels.iter_mut().enumerate() {
             *l = indices.get(first + i); // (IGNORED is not below `classes`.)
         }
-        T::Compute::tile_sparse_losses(tile, classes, &labels, out)
+        labels
+    };
+    let tile_losses = |first: usize, tile: &[T::Compute], _: Option<&[_]>, out: &mut [T::Compute]| {
+        T::Compute::tile_sparse_losses(tile, classes, &tile_labels(first), out)
+    };
+    // Half-type rows read as stored, where the tier can and they would be read in place if
+    // they were float32 (see `IN_PLACE_TILE_MAX`): no widened copy of the tile.
+    let stored = T::stored_kernels().filter(|_| plain && classes <= IN_PLACE_TILE_MAX);
+    let stored_tile = |first: usize, out: &mut [T::Compute]| match (stored, view.stored_rows(first, LANES)) {
+        (Some(k), Some(z)) => (k.tile_sparse_losses)(z, classes, &tile_labels(first), out),
+        _ => false,
     };
     let row = |r,
                z: &Row<T::Compute>,
@@ -1197,7 +1217,8 @@ fn sparse_run<T: Element, L: Label>(
     };
     fill_losses(&mut loss, rows, options.reduction, divisor, |losses| {
         let tile = plain.then_some(&tile_losses as TileFn<_, _>);
-        for_rows_into(&view, sink.as_ref(), losses, row, Extras { tile, ..Extras::NONE })
+        let stored_tile = stored.is_some().then_some(&stored_tile as StoredTileFn<_>);
+        for_rows_into(&view, sink.as_ref(), losses, row, Extras { tile, stored_tile, ..Extras::NONE })
     });
     Ok(fresh)
 }
@@ -1256,6 +1277,7 @@ fn dense_run<T: Element, Y: Element<Compute = T::Compute>>(
             tile: (plain && classes <= TILE_TARGETS_MAX).then_some(&tile_losses as TileFn<_, _>),
             ahead: &labels_ahead,
             targets: plain.then_some(&y_rows as &dyn TargetRows<_>),
+            ..Extras::NONE
         };
         for_rows_into(&z_rows, sink.as_ref(), losses, row, extras)
     });

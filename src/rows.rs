@@ -558,9 +558,9 @@ pub fn dense_plain<F: Float>(s: &RowStats<F>, (others, gap): (F, F), y_argmax: F
 
 /// [`sparse`] without weights, smoothing or gradient: `lse - z_label`.
 #[inline]
-pub fn sparse_plain<F: Float>(z: &[F], s: &RowStats<F>, label: usize) -> F {
+pub fn sparse_plain<F: Float>(z_label: F, s: &RowStats<F>) -> F {
     if s.is_regular() {
-        (s.max - z[label]) + s.log_rest
+        (s.max - z_label) + s.log_rest
     } else {
         F::nan()
     }

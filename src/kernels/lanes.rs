@@ -10,6 +10,8 @@
 //! two-constant Cody-Waite reduction, exact subnormal scaling, checked exhaustively), and the
 //! `log1p` is computed in f64 (within 1 ulp of every f32, checked exhaustively).
 
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+use super::simd::{Storage, Vector};
 use crate::dispatch::tier;
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 use crate::dispatch::Tier;
@@ -51,6 +53,26 @@ pub struct TileStats {
 }
 
 impl TileStats {
+    /// The sparse losses of the tile's rows of `classes` elements (see
+    /// `Float::tile_sparse_losses`), `z_at(r, j)` reading element `j` of row `r`.
+    #[inline(always)]
+    pub fn sparse_losses(
+        &self,
+        classes: usize,
+        labels: &[usize; LANES],
+        z_at: impl Fn(usize, usize) -> f32,
+        out: &mut [f32],
+    ) -> bool {
+        let mut plain = true;
+        for (r, (o, &label)) in out.iter_mut().zip(labels).enumerate() {
+            let s = self.row(r);
+            let counted = label < classes;
+            plain &= !counted || s.is_plain();
+            *o = if counted { crate::rows::sparse_plain(z_at(r, label), &s) } else { 0.0 };
+        }
+        plain
+    }
+
     /// Row `r`'s statistics.
     #[inline(always)]
     pub fn row(&self, r: usize) -> crate::rows::RowStats<f32> {
@@ -115,6 +137,10 @@ pub(crate) fn log1p_lane(x: f64) -> f32 {
     let y = e as f64 * std::f64::consts::LN_2 + log_f + correction;
     (if x.is_nan() || x == f64::INFINITY { x } else { y }) as f32
 }
+
+/// A tier's [`tile_stats`], for the tests.
+#[cfg(test)]
+pub(crate) type TileStatsFn = unsafe fn(&[f32], usize, &mut TileStats, Option<&mut [Column]>, Option<&[f32]>);
 
 /// A tile transposed: `tile[j][r]` is element `j` of row `r`.
 type Tile = [Column; MAX_CLASSES];
@@ -199,21 +225,22 @@ fn stats_of_tile(
 
 /// [`tile_stats`] on a SIMD tier's vectors `V`, `H` to a tile (see
 /// `super::simd::tile_lanes`: max, argmax, Kahan sum and carry of the rest, and the target
-/// sums where it takes targets), with the `log1p` of each row's rest.
+/// sums where it takes targets), with the `log1p` of each row's rest; `z` stored as `L`
+/// stores it.
 ///
 /// # Safety
 /// As `tile_lanes`, with `z` (and `targets`) of `LANES` rows of `classes` elements.
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 #[inline(always)]
-pub(crate) unsafe fn tile_stats_on<V: super::simd::Vector<E = f32>, const H: usize>(
-    z: &[f32],
+pub(crate) unsafe fn tile_stats_on<V: Vector<E = f32>, L: Storage<V>, const H: usize>(
+    z: &[L::S],
     classes: usize,
     out: &mut TileStats,
     exps: Option<&mut [Column]>,
     targets: Option<&[f32]>,
 ) {
     let (mut lanes, mut sums) = ([[0.0f32; LANES]; 4], [[0.0f32; LANES]; 2]);
-    super::simd::tile_lanes::<V, H>(z.as_ptr(), classes, &mut lanes, exps, targets.map(|t| (t.as_ptr(), &mut sums)));
+    super::simd::tile_lanes::<V, L, H>(z.as_ptr(), classes, &mut lanes, exps, targets.map(|t| (t.as_ptr(), &mut sums)));
     if targets.is_some() {
         out.target_sums = sums;
     }
@@ -355,9 +382,8 @@ mod tests {
 
     #[test]
     fn tile_matches_rows() {
-        type TileFn = unsafe fn(&[f32], usize, &mut TileStats, Option<&mut [Column]>, Option<&[f32]>);
         #[allow(unused_mut)]
-        let mut impls: Vec<(&str, TileFn)> = vec![("portable", tile_stats_portable as TileFn)];
+        let mut impls: Vec<(&str, TileStatsFn)> = vec![("portable", tile_stats_portable as TileStatsFn)];
         #[cfg(target_arch = "x86_64")]
         {
             if std::arch::is_x86_feature_detected!("avx512f") {

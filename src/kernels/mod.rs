@@ -61,7 +61,8 @@ pub struct RowKernels<F> {
 /// `exp_scaled_narrow_stream`), `exp_scaled` from a row widened already; `scale_narrow(x, c,
 /// out)`, the `scale` of `RowKernels` rounded as stored (and `scale_narrow_stream`);
 /// `widen(src, dst)` and `narrow(src, dst)` (rounded to nearest even) for the passes that want
-/// the compute type and the outputs (the same lengths).
+/// the compute type and the outputs (the same lengths); `tile_sparse_losses`, the
+/// [`Float::tile_sparse_losses`] of a tile as stored (no widened copy).
 /// Tiers without them use portable code.
 pub struct StoredKernels<S, F> {
     pub max_argmax: fn(&[S]) -> (F, usize),
@@ -75,6 +76,7 @@ pub struct StoredKernels<S, F> {
     pub scale_narrow_stream: fn(&[F], F, &mut [S]),
     pub widen: fn(&[S], &mut [F]),
     pub narrow: fn(&[F], &mut [S]),
+    pub tile_sparse_losses: fn(&[S], usize, &[usize; lanes::LANES], &mut [F]) -> bool,
 }
 
 /// The `skip` of [`RowKernels::sum_exp`] that keeps every term.
@@ -373,14 +375,7 @@ impl Float for f32 {
     fn tile_sparse_losses(z: &[f32], classes: usize, labels: &[usize; lanes::LANES], out: &mut [f32]) -> bool {
         let mut t = lanes::TileStats::default();
         lanes::tile_stats(z, classes, &mut t, None, None);
-        let mut plain = true;
-        for (r, ((o, &label), z)) in out.iter_mut().zip(labels).zip(z.chunks_exact(classes)).enumerate() {
-            let s = t.row(r);
-            let counted = label < classes;
-            plain &= !counted || s.is_plain();
-            *o = if counted { crate::rows::sparse_plain(z, &s, label) } else { 0.0 };
-        }
-        plain
+        t.sparse_losses(classes, labels, |r, j| z[r * classes + j], out)
     }
     fn tile_dense_losses(z: &[f32], classes: usize, targets: &[f32], out: &mut [f32]) -> bool {
         let mut t = lanes::TileStats::default();

@@ -262,7 +262,7 @@ pub(super) unsafe fn tile_stats_neon(
     exps: Option<&mut [super::lanes::Column]>,
     targets: Option<&[f32]>,
 ) {
-    super::lanes::tile_stats_on::<float32x4_t, 4>(z, classes, out, exps, targets)
+    super::lanes::tile_stats_on::<float32x4_t, Plain, 4>(z, classes, out, exps, targets)
 }
 
 macro_rules! tier {

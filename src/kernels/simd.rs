@@ -280,6 +280,19 @@ pub unsafe trait Storage<V: Vector>: Copy {
     unsafe fn stream(p: *mut Self::S, v: V) {
         Self::store(p, v)
     }
+    /// [`Vector::columns`] of rows stored as `Self`, widened (an element at a time unless the
+    /// storage has better).
+    #[inline(always)]
+    unsafe fn columns(z: *const Self::S, classes: usize, readable: usize, cols: &mut [MaybeUninit<V>; MAX_CLASSES]) {
+        debug_assert!(readable >= V::N * classes);
+        let mut lanes = [V::E::zero(); 16];
+        for (j, col) in cols.iter_mut().enumerate().take(classes) {
+            for (r, x) in lanes.iter_mut().enumerate().take(V::N) {
+                *x = (*z.add(r * classes + j)).widen();
+            }
+            col.write(V::load(lanes.as_ptr()));
+        }
+    }
 }
 
 /// Elements stored in the compute type.
@@ -307,6 +320,10 @@ unsafe impl<V: Vector> Storage<V> for Plain {
     #[inline(always)]
     unsafe fn stream(p: *mut V::E, v: V) {
         V::stream(p, v)
+    }
+    #[inline(always)]
+    unsafe fn columns(z: *const V::E, classes: usize, readable: usize, cols: &mut [MaybeUninit<V>; MAX_CLASSES]) {
+        V::columns(z, classes, readable, cols)
     }
 }
 
@@ -1147,19 +1164,19 @@ impl<V: Vector> TargetSums<V> {
     }
 }
 
-/// A tile's dense targets (stored as its logits) and where [`tile_lanes`] puts their sums.
+/// A tile's dense targets (in the compute type) and where [`tile_lanes`] puts their sums.
 pub type TargetsAndSums<'a, E> = (*const E, &'a mut [[E; 16]; 2]);
 
 /// Per-lane statistics of 16 narrow rows (lane `r` of part `h` is row `h · V::N + r`) of
-/// `classes` (1 ..= [`MAX_CLASSES`]) elements each, stored one after another from `z`: a row
-/// of ten classes gives a loop along the row nothing to do, so the loops run across rows
+/// `classes` (1 ..= [`MAX_CLASSES`]) elements each, stored one after another from `z` (as `L`
+/// stores them: half types are widened as the columns are formed): a row of ten classes gives a loop along the row nothing to do, so the loops run across rows
 /// instead, one column at a time, the `H = 16 / V::N` parts side by side (their chains of
 /// dependent steps overlap). Writes, per row, the maximum (NaN for a row with NaN), the index
 /// of its first occurrence (as a float), and the mass off the maximum, `Σ_{j≠argmax}
 /// exp(z_j - max)`, as a Kahan sum and its carry (`sum - carry`): into `out[0..4][row]`. With
 /// `exps`, also `exp(z_j - max)` of every element (1 at the maximum), into `exps[j][row]`: a
 /// gradient or a softmax then costs no second exp. With `targets` (a dense row's targets `t`,
-/// stored as `z`), also their sums `(Σ_{j≠argmax} t_j, Σ_{t_j≠0} t_j (max - z_j))` into its
+/// in the compute type), also their sums `(Σ_{j≠argmax} t_j, Σ_{t_j≠0} t_j (max - z_j))` into its
 /// `[0..2][row]` (unspecified for rows without a finite maximum).
 ///
 /// # Safety
@@ -1167,8 +1184,8 @@ pub type TargetsAndSums<'a, E> = (*const E, &'a mut [[E; 16]; 2]);
 /// tier's features.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // (part h of several arrays: indexing reads best)
-pub unsafe fn tile_lanes<V: Vector, const H: usize>(
-    z: *const V::E,
+pub unsafe fn tile_lanes<V: Vector, L: Storage<V>, const H: usize>(
+    z: *const L::S,
     classes: usize,
     out: &mut [[V::E; 16]; 4],
     mut exps: Option<&mut [[V::E; 16]]>,
@@ -1178,7 +1195,7 @@ pub unsafe fn tile_lanes<V: Vector, const H: usize>(
     let part = V::N * classes;
     let mut cols = [[MaybeUninit::<V>::uninit(); MAX_CLASSES]; H];
     for (h, cols) in cols.iter_mut().enumerate() {
-        V::columns(z.add(h * part), classes, (H - h) * part, cols);
+        L::columns(z.add(h * part), classes, (H - h) * part, cols);
     }
     let col = |h: usize, j: usize| cols[h][j].assume_init();
     let mut target_cols = [[MaybeUninit::<V>::uninit(); MAX_CLASSES]; H];

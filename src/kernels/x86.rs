@@ -11,7 +11,7 @@ use std::mem::MaybeUninit;
 
 use half::{bf16, f16};
 
-use super::lanes::{Column, TileStats, MAX_CLASSES};
+use super::lanes::{Column, TileStats, LANES, MAX_CLASSES};
 use super::simd::{self, Bf16Bits, ExpConsts, F16Bits, Plain, Storage, Vector};
 use super::{Ahead, RowKernels, StoredKernels};
 use crate::dispatch::Tier;
@@ -643,7 +643,7 @@ pub(super) unsafe fn tile_stats_avx512(
     exps: Option<&mut [Column]>,
     targets: Option<&[f32]>,
 ) {
-    super::lanes::tile_stats_on::<__m512, 1>(z, classes, out, exps, targets)
+    super::lanes::tile_stats_on::<__m512, Plain, 1>(z, classes, out, exps, targets)
 }
 
 /// # Safety
@@ -657,7 +657,7 @@ pub(super) unsafe fn tile_stats_avx2(
     exps: Option<&mut [Column]>,
     targets: Option<&[f32]>,
 ) {
-    super::lanes::tile_stats_on::<__m256, 2>(z, classes, out, exps, targets)
+    super::lanes::tile_stats_on::<__m256, Plain, 2>(z, classes, out, exps, targets)
 }
 
 // ---- The tables ----
@@ -761,6 +761,20 @@ unsafe impl Storage<__m512> for F16Bits {
     unsafe fn stream(p: *mut f16, v: __m512) {
         _mm256_stream_si256(p as *mut __m256i, _mm512_cvtps_ph::<F16_ROUND>(v))
     }
+    #[inline(always)]
+    unsafe fn columns(z: *const f16, classes: usize, readable: usize, cols: &mut [MaybeUninit<__m512>; MAX_CLASSES]) {
+        // As `__m512::columns`, each quad of rows widened as one vector.
+        transposed_columns!(
+            z,
+            classes,
+            readable,
+            cols,
+            row_quad_f16,
+            _mm512_unpacklo_ps,
+            _mm512_unpackhi_ps,
+            _mm512_shuffle_ps
+        );
+    }
 }
 
 unsafe impl Storage<__m512> for Bf16Bits {
@@ -777,6 +791,71 @@ unsafe impl Storage<__m512> for Bf16Bits {
     unsafe fn stream(p: *mut bf16, v: __m512) {
         _mm256_stream_si256(p as *mut __m256i, bf16_bits_512(v))
     }
+    #[inline(always)]
+    unsafe fn columns(z: *const bf16, classes: usize, readable: usize, cols: &mut [MaybeUninit<__m512>; MAX_CLASSES]) {
+        // As `__m512::columns`, each quad of rows widened as one vector.
+        transposed_columns!(
+            z,
+            classes,
+            readable,
+            cols,
+            row_quad_bf16,
+            _mm512_unpacklo_ps,
+            _mm512_unpackhi_ps,
+            _mm512_shuffle_ps
+        );
+    }
+}
+
+/// [`row_quad`] of float16 rows.
+#[inline(always)]
+unsafe fn row_quad_f16(z: *const f16, classes: usize, readable: usize, r: usize, j: usize) -> __m512 {
+    _mm512_cvtph_ps(stored_quad(z, classes, readable, r, j))
+}
+
+/// [`row_quad`] of bfloat16 rows.
+#[inline(always)]
+unsafe fn row_quad_bf16(z: *const bf16, classes: usize, readable: usize, r: usize, j: usize) -> __m512 {
+    _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(stored_quad(z, classes, readable, r, j))))
+}
+
+/// [`row_pair`] of float16 rows.
+#[inline(always)]
+unsafe fn row_pair_f16(z: *const f16, classes: usize, readable: usize, r: usize, j: usize) -> __m256 {
+    _mm256_cvtph_ps(stored_pair(z, classes, readable, r, j))
+}
+
+/// [`row_pair`] of bfloat16 rows.
+#[inline(always)]
+unsafe fn row_pair_bf16(z: *const bf16, classes: usize, readable: usize, r: usize, j: usize) -> __m256 {
+    _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(stored_pair(z, classes, readable, r, j))))
+}
+
+/// Elements `j .. j + 4` of rows `r`, `r + 4`, `r + 8` and `r + 12` (rows of `classes`
+/// half-type elements from `z`), as stored, 64 bits a row; past `readable`, zeros.
+#[inline(always)]
+unsafe fn stored_quad<S>(z: *const S, classes: usize, readable: usize, r: usize, j: usize) -> __m256i {
+    let (lo, hi) = (stored_pair(z, classes, readable, r, j), stored_pair(z, classes, readable, r + 8, j));
+    _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(lo), hi)
+}
+
+/// Elements `j .. j + 4` of rows `r` and `r + 4` (as [`stored_quad`]).
+#[inline(always)]
+unsafe fn stored_pair<S>(z: *const S, classes: usize, readable: usize, r: usize, j: usize) -> __m128i {
+    _mm_unpacklo_epi64(four_stored(z, r * classes + j, readable), four_stored(z, (r + 4) * classes + j, readable))
+}
+
+/// `z[at .. at + 4]` (elements of 16 bits) in the low 64 bits, zeros past `readable` (`at <
+/// readable`).
+#[inline(always)]
+unsafe fn four_stored<S>(z: *const S, at: usize, readable: usize) -> __m128i {
+    debug_assert_eq!(std::mem::size_of::<S>(), 2);
+    if at + 4 <= readable {
+        return _mm_loadl_epi64(z.add(at) as *const __m128i);
+    }
+    let mut four = [0u16; 4];
+    std::ptr::copy_nonoverlapping(z.add(at) as *const u16, four.as_mut_ptr(), readable - at);
+    _mm_loadl_epi64(four.as_ptr() as *const __m128i)
 }
 
 /// `v` rounded to bfloat16 (nearest even; NaN quieted, as `element::narrow_bf16`).
@@ -806,6 +885,20 @@ unsafe impl Storage<__m256> for F16Bits {
     unsafe fn stream(p: *mut f16, v: __m256) {
         _mm_stream_si128(p as *mut __m128i, _mm256_cvtps_ph::<F16_ROUND>(v))
     }
+    #[inline(always)]
+    unsafe fn columns(z: *const f16, classes: usize, readable: usize, cols: &mut [MaybeUninit<__m256>; MAX_CLASSES]) {
+        // As `__m256::columns`, each pair of rows widened as one vector.
+        transposed_columns!(
+            z,
+            classes,
+            readable,
+            cols,
+            row_pair_f16,
+            _mm256_unpacklo_ps,
+            _mm256_unpackhi_ps,
+            _mm256_shuffle_ps
+        );
+    }
 }
 
 unsafe impl Storage<__m256> for Bf16Bits {
@@ -830,6 +923,20 @@ unsafe impl Storage<__m256> for Bf16Bits {
     #[inline(always)]
     unsafe fn stream(p: *mut bf16, v: __m256) {
         _mm_stream_si128(p as *mut __m128i, bf16_bits_256(v))
+    }
+    #[inline(always)]
+    unsafe fn columns(z: *const bf16, classes: usize, readable: usize, cols: &mut [MaybeUninit<__m256>; MAX_CLASSES]) {
+        // As `__m256::columns`, each pair of rows widened as one vector.
+        transposed_columns!(
+            z,
+            classes,
+            readable,
+            cols,
+            row_pair_bf16,
+            _mm256_unpacklo_ps,
+            _mm256_unpackhi_ps,
+            _mm256_shuffle_ps
+        );
     }
 }
 
@@ -902,6 +1009,20 @@ macro_rules! stored_kernels {
             pub unsafe fn narrow(src: &[f32], dst: &mut [$s]) {
                 simd::narrow::<$vector, $load>(src, dst)
             }
+            #[target_feature(enable = $features)]
+            pub unsafe fn tile_sparse_losses(
+                z: &[$s],
+                classes: usize,
+                labels: &[usize; LANES],
+                out: &mut [f32],
+            ) -> bool {
+                assert!((1..=MAX_CLASSES).contains(&classes) && z.len() == classes * LANES, "a tile of rows");
+                let mut t = TileStats::default();
+                super::super::lanes::tile_stats_on::<$vector, $load, { 16 / <$vector as Vector>::N }>(
+                    z, classes, &mut t, None, None,
+                );
+                t.sparse_losses(classes, labels, |r, j| z[r * classes + j].to_f32(), out)
+            }
         }
 
         /// Only to be used on a CPU with the features: `dispatch` hands it out only then.
@@ -918,6 +1039,7 @@ macro_rules! stored_kernels {
             scale_narrow_stream: |x, c, o| unsafe { $module::scale_narrow_stream(x, c, o) },
             widen: |src, dst| unsafe { $module::widen(src, dst) },
             narrow: |src, dst| unsafe { $module::narrow(src, dst) },
+            tile_sparse_losses: |z, c, l, o| unsafe { $module::tile_sparse_losses(z, c, l, o) },
         };
     };
 }
@@ -948,11 +1070,12 @@ pub(super) fn test_stored_tiers() -> Vec<simd::tests::StoredTier> {
     use simd::tests::StoredTier;
     let mut v = vec![];
     if is_x86_feature_detected!("avx512f") {
-        v.push(StoredTier { name: "avx512", k: &AVX512_F32, f16: Some(&AVX512_F16), bf16: &AVX512_BF16 });
+        let tile_stats = tile_stats_avx512;
+        v.push(StoredTier { name: "avx512", k: &AVX512_F32, tile_stats, f16: Some(&AVX512_F16), bf16: &AVX512_BF16 });
     }
     if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
         let f16 = is_x86_feature_detected!("f16c").then_some(&AVX2_F16);
-        v.push(StoredTier { name: "avx2", k: &AVX2_F32, f16, bf16: &AVX2_BF16 });
+        v.push(StoredTier { name: "avx2", k: &AVX2_F32, tile_stats: tile_stats_avx2, f16, bf16: &AVX2_BF16 });
     }
     v
 }

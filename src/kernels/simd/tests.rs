@@ -3,6 +3,8 @@
 use crate::kernels::scalar;
 
 #[cfg(target_arch = "x86_64")]
+use crate::kernels::lanes::{TileStats, TileStatsFn, LANES, MAX_CLASSES};
+#[cfg(target_arch = "x86_64")]
 use crate::kernels::StoredKernels;
 use crate::kernels::{Ahead, RowKernels, NO_SKIP};
 
@@ -850,6 +852,8 @@ fn sum_exp_targets_is_sum_exp_and_target_sums() {
 pub(crate) struct StoredTier {
     pub name: &'static str,
     pub k: &'static RowKernels<f32>,
+    /// The tier's f32 tile statistics (see `crate::kernels::lanes::tile_stats`).
+    pub tile_stats: TileStatsFn,
     pub f16: Option<&'static StoredKernels<half::f16, f32>>,
     pub bf16: &'static StoredKernels<half::bf16, f32>,
 }
@@ -927,6 +931,59 @@ fn stored_half_kernels_match_the_f32_kernels_on_widened_rows() {
         check(t.name, t.k, t.bf16, half::bf16::from_f64, half::bf16::from_f32, half::bf16::to_f32);
         if let Some(f16) = t.f16 {
             check(t.name, t.k, f16, half::f16::from_f64, half::f16::from_f32, half::f16::to_f32);
+        }
+    }
+}
+
+/// A tile of half-type rows read as stored gives the sparse losses of the tier's f32 tile on the
+/// widened rows, bit for bit, and the same verdict on whether they are plain: for every width
+/// the tiles take, with NaN, +inf, rows of -inf, confident rows and ignored labels.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn stored_half_tiles_match_the_f32_tiles_on_widened_rows() {
+    fn check<S: Copy + std::fmt::Debug>(
+        t: &StoredTier,
+        s: &StoredKernels<S, f32>,
+        from: impl Fn(f32) -> S,
+        to: impl Fn(S) -> f32,
+    ) {
+        for classes in 1..=MAX_CLASSES {
+            for seed in 0..3 {
+                let mut z: Vec<f32> =
+                    (0..LANES * classes).map(|i| ((i * 37 + seed * 11) % 101) as f32 * 0.37 - 20.0).collect();
+                let row = |r: usize| r * classes..(r + 1) * classes;
+                if seed == 1 {
+                    z[row(2)].fill(f32::NEG_INFINITY);
+                    z[row(5).start] = 100.0; // (A confident row, not plain: its rest is ~e^-83.)
+                    z[row(9).end - 1] = f32::INFINITY;
+                    z[row(15).end - 1] = f32::NAN;
+                }
+                if seed == 2 {
+                    z[row(4).start] = f32::NAN;
+                }
+                let stored: Vec<S> = z.iter().map(|&x| from(x)).collect();
+                let wide: Vec<f32> = stored.iter().map(|&x| to(x)).collect();
+                let labels: [usize; LANES] = std::array::from_fn(|r| (r * 7 + seed) % (classes + 1));
+                let mut tile = TileStats::default();
+                // SAFETY: the tier runs on this CPU (`test_stored_tiers`); a tile of rows.
+                unsafe { (t.tile_stats)(&wide, classes, &mut tile, None, None) };
+                let mut want = [f32::NAN; LANES];
+                let want_plain = tile.sparse_losses(classes, &labels, |r, j| wide[r * classes + j], &mut want);
+                let mut got = [f32::NAN; LANES];
+                let got_plain = (s.tile_sparse_losses)(&stored, classes, &labels, &mut got);
+                let name = format!("{} {classes} classes, seed {seed}", t.name);
+                assert_eq!(got_plain, want_plain, "{name}: plain");
+                for (r, (g, w)) in got.iter().zip(&want).enumerate() {
+                    let counted = labels[r] < classes && tile.row(r).is_plain();
+                    assert!(!counted || g.to_bits() == w.to_bits(), "{name}, row {r}: {g} against {w}");
+                }
+            }
+        }
+    }
+    for t in crate::kernels::x86::test_stored_tiers() {
+        check(&t, t.bf16, half::bf16::from_f32, half::bf16::to_f32);
+        if let Some(f16) = t.f16 {
+            check(&t, f16, half::f16::from_f32, half::f16::to_f32);
         }
     }
 }
