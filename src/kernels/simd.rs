@@ -280,19 +280,8 @@ pub unsafe trait Storage<V: Vector>: Copy {
     unsafe fn stream(p: *mut Self::S, v: V) {
         Self::store(p, v)
     }
-    /// [`Vector::columns`] of rows stored as `Self`, widened (an element at a time unless the
-    /// storage has better).
-    #[inline(always)]
-    unsafe fn columns(z: *const Self::S, classes: usize, readable: usize, cols: &mut [MaybeUninit<V>; MAX_CLASSES]) {
-        debug_assert!(readable >= V::N * classes);
-        let mut lanes = [V::E::zero(); 16];
-        for (j, col) in cols.iter_mut().enumerate().take(classes) {
-            for (r, x) in lanes.iter_mut().enumerate().take(V::N) {
-                *x = (*z.add(r * classes + j)).widen();
-            }
-            col.write(V::load(lanes.as_ptr()));
-        }
-    }
+    /// [`Vector::columns`] of rows stored as `Self`, widened.
+    unsafe fn columns(z: *const Self::S, classes: usize, readable: usize, cols: &mut [MaybeUninit<V>; MAX_CLASSES]);
 }
 
 /// Elements stored in the compute type.
@@ -1168,15 +1157,16 @@ impl<V: Vector> TargetSums<V> {
 pub type TargetsAndSums<'a, E> = (*const E, &'a mut [[E; 16]; 2]);
 
 /// Per-lane statistics of 16 narrow rows (lane `r` of part `h` is row `h · V::N + r`) of
-/// `classes` (1 ..= [`MAX_CLASSES`]) elements each, stored one after another from `z` (as `L`
-/// stores them: half types are widened as the columns are formed): a row of ten classes gives a loop along the row nothing to do, so the loops run across rows
-/// instead, one column at a time, the `H = 16 / V::N` parts side by side (their chains of
-/// dependent steps overlap). Writes, per row, the maximum (NaN for a row with NaN), the index
-/// of its first occurrence (as a float), and the mass off the maximum, `Σ_{j≠argmax}
-/// exp(z_j - max)`, as a Kahan sum and its carry (`sum - carry`): into `out[0..4][row]`. With
-/// `exps`, also `exp(z_j - max)` of every element (1 at the maximum), into `exps[j][row]`: a
-/// gradient or a softmax then costs no second exp. With `targets` (a dense row's targets `t`,
-/// in the compute type), also their sums `(Σ_{j≠argmax} t_j, Σ_{t_j≠0} t_j (max - z_j))` into its
+/// `classes` (1 ..= [`MAX_CLASSES`]) elements each, stored one after another from `z` as `L`
+/// stores them (half types are widened as the columns are formed): a row of ten classes
+/// gives a loop along the row nothing to do, so the loops run across rows instead, one
+/// column at a time, the `H = 16 / V::N` parts side by side (their chains of dependent steps
+/// overlap). Writes, per row, the maximum (NaN for a row with NaN), the index of its first
+/// occurrence (as a float), and the mass off the maximum, `Σ_{j≠argmax} exp(z_j - max)`, as a
+/// Kahan sum and its carry (`sum - carry`): into `out[0..4][row]`. With `exps`, also
+/// `exp(z_j - max)` of every element (1 at the maximum), into `exps[j][row]`: a gradient or
+/// a softmax then costs no second exp. With `targets` (a dense row's targets `t`, in the
+/// compute type), also their sums `(Σ_{j≠argmax} t_j, Σ_{t_j≠0} t_j (max - z_j))` into its
 /// `[0..2][row]` (unspecified for rows without a finite maximum).
 ///
 /// # Safety
