@@ -162,7 +162,8 @@ type Stored<T> = &'static StoredKernels<T, <T as Element>::Compute>;
 /// The rows of a strided n-d view along its class axis, read without copying where the
 /// memory already holds the compute type contiguously (but for narrow rows, which
 /// [`for_rows_with`] copies sixteen at a time unless they are at most `IN_PLACE_TILE_MAX`
-/// wide and read for no outputs, or are a dense row's targets, which no output overlaps).
+/// wide and read for no outputs, or are a dense row's targets, which no output overlaps;
+/// half-type sparse tiles read for no outputs are read as stored, see [`StoredTileFn`]).
 struct RowView<'a, T: Element> {
     ptr: *const T,
     layout: RowLayout,
@@ -639,7 +640,8 @@ type TileFn<'a, F, R> = &'a (dyn Fn(usize, &[F], Option<&[F]>, &mut [R]) -> bool
 
 /// A [`TileFn`] that reads the rows as stored, not widened (half types): `(first row, their
 /// results)`; false where it cannot, or leaves the tile to the row function: the tile then
-/// goes the usual way.
+/// goes the usual way (a tile with a row that is not plain, which is rare, then has its
+/// statistics taken again).
 type StoredTileFn<'a, R> = &'a (dyn Fn(usize, &mut [R]) -> bool + Sync);
 
 /// What the row function reads from memory for row `r` besides its logits (at most one
