@@ -1197,7 +1197,7 @@ fn sparse_run<T: Element, L: Label>(
     };
     // Half-type rows read as stored, where the tier can and they would be read in place if
     // they were float32 (see `IN_PLACE_TILE_MAX`): no widened copy of the tile.
-    let stored = T::stored_kernels().filter(|_| plain && classes <= IN_PLACE_TILE_MAX);
+    let stored = view.stored.filter(|_| plain && classes <= IN_PLACE_TILE_MAX);
     let stored_tile = |first: usize, out: &mut [T::Compute]| match (stored, view.stored_rows(first, LANES)) {
         (Some(k), Some(z)) => (k.tile_sparse_losses)(z, classes, &tile_labels(first), out),
         _ => false,

@@ -1070,8 +1070,13 @@ pub(super) fn test_stored_tiers() -> Vec<simd::tests::StoredTier> {
     use simd::tests::StoredTier;
     let mut v = vec![];
     if is_x86_feature_detected!("avx512f") {
-        let tile_stats = tile_stats_avx512;
-        v.push(StoredTier { name: "avx512", k: &AVX512_F32, tile_stats, f16: Some(&AVX512_F16), bf16: &AVX512_BF16 });
+        v.push(StoredTier {
+            name: "avx512",
+            k: &AVX512_F32,
+            tile_stats: tile_stats_avx512,
+            f16: Some(&AVX512_F16),
+            bf16: &AVX512_BF16,
+        });
     }
     if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
         let f16 = is_x86_feature_detected!("f16c").then_some(&AVX2_F16);
