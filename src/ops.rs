@@ -876,9 +876,9 @@ fn zeroed_output<T: Element>(len: usize) -> Vec<T> {
 /// pairwise sum adds a rounding per level: 4.08 ulp measured on 193 float64 losses of ~1.5
 /// ulp each), and the same bits whatever the thread count. Eight sums in turn, so that the
 /// additions do not wait on each other. (An empty sum is +0.)
-fn sum_f64(xs: &[f64]) -> f64 {
+fn sum_f64(xs: impl Iterator<Item = f64>) -> f64 {
     let mut lanes = [CompensatedSum::<f64>::default(); 8];
-    for (i, &x) in xs.iter().enumerate() {
+    for (i, x) in xs.enumerate() {
         lanes[i % 8].add(x);
     }
     let mut total = CompensatedSum::default();
@@ -952,7 +952,7 @@ fn for_rows_into<T, Fun>(
 /// Writes per-row losses (row order) into `out`, reduced as asked; `divisor` is the `Mean`
 /// denominator. `out` has the shape of [`loss_shape`].
 fn write_losses<T: Element>(losses: Vec<T::Compute>, out: &mut ArrayViewMutD<T>, reduction: Reduction, divisor: f64) {
-    let total = || sum_f64(&losses.iter().map(|x| x.to_f64()).collect::<Vec<_>>());
+    let total = || sum_f64(losses.iter().map(|x| x.to_f64()));
     let scalar = |x: f64| T::narrow(T::Compute::from_f64(x));
     match reduction {
         Reduction::None => match out.as_slice_mut() {
@@ -1174,6 +1174,7 @@ fn sparse_run<T: Element, L: Label>(
     let divisor: f64 = match (&weight, options.reduction) {
         (_, Reduction::None) => 1.0, // (no divisor, and the gradient takes none)
         (Some(w), _) => (0..rows).map(|r| indices.get(r)).filter(|&y| y != IGNORED).map(|y| w[y].to_f64()).sum(),
+        (None, _) if options.ignore_index.is_none() => rows as f64,
         (None, _) => (0..rows).filter(|&r| indices.get(r) != IGNORED).count() as f64,
     };
     let scale = gradient_scale::<T::Compute>(options.reduction, divisor);
