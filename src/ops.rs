@@ -1182,10 +1182,11 @@ fn sparse_run<T: Element, L: Label>(
     let k = T::Compute::kernels();
     let (view, sink) = io.rows(&logits_shape, axis)?;
     let stream = sink.as_ref().is_some_and(|s| s.stream);
-    // Without options or a gradient, a tile's losses come straight from its statistics where
+    // Without smoothing or a gradient, a tile's losses come straight from its statistics where
     // every counted row is plain (a row with NaN or inf, or one so confident that its
-    // statistics need refining, is left to the row function with the rest of its tile).
-    let plain = sink.is_none() && weight.is_none() && options.label_smoothing == 0.0;
+    // statistics need refining, is left to the row function with the rest of its tile),
+    // times the label's class weight as `rows::sparse` takes it (0 where that is 0).
+    let from_stats = sink.is_none() && options.label_smoothing == 0.0;
     let tile_labels = |first: usize| {
         let mut labels = [0; LANES];
         for (i, l) in labels.iter_mut().enumerate() {
@@ -1193,14 +1194,29 @@ fn sparse_run<T: Element, L: Label>(
         }
         labels
     };
+    // The losses of a tile whose rows were all plain (`tiled`), times their class weights.
+    let weighed = |labels: &[usize; LANES], tiled: bool, out: &mut [T::Compute]| {
+        if let (true, Some(w)) = (tiled, weight.as_deref()) {
+            for (o, &label) in out.iter_mut().zip(labels).filter(|&(_, &label)| label < classes) {
+                *o = if w[label] == T::Compute::zero() { T::Compute::zero() } else { w[label] * *o };
+            }
+        }
+        tiled
+    };
     let tile_losses = |first: usize, tile: &[T::Compute], _: Option<&[_]>, out: &mut [T::Compute]| {
-        T::Compute::tile_sparse_losses(tile, classes, &tile_labels(first), out)
+        let labels = tile_labels(first);
+        let tiled = T::Compute::tile_sparse_losses(tile, classes, &labels, out);
+        weighed(&labels, tiled, out)
     };
     // Half-type rows read as stored, where the tier can and they would be read in place if
     // they were float32 (see `IN_PLACE_TILE_MAX`): no widened copy of the tile.
-    let stored = view.stored.filter(|_| plain && classes <= IN_PLACE_TILE_MAX);
+    let stored = view.stored.filter(|_| from_stats && classes <= IN_PLACE_TILE_MAX);
     let stored_tile = |first: usize, out: &mut [T::Compute]| match (stored, view.stored_rows(first, LANES)) {
-        (Some(k), Some(z)) => (k.tile_sparse_losses)(z, classes, &tile_labels(first), out),
+        (Some(k), Some(z)) => {
+            let labels = tile_labels(first);
+            let tiled = (k.tile_sparse_losses)(z, classes, &labels, out);
+            weighed(&labels, tiled, out)
+        }
         _ => false,
     };
     let row = |r,
@@ -1219,7 +1235,7 @@ fn sparse_run<T: Element, L: Label>(
         rows::sparse(k, z, stats, label, &targets, out.map(|out| Grad { out, scale, stream, exps }))
     };
     fill_losses(&mut loss, rows, options.reduction, divisor, |losses| {
-        let tile = plain.then_some(&tile_losses as TileFn<_, _>);
+        let tile = from_stats.then_some(&tile_losses as TileFn<_, _>);
         let stored_tile = stored.is_some().then_some(&stored_tile as StoredTileFn<_>);
         for_rows_into(&view, sink.as_ref(), losses, row, Extras { tile, stored_tile, ..Extras::NONE })
     });

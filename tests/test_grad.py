@@ -98,6 +98,7 @@ SPARSE_CASES = [
     dict(reduction="mean", label_smoothing=0.2),
     dict(reduction="sum", weight=np.linspace(0.5, 2, 7)),
     dict(reduction="mean", ignore_index=2, weight=np.linspace(0.5, 2, 7)),
+    dict(weight=np.r_[0.0, np.linspace(0.5, 2, 6)]),  # (the tiles' losses times the weights)
 ]
 
 
@@ -119,12 +120,15 @@ def test_fused_loss_is_the_forward_loss_bit_for_bit(dtype, case):
     assert forward.tobytes() == fused.tobytes()
 
 
+@pytest.mark.parametrize("weighted", [False, True], ids=["plain", "weighted"])
 @pytest.mark.parametrize("classes", [10, 64, 65, 128])
-def test_tiles_of_rows_that_need_the_row_function(classes):
-    # Narrow rows go sixteen at a time, and a plain call takes a tile's losses straight from
-    # its statistics unless a row in it needs more (NaN, inf, a row of -inf, statistics to
-    # refine): the tile is then left to the row function. Ignored labels do not. Each kind of
-    # row, at several places in its tile, against the float64 reference and the fused loss.
+def test_tiles_of_rows_that_need_the_row_function(classes, weighted):
+    # Narrow rows go sixteen at a time, and a call without smoothing takes a tile's losses
+    # straight from its statistics (times the label's weight) unless a row in it needs more
+    # (NaN, inf, a row of -inf, statistics to refine): the tile is then left to the row
+    # function. Ignored labels do not. Each kind of row, at several places in its tile,
+    # against the float64 reference and the fused loss. Weighted: a class of weight 0, the
+    # label of rows where its logit is -inf (a loss of 0, not NaN).
     rng = np.random.default_rng(classes)
     rows = 16 * 8 + 5
     z = rng.normal(0, 3, (rows, classes)).astype(np.float32)
@@ -145,14 +149,23 @@ def test_tiles_of_rows_that_need_the_row_function(classes):
         z[r, y[r]] = 0.0
     y[special["ignored"]] = -100
     z[97, 3] = np.nan  # (ignored: it needs nothing)
-    loss = fx.sparse_softmax_cross_entropy_with_logits(labels=y, logits=z, ignore_index=-100)
-    want, _ = ref_sparse(z, y, ignore_index=-100)
+    kw: dict = dict(ignore_index=-100)
+    if weighted:
+        kw["weight"] = rng.uniform(0.5, 2.0, classes).astype(np.float32)
+        kw["weight"][2] = 0.0
+        weightless = [81, 86, 95, 130]  # (three in a tile of otherwise plain rows)
+        y[weightless] = 2
+        z[weightless, 2] = -np.inf
+    loss = fx.sparse_softmax_cross_entropy_with_logits(labels=y, logits=z, **kw)
+    want, _ = ref_sparse(z, y, **kw)
     assert_close(loss, want, np.float32)
     assert 0 < loss[special["confident"]].min() and np.all(loss[special["ignored"]] == 0)
-    fused, _ = fx.sparse_softmax_cross_entropy_with_logits_and_grad(labels=y, logits=z, ignore_index=-100)
+    if weighted:
+        assert np.all(loss[weightless] == 0)
+    fused, _ = fx.sparse_softmax_cross_entropy_with_logits_and_grad(labels=y, logits=z, **kw)
     assert loss.tobytes() == fused.tobytes()
     # The same rows not one after another (read through a copy of each tile).
-    strided = fx.sparse_softmax_cross_entropy_with_logits(labels=y, logits=np.asfortranarray(z), ignore_index=-100)
+    strided = fx.sparse_softmax_cross_entropy_with_logits(labels=y, logits=np.asfortranarray(z), **kw)
     assert loss.tobytes() == strided.tobytes()
 
 
