@@ -399,26 +399,13 @@ impl<F: Float> RowStats<F> {
     }
 }
 
-pub fn log_softmax<F: Float>(
-    _k: &RowKernels<F>,
-    z: &Row<F>,
-    s: &RowStats<F>,
-    _exps: Option<&[F]>,
-    out: &mut RowOut<F>,
-) {
+pub fn log_softmax<F: Float>(k: &RowKernels<F>, z: &Row<F>, s: &RowStats<F>, _exps: Option<&[F]>, out: &mut RowOut<F>) {
     if !s.is_regular() {
         return out.fill(F::nan());
     }
-    // In f64, rounded once: `x - max` exactly (with its rounding error added back) less the
-    // row's log-sum, which is not rounded to F first. f32 results are then within half an ulp
-    // plus the error of the row's sum.
+    // The row's log-sum is not rounded to F first (see `RowKernels::log_softmax`).
     let l = s.rest.ln_1p();
-    map(z, None, out, |_, zb, _, ob| {
-        for (o, &x) in ob.iter_mut().zip(zb) {
-            let (d, err) = crate::kernels::scalar::two_diff(x, s.max);
-            *o = F::from_f64((<F as Float>::to_f64(d) - l) + <F as Float>::to_f64(err));
-        }
-    });
+    map(z, None, out, |_, zb, _, ob| (k.log_softmax)(zb, s.max, l, ob));
 }
 
 /// `exps`: the row's `exp(z_j - max)`, where already computed.

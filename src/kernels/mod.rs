@@ -32,6 +32,10 @@ use crate::dispatch::Tier;
 /// - `scale(x, c, out)`: `out_j = x_j * c` (`out.len() == x.len()`); `scale_stream` as above.
 /// - `target_sums(t, z, max)`: `(Σ t_j, Σ_{t_j≠0} t_j (max - z_j))`, the two sums of a dense
 ///   target row (a zero target on a -inf logit counts 0); `t.len() == z.len()`.
+/// - `log_softmax(z, max, l, out)`: `out_j = (z_j - max) - l` (`l`, the row's `log1p` of its
+///   rest, in f64), within half an ulp and a rounding of a term below the result's ulp, for a
+///   row without NaN or +inf and a finite `max` not below any `z_j`; `-inf` where `z_j - max`
+///   is (`out.len() == z.len()`).
 ///
 /// `sum_exp`, `sum_exp_store`, `sum_exp_targets` and `exp_scaled` are only called on rows
 /// without NaN, with a finite `shift` not below any `z_j` (the row's maximum). `exp_scaled`
@@ -50,6 +54,7 @@ pub struct RowKernels<F> {
     pub scale: fn(&[F], F, &mut [F]),
     pub scale_stream: fn(&[F], F, &mut [F]),
     pub target_sums: TargetSums<F>,
+    pub log_softmax: fn(&[F], F, f64, &mut [F]),
 }
 
 /// Kernels over rows stored as `S` (a half type) with compute type `F`: the `max_argmax`,

@@ -300,6 +300,9 @@ macro_rules! tier {
             pub unsafe fn target_sums(t: &[$t], z: &[$t], max: $t) -> ($t, $t) {
                 simd::target_sums::<$vector>(t, z, max)
             }
+            pub unsafe fn log_softmax(z: &[$t], max: $t, l: f64, out: &mut [$t]) {
+                simd::log_softmax::<$vector>(z, max, l, out)
+            }
             #[cfg(test)]
             pub unsafe fn exp(x: &[$t], out: &mut [$t]) {
                 simd::exp_slice::<$vector>(x, out)
@@ -319,6 +322,7 @@ macro_rules! tier {
             scale: |x, c, o| unsafe { $module::scale(x, c, o) },
             scale_stream: |x, c, o| unsafe { $module::scale(x, c, o) },
             target_sums: |t, z, m| unsafe { $module::target_sums(t, z, m) },
+            log_softmax: |z, m, l, o| unsafe { $module::log_softmax(z, m, l, o) },
         };
     };
 }

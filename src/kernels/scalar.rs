@@ -103,6 +103,15 @@ pub fn target_sums<F: Float>(t: &[F], z: &[F], max: F) -> (F, F) {
     acc.iter().fold((F::zero(), F::zero()), |s, a| (s.0 + a.0, s.1 + a.1))
 }
 
+/// `log_softmax`: `x - max` exactly (its rounding error added back) less `l`, in f64, rounded
+/// once to `F` (f32: within half an ulp and the rounding of the f64 sum; f64: two roundings).
+pub fn log_softmax<F: Float>(z: &[F], max: F, l: f64, out: &mut [F]) {
+    for (o, &x) in out.iter_mut().zip(z) {
+        let (d, err) = two_diff(x, max);
+        *o = F::from_f64((d.to_f64() - l) + err.to_f64());
+    }
+}
+
 /// `a - b` and its exact rounding error (Knuth's branch-free TwoSum). Where an operand is
 /// not finite the error is NaN; it is replaced by 0, and `a - b` itself carries the NaN or inf.
 #[inline]
@@ -125,6 +134,7 @@ pub static F32: RowKernels<f32> = RowKernels {
     scale: scale::<f32>,
     scale_stream: scale::<f32>,
     target_sums: target_sums::<f32>,
+    log_softmax: log_softmax::<f32>,
 };
 
 pub static F64: RowKernels<f64> = RowKernels {
@@ -138,4 +148,5 @@ pub static F64: RowKernels<f64> = RowKernels {
     scale: scale::<f64>,
     scale_stream: scale::<f64>,
     target_sums: target_sums::<f64>,
+    log_softmax: log_softmax::<f64>,
 };

@@ -712,6 +712,10 @@ macro_rules! tier {
             pub unsafe fn target_sums(t: &[$t], z: &[$t], max: $t) -> ($t, $t) {
                 simd::target_sums::<$vector>(t, z, max)
             }
+            #[target_feature(enable = $features)]
+            pub unsafe fn log_softmax(z: &[$t], max: $t, l: f64, out: &mut [$t]) {
+                simd::log_softmax::<$vector>(z, max, l, out)
+            }
             #[cfg(test)]
             #[target_feature(enable = $features)]
             pub unsafe fn exp(x: &[$t], out: &mut [$t]) {
@@ -733,6 +737,7 @@ macro_rules! tier {
             scale: |x, c, o| unsafe { $module::scale(x, c, o) },
             scale_stream: |x, c, o| unsafe { $module::scale_stream(x, c, o) },
             target_sums: |t, z, m| unsafe { $module::target_sums(t, z, m) },
+            log_softmax: |z, m, l, o| unsafe { $module::log_softmax(z, m, l, o) },
         };
     };
 }

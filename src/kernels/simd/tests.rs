@@ -213,6 +213,55 @@ fn f32_row_kernels_match_the_scalar_tier() {
     }
 }
 
+/// `log_softmax` within half an ulp and a hair of `(z_j - max) - l` (in f64: exact but for a
+/// rounding at 2^-53), f32, every tier and the scalar one, over the rows above the kernel is
+/// called on (no NaN, no +inf) and a row whose differences overflow (-inf), for `l` from 0
+/// to 50 and subnormal; the f64 tiers within an ulp of the scalar tier (which rounds twice).
+#[test]
+fn log_softmax_within_half_an_ulp() {
+    let ls = [0.0, 1e-40, 1e-9, 0.3, 1.0, 7.5, 50.0];
+    let mut f32_rows: Vec<Vec<f32>> = rows(3).iter().map(|r| r.iter().map(|&x| x as f32).collect()).collect();
+    f32_rows.push(vec![f32::MAX, -f32::MAX, f32::NEG_INFINITY, 0.0, -1.0e38]);
+    let tiers = tiers_f32().into_iter().map(|t| (t.name, t.k)).chain([("scalar", &scalar::F32)]);
+    for (name, k) in tiers {
+        for z in &f32_rows {
+            let Some(m) = z.iter().copied().reduce(f32::max).filter(|m| m.is_finite()) else { continue };
+            if z.iter().any(|x| x.is_nan()) {
+                continue;
+            }
+            for l in ls {
+                let mut out = vec![f32::NAN; z.len()];
+                (k.log_softmax)(z, m, l, &mut out);
+                for (i, (&x, &o)) in z.iter().zip(&out).enumerate() {
+                    let want = (x as f64 - m as f64) - l;
+                    let err = ulp_error32(o, want);
+                    assert!(
+                        err <= 0.5 + 1e-5,
+                        "{name} log_softmax[{i}] of {x} (max {m}, l {l}): {o} vs {want}, {err} ulp"
+                    );
+                }
+            }
+        }
+    }
+    let s = &scalar::F64;
+    for TestTier { name, k, .. } in tiers_f64() {
+        for z in rows(4) {
+            let Some(m) = z.iter().copied().reduce(f64::max).filter(|m| m.is_finite()) else { continue };
+            if z.iter().any(|x| x.is_nan()) {
+                continue;
+            }
+            for l in ls {
+                let (mut out, mut want) = (vec![f64::NAN; z.len()], vec![f64::NAN; z.len()]);
+                (k.log_softmax)(&z, m, l, &mut out);
+                (s.log_softmax)(&z, m, l, &mut want);
+                for i in 0..z.len() {
+                    assert!(ulps64(out[i], want[i]) <= 1, "{name} log_softmax[{i}] {} vs {}", out[i], want[i]);
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn f64_row_kernels_match_the_scalar_tier() {
     let s = &scalar::F64;
