@@ -120,9 +120,10 @@ def test_fused_loss_is_the_forward_loss_bit_for_bit(dtype, case):
     assert forward.tobytes() == fused.tobytes()
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=str)
 @pytest.mark.parametrize("weighted", [False, True], ids=["plain", "weighted"])
 @pytest.mark.parametrize("classes", [10, 64, 65, 128])
-def test_tiles_of_rows_that_need_the_row_function(classes, weighted):
+def test_tiles_of_rows_that_need_the_row_function(classes, weighted, dtype):
     # Narrow rows go sixteen at a time, and a call without smoothing takes a tile's losses
     # straight from its statistics (times the label's weight) unless a row in it needs more
     # (NaN, inf, a row of -inf, statistics to refine): the tile is then left to the row
@@ -131,7 +132,7 @@ def test_tiles_of_rows_that_need_the_row_function(classes, weighted):
     # label of rows where its logit is -inf (a loss of 0, not NaN).
     rng = np.random.default_rng(classes)
     rows = 16 * 8 + 5
-    z = rng.normal(0, 3, (rows, classes)).astype(np.float32)
+    z = rng.normal(0, 3, (rows, classes)).astype(dtype)
     y = rng.integers(0, classes, rows)
     special = {
         "nan": [3, 16, 47],
@@ -151,14 +152,14 @@ def test_tiles_of_rows_that_need_the_row_function(classes, weighted):
     z[97, 3] = np.nan  # (ignored: it needs nothing)
     kw: dict = dict(ignore_index=-100)
     if weighted:
-        kw["weight"] = rng.uniform(0.5, 2.0, classes).astype(np.float32)
+        kw["weight"] = rng.uniform(0.5, 2.0, classes).astype(dtype)
         kw["weight"][2] = 0.0
         weightless = [81, 86, 95, 130]  # (three in a tile of otherwise plain rows)
         y[weightless] = 2
         z[weightless, 2] = -np.inf
     loss = fx.sparse_softmax_cross_entropy_with_logits(labels=y, logits=z, **kw)
     want, _ = ref_sparse(z, y, **kw)
-    assert_close(loss, want, np.float32)
+    assert_close(loss, want, dtype)
     assert 0 < loss[special["confident"]].min() and np.all(loss[special["ignored"]] == 0)
     if weighted:
         assert np.all(loss[weightless] == 0)
@@ -169,7 +170,7 @@ def test_tiles_of_rows_that_need_the_row_function(classes, weighted):
     assert loss.tobytes() == strided.tobytes()
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float16, ml_dtypes.bfloat16], ids=str)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, ml_dtypes.bfloat16], ids=str)
 @pytest.mark.parametrize("classes", [3, 10, 16, 17])
 def test_dense_tiles_of_rows_that_need_the_row_function(classes, dtype):
     # Narrow dense rows with plain labels take their target sums from a tile's statistics, and

@@ -309,15 +309,31 @@ pub trait Float:
     /// after another in `z` (only called when `tiles(classes)`), 0 where a label is not below
     /// `classes` (an ignored row). False, with `out` unspecified, where a counted row's
     /// statistics are not plain (see `RowStats::is_plain`): it needs the row function.
-    fn tile_sparse_losses(_z: &[Self], _classes: usize, _labels: &[usize; lanes::LANES], _out: &mut [Self]) -> bool {
-        unreachable!("no tiled path for this type")
+    fn tile_sparse_losses(z: &[Self], classes: usize, labels: &[usize; lanes::LANES], out: &mut [Self]) -> bool {
+        let mut stats = [crate::rows::RowStats::default(); lanes::LANES];
+        Self::tile_stats(z, classes, &mut stats, None, None);
+        let mut plain = true;
+        for (r, ((o, &label), s)) in out.iter_mut().zip(labels).zip(&stats).enumerate() {
+            let counted = label < classes;
+            plain &= !counted || s.is_plain();
+            *o = if counted { crate::rows::sparse_plain(z[r * classes + label], s) } else { Self::zero() };
+        }
+        plain
     }
     /// The dense losses ([`crate::rows::dense_plain`]) of the `lanes::LANES` rows stored one
     /// after another in `z` against their `targets` (stored as `z`; only called when
     /// `tiles(classes)`). False, with `out` unspecified, where a regular row's statistics are
     /// not plain (see `RowStats::is_plain`): it needs the row function.
-    fn tile_dense_losses(_z: &[Self], _classes: usize, _targets: &[Self], _out: &mut [Self]) -> bool {
-        unreachable!("no tiled path for this type")
+    fn tile_dense_losses(z: &[Self], classes: usize, targets: &[Self], out: &mut [Self]) -> bool {
+        let mut stats = [crate::rows::RowStats::default(); lanes::LANES];
+        Self::tile_stats(z, classes, &mut stats, None, Some(targets));
+        let mut plain = true;
+        for ((o, y), s) in out.iter_mut().zip(targets.chunks_exact(classes)).zip(&stats) {
+            plain &= !s.is_regular() || s.is_plain();
+            let sums = s.target_sums.expect("the tile's target sums");
+            *o = crate::rows::dense_plain(s, sums, y[s.argmax]);
+        }
+        plain
     }
 }
 
@@ -406,6 +422,20 @@ impl Float for f64 {
     }
     fn kernels() -> &'static RowKernels<f64> {
         crate::dispatch::kernels_f64()
+    }
+    #[cfg(target_arch = "x86_64")]
+    fn tiles(classes: usize) -> bool {
+        lanes::tiles_f64(classes)
+    }
+    #[cfg(target_arch = "x86_64")]
+    fn tile_stats(
+        z: &[f64],
+        classes: usize,
+        out: &mut [crate::rows::RowStats<f64>],
+        exps: Option<&mut [f64]>,
+        targets: Option<&[f64]>,
+    ) {
+        lanes::tile_stats_f64(z, classes, out, exps, targets)
     }
 }
 

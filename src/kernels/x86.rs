@@ -660,6 +660,37 @@ pub(super) unsafe fn tile_stats_avx2(
     super::lanes::tile_stats_on::<__m256, Plain, 2>(z, classes, out, exps, targets)
 }
 
+/// `simd::tile_lanes` over float64 rows, AVX-512 (two vectors to a tile of 16).
+///
+/// # Safety
+/// The CPU has AVX-512F; `z` (and the targets) hold `LANES` rows of `classes` (1 ..=
+/// `MAX_CLASSES`) elements; `exps`, at least `classes` columns.
+#[target_feature(enable = "avx512f,avx2,fma")]
+pub(super) unsafe fn tile_lanes_f64_avx512(
+    z: &[f64],
+    classes: usize,
+    out: &mut [[f64; LANES]; 4],
+    exps: Option<&mut [[f64; LANES]]>,
+    targets: Option<simd::TargetsAndSums<f64>>,
+) {
+    simd::tile_lanes::<__m512d, Plain, 2>(z.as_ptr(), classes, out, exps, targets)
+}
+
+/// The same on AVX2 (four vectors to a tile).
+///
+/// # Safety
+/// As [`tile_lanes_f64_avx512`], on a CPU with AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn tile_lanes_f64_avx2(
+    z: &[f64],
+    classes: usize,
+    out: &mut [[f64; LANES]; 4],
+    exps: Option<&mut [[f64; LANES]]>,
+    targets: Option<simd::TargetsAndSums<f64>>,
+) {
+    simd::tile_lanes::<__m256d, Plain, 4>(z.as_ptr(), classes, out, exps, targets)
+}
+
 // ---- The tables ----
 
 macro_rules! tier {
