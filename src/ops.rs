@@ -652,11 +652,49 @@ type StoredTileFn<'a, R> = &'a (dyn Fn(usize, &mut [R]) -> bool + Sync);
 /// ask.
 type RowAhead<'a> = &'a (dyn Fn(usize) -> Ahead<'a> + Sync);
 
-/// A dense call's rows of targets, read a tile at a time (see [`RowView::tile`]), or a row
-/// where it lies in memory in the compute type.
+/// A call's rows of targets, whose sums the statistics take (see `RowStats::target_sums`): a
+/// tile at a time (see [`RowView::tile`]), or a row where it lies in memory in the compute
+/// type (`None`: the row function takes its sums itself).
 trait TargetRows<F>: Sync {
     fn tile<'s>(&'s self, first: usize, scratch: &'s mut Vec<F>, in_place: bool) -> &'s [F];
     fn row(&self, r: usize) -> Option<&[F]>;
+}
+
+/// The targets of a dense call with class weights or smoothing, a tile at a time: its labels'
+/// tile mapped by [`Targets`] (a row at a time, `rows::dense` maps and sums them itself).
+struct MappedTargets<'a, 'v, T: Element> {
+    labels: &'a RowView<'v, T>,
+    targets: &'a Targets<'a, T::Compute>,
+}
+
+impl<T: Element> TargetRows<T::Compute> for MappedTargets<'_, '_, T> {
+    fn tile<'s>(&'s self, first: usize, scratch: &'s mut Vec<T::Compute>, _: bool) -> &'s [T::Compute] {
+        let classes = self.labels.layout.classes;
+        scratch.resize(LANES * classes, T::Compute::zero());
+        self.labels.widen_rows(first, scratch);
+        scratch.chunks_exact_mut(classes).for_each(|row| self.targets.map_labels(row));
+        scratch
+    }
+
+    fn row(&self, _: usize) -> Option<&[T::Compute]> {
+        None
+    }
+}
+
+/// The targets of a sparse call's smoothing, the same for every row: its class weights (ones
+/// without), whose gap (see `rows::sparse`) a tile's statistics then take with the rest.
+struct RepeatedTargets<F> {
+    tile: Vec<F>,
+}
+
+impl<F: Float> TargetRows<F> for RepeatedTargets<F> {
+    fn tile<'s>(&'s self, _: usize, _: &'s mut Vec<F>, _: bool) -> &'s [F] {
+        &self.tile
+    }
+
+    fn row(&self, _: usize) -> Option<&[F]> {
+        None
+    }
 }
 
 impl<T: Element> TargetRows<T::Compute> for RowView<'_, T> {
@@ -678,10 +716,10 @@ struct Extras<'a, F, R> {
     stored_tile: Option<StoredTileFn<'a, R>>,
     /// What the row function reads besides the logits.
     ahead: RowAhead<'a>,
-    /// The rows of dense targets (the labels, where no weight nor smoothing makes them
-    /// differ), whose sums the statistics then take (see `RowStats::target_sums`): a tile's
-    /// (rows of up to `TILE_TARGETS_MAX`), or a row's where its targets lie in memory in the
-    /// compute type (rows shorter than `rows::SPLIT_MIN`).
+    /// The rows of targets (a dense call's labels, mapped where weights or smoothing make them
+    /// differ; a sparse call's smoothing targets), whose sums the statistics then take (see
+    /// `RowStats::target_sums`): a tile's (rows of up to `TILE_TARGETS_MAX`), or a row's where
+    /// its targets lie in memory in the compute type (rows shorter than `rows::SPLIT_MIN`).
     targets: Option<&'a dyn TargetRows<F>>,
 }
 
@@ -1234,10 +1272,14 @@ fn sparse_run<T: Element, L: Label>(
         }
         rows::sparse(k, z, stats, label, &targets, out.map(|out| Grad { out, scale, stream, exps }))
     };
+    // With smoothing, the tiles' statistics take each row's gap with the rest.
+    let smoothed = (options.label_smoothing != 0.0 && T::Compute::tiles(classes) && classes <= TILE_TARGETS_MAX)
+        .then(|| RepeatedTargets { tile: (0..LANES).flat_map(|_| (0..classes).map(|j| targets.weight(j))).collect() });
     fill_losses(&mut loss, rows, options.reduction, divisor, |losses| {
         let tile = from_stats.then_some(&tile_losses as TileFn<_, _>);
         let stored_tile = stored.is_some().then_some(&stored_tile as StoredTileFn<_>);
-        for_rows_into(&view, sink.as_ref(), losses, row, Extras { tile, stored_tile, ..Extras::NONE })
+        let targets = smoothed.as_ref().map(|t| t as &dyn TargetRows<_>);
+        for_rows_into(&view, sink.as_ref(), losses, row, Extras { tile, stored_tile, targets, ..Extras::NONE })
     });
     Ok(fresh)
 }
@@ -1285,17 +1327,17 @@ fn dense_run<T: Element, Y: Element<Compute = T::Compute>>(
             rows::dense(k, z, stats, &y, &targets, &mut s.targets, grad)
         };
         let labels_ahead = |r| y_rows.stored_rows(r, 1).map_or(Ahead::NONE, |y| Ahead::NONE.and(y));
-        // Plain targets are the labels: a tile's statistics take their sums, and without
-        // outputs its losses come straight from them where every regular row is plain (the
-        // fused loss takes the same sums: the same bits).
+        // A tile's statistics take the sums of its targets (its labels where they are plain,
+        // else the labels mapped), and without outputs its losses come straight from them
+        // where every regular row is plain (the fused loss takes the same sums: the same bits).
         let tile_losses = |_, tile: &[_], targets: Option<&[_]>, out: &mut [_]| {
-            T::Compute::tile_dense_losses(tile, classes, targets.expect("a plain tile's targets"), out)
+            T::Compute::tile_dense_losses(tile, classes, targets.expect("a tile's targets"), out)
         };
-        let plain = targets.plain();
+        let mapped = MappedTargets { labels: &y_rows, targets: &targets };
         let extras = Extras {
-            tile: (plain && classes <= TILE_TARGETS_MAX).then_some(&tile_losses as TileFn<_, _>),
+            tile: (classes <= TILE_TARGETS_MAX).then_some(&tile_losses as TileFn<_, _>),
             ahead: &labels_ahead,
-            targets: plain.then_some(&y_rows as &dyn TargetRows<_>),
+            targets: Some(if targets.plain() { &y_rows as &dyn TargetRows<_> } else { &mapped }),
             ..Extras::NONE
         };
         for_rows_into(&z_rows, sink.as_ref(), losses, row, extras)

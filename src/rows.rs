@@ -277,10 +277,10 @@ pub struct RowStats<F> {
     pub rest: f64,
     /// `log1p(rest)`, so that `lse = max + log_rest`.
     pub log_rest: F,
-    /// A dense row's `(Σ_{j≠argmax} t_j, Σ_{t_j≠0} t_j (max - z_j))` of its targets `t` (the
-    /// labels, where no weight nor smoothing makes them differ), where taken with the
-    /// statistics (a tile's: see `kernels::lanes`; a row's: see `sum_exp`). Meaningful for
-    /// a regular row only.
+    /// `(Σ_{j≠argmax} t_j, Σ_{t_j≠0} t_j (max - z_j))` of the row's targets `t` (a dense
+    /// row's labels, mapped where weights or smoothing make them differ; a sparse row's
+    /// smoothing targets, its class weights), where taken with the statistics (a tile's: see
+    /// `kernels::lanes`; a row's: see `sum_exp`). Meaningful for a regular row only.
     pub target_sums: Option<(F, F)>,
 }
 
@@ -440,7 +440,7 @@ impl<'w, F: Float> Targets<'w, F> {
     }
 
     #[inline]
-    fn weight(&self, j: usize) -> F {
+    pub fn weight(&self, j: usize) -> F {
         self.weight.map_or(F::one(), |w| w[j])
     }
 
@@ -454,6 +454,13 @@ impl<'w, F: Float> Targets<'w, F> {
         let mut t = [F::zero()];
         self.dense_map(j, &[y], &mut t, |_, t| t);
         t[0]
+    }
+
+    /// A row of dense labels made its targets, in place.
+    pub fn map_labels(&self, row: &mut [F]) {
+        for (j, y) in row.iter_mut().enumerate() {
+            *y = self.dense(j, *y);
+        }
     }
 
     /// `out_i = f(out_i, t_i)` for the targets `t` of the dense labels `y` of classes
@@ -528,7 +535,9 @@ pub fn sparse<F: Float>(
         loss = a * ((s.max - z.get(label)) + l);
     }
     if b != F::zero() {
-        loss = loss + b * (weighted_gap(k, t, z, s.max) + t.weight_sum * l);
+        // (The gap came with the statistics where a tile's took it: see `ops::RepeatedTargets`.)
+        let gap = s.target_sums.map_or_else(|| weighted_gap(k, t, z, s.max), |(_, gap)| gap);
+        loss = loss + b * (gap + t.weight_sum * l);
     }
     if let Some(g) = grad {
         sparse_grad(k, z, s, label, t, (a, b), g);
@@ -685,8 +694,8 @@ pub fn dense<F: Float>(
         return F::nan();
     }
     let (others, gap) = match s.target_sums {
-        Some(sums) if t.plain() => sums,
-        _ => target_sums(k, t, y, z, s.max, s.argmax, scratch),
+        Some(sums) => sums,
+        None => target_sums(k, t, y, z, s.max, s.argmax, scratch),
     };
     let tk = t.dense(s.argmax, y.get(s.argmax));
     // An infinite (or NaN) target at the maximum makes the gradient NaN, as the loss (the

@@ -121,15 +121,16 @@ def test_fused_loss_is_the_forward_loss_bit_for_bit(dtype, case):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=str)
-@pytest.mark.parametrize("weighted", [False, True], ids=["plain", "weighted"])
+@pytest.mark.parametrize("options", ["plain", "weighted", "smoothed"])
 @pytest.mark.parametrize("classes", [10, 64, 65, 128])
-def test_tiles_of_rows_that_need_the_row_function(classes, weighted, dtype):
+def test_tiles_of_rows_that_need_the_row_function(classes, options, dtype):
     # Narrow rows go sixteen at a time, and a call without smoothing takes a tile's losses
     # straight from its statistics (times the label's weight) unless a row in it needs more
     # (NaN, inf, a row of -inf, statistics to refine): the tile is then left to the row
     # function. Ignored labels do not. Each kind of row, at several places in its tile,
     # against the float64 reference and the fused loss. Weighted: a class of weight 0, the
-    # label of rows where its logit is -inf (a loss of 0, not NaN).
+    # label of rows where its logit is -inf (a loss of 0, not NaN). Smoothed (and weighted):
+    # the tile's statistics take each row's weighted gap (rows of up to 16 classes).
     rng = np.random.default_rng(classes)
     rows = 16 * 8 + 5
     z = rng.normal(0, 3, (rows, classes)).astype(dtype)
@@ -151,7 +152,7 @@ def test_tiles_of_rows_that_need_the_row_function(classes, weighted, dtype):
     y[special["ignored"]] = -100
     z[97, 3] = np.nan  # (ignored: it needs nothing)
     kw: dict = dict(ignore_index=-100)
-    if weighted:
+    if options != "plain":
         kw["weight"] = rng.uniform(0.5, 2.0, classes).astype(dtype)
         kw["weight"][2] = 0.0
         weightless = [81, 86, 95, 130]  # (three in a tile of otherwise plain rows)
@@ -161,8 +162,14 @@ def test_tiles_of_rows_that_need_the_row_function(classes, weighted, dtype):
     want, _ = ref_sparse(z, y, **kw)
     assert_close(loss, want, dtype)
     assert 0 < loss[special["confident"]].min() and np.all(loss[special["ignored"]] == 0)
-    if weighted:
+    if options == "weighted":
         assert np.all(loss[weightless] == 0)
+    if options == "smoothed":
+        kw["label_smoothing"] = 0.1
+        loss = fx.sparse_softmax_cross_entropy_with_logits(labels=y, logits=z, **kw)
+        want, _ = ref_sparse(z, y, **kw)
+        assert_close(loss, want, dtype)
+        assert np.all(np.isfinite(loss[weightless]))
     fused, _ = fx.sparse_softmax_cross_entropy_with_logits_and_grad(labels=y, logits=z, **kw)
     assert loss.tobytes() == fused.tobytes()
     # The same rows not one after another (read through a copy of each tile).
@@ -171,13 +178,15 @@ def test_tiles_of_rows_that_need_the_row_function(classes, weighted, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, ml_dtypes.bfloat16], ids=str)
+@pytest.mark.parametrize("options", ["plain", "weighted"])
 @pytest.mark.parametrize("classes", [3, 10, 16, 17])
-def test_dense_tiles_of_rows_that_need_the_row_function(classes, dtype):
-    # Narrow dense rows with plain labels take their target sums from a tile's statistics, and
-    # a plain call its losses straight from them unless a regular row needs its statistics
-    # refined. Special rows at several places in their tiles (the last one partial), against
-    # float64, the fused loss bit for bit, and the Fortran-order layout's loss and gradient
-    # bit for bit (a copied tile).
+def test_dense_tiles_of_rows_that_need_the_row_function(classes, dtype, options):
+    # Narrow dense rows take the sums of their targets (the labels; with weights and
+    # smoothing, the labels mapped) from a tile's statistics, and a call without outputs its
+    # losses straight from them unless a regular row needs its statistics refined. Special
+    # rows at several places in their tiles (the last one partial), against float64, the
+    # fused loss bit for bit, and the Fortran-order layout's loss and gradient bit for bit (a
+    # copied tile).
     rng = np.random.default_rng(classes)
     rows = 16 * 8 + 5
     z = rng.normal(0, 3, (rows, classes))
@@ -196,15 +205,20 @@ def test_dense_tiles_of_rows_that_need_the_row_function(classes, dtype):
     infinite = [20, 131]  # an infinite label at the maximum: NaN loss and gradient, anywhere
     z[infinite, 0], p[infinite, 0] = 50.0, np.inf
     z, p = z.astype(dtype), p.astype(dtype)
-    loss = fx.softmax_cross_entropy_with_logits(labels=p, logits=z)
-    want, _ = ref_dense(z, p)
+    kw = {} if options == "plain" else dict(weight=rng.uniform(0.5, 2.0, classes), label_smoothing=0.1)
+    loss = fx.softmax_cross_entropy_with_logits(labels=p, logits=z, **kw)
+    want, _ = ref_dense(z, p, **kw)
     finite = np.setdiff1d(np.arange(rows), infinite)
     assert_close(loss[finite], want[finite], dtype)
-    assert np.isinf(loss[90]) and np.isfinite(loss[9]) and np.isnan(loss[[3, 17, 34, *infinite]]).all()
-    fused, grad = fx.softmax_cross_entropy_with_logits_and_grad(labels=p, logits=z)
+    # (Smoothing puts mass on every class: row 9's masked logit too.)
+    assert np.isinf(loss[90]) and np.isfinite(loss[9]) == (options == "plain")
+    assert np.isnan(loss[[3, 17, 34, *infinite]]).all()
+    fused, grad = fx.softmax_cross_entropy_with_logits_and_grad(labels=p, logits=z, **kw)
     assert loss.tobytes() == fused.tobytes()
     assert np.isnan(grad[infinite].astype(np.float32)).all()
-    fortran = fx.softmax_cross_entropy_with_logits_and_grad(labels=np.asfortranarray(p), logits=np.asfortranarray(z))
+    fortran = fx.softmax_cross_entropy_with_logits_and_grad(
+        labels=np.asfortranarray(p), logits=np.asfortranarray(z), **kw
+    )
     assert loss.tobytes() == fortran[0].tobytes() and grad.tobytes() == np.ascontiguousarray(fortran[1]).tobytes()
 
 
