@@ -310,10 +310,11 @@ pub fn tile_stats(
 
 /// The widest float64 row the tiled path takes; wider rows go one at a time. Float64 tiles
 /// are x86 only, so far (NEON's two-lane vectors would want eight to a tile). AVX-512 (Zen 4),
-/// 16M elements, two threads, fastest of 9, sparse forward / its gradient into `grad_out`,
-/// tiles against rows one at a time: 10 classes 24.6 / 46.4 ms against 135 / 158; 32: 36 / 65
-/// against 80 / 91; 64: 21 / 30 against 31 / 40; 96: 18 / 31 against 22 / 23 (the gradient
-/// slower); 128: the forward the same, the gradient slower.
+/// 10 to 16 million elements, two threads, sparse forward / its gradient into `grad_out`,
+/// tiles against rows one at a time (fastest of 15, the builds' calls interleaved): 10
+/// classes 17.4 / 29.3 ms against 93.2 / 100.1; 32: 22.0 / 35.7 against 52.7 / 58.1; 64: 22.0
+/// / 35.5 against 29.8 / 38.2. At 96 classes the gradient ran slower as tiles (31 against
+/// 23 ms, fastest of 9, one run of each build), at 128 too, the forward the same.
 #[cfg(target_arch = "x86_64")]
 pub const F64_MAX_CLASSES: usize = 64;
 
@@ -545,7 +546,7 @@ mod tests {
     }
 
     /// The float64 tiles of each x86 tier against the rows one at a time in f64: the maximum
-    /// and its first index, the exps within 2 ulp (1 at the maximum), the rest within 4 ulp,
+    /// and its first index, the exps within 2ε relatively (1 at the maximum), the rest within 4ε,
     /// the target sums; special rows as above, and a confident one (a rest of ~1e-304).
     #[cfg(target_arch = "x86_64")]
     #[test]
