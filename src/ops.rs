@@ -364,7 +364,7 @@ struct DriverScratch<F> {
     stats: Vec<RowStats<F>>,
     /// A tile's `exp(z_j - max)`, row by row, or a row's.
     exps: Vec<F>,
-    /// A tile's dense targets, row by row.
+    /// A tile's targets (see [`Extras`]), row by row.
     targets: Vec<F>,
 }
 
@@ -553,7 +553,7 @@ impl<T: Element> RowSink<'_, T> {
 /// fastxent was told to use, `set_num_threads`, or rayon's global one).
 const SEQUENTIAL_MAX: usize = 1 << 15;
 
-/// The widest dense rows whose tiles take the sums of their plain targets with their
+/// The widest rows whose tiles take the sums of their targets (see [`Extras`]) with their
 /// statistics (a row at a time, the `target_sums` kernel and its horizontal sums cost more
 /// than the rest of a narrow row). Dense, one thread, fastest of 15, builds alternated three
 /// times, float32 (float16 with float16 labels):
@@ -634,7 +634,7 @@ impl<F, R, G> RowFn<F, R> for G where
 }
 
 /// Takes a whole tile of narrow rows of a call without outputs: `(first row, the tile's rows
-/// one after another, their dense targets (see [`Extras`]), their results)`; returns false to
+/// one after another, their targets (see [`Extras`]), their results)`; returns false to
 /// leave the tile to the row function.
 type TileFn<'a, F, R> = &'a (dyn Fn(usize, &[F], Option<&[F]>, &mut [R]) -> bool + Sync);
 
@@ -774,7 +774,7 @@ fn for_rows_with<T, R, S, Fun>(
                 // outputs need one, they may be the logits).
                 let in_place = sink.is_none() && classes <= IN_PLACE_TILE_MAX;
                 let tile = view.tile(first, &mut d.tile, in_place);
-                // A dense row's targets, where the statistics take their sums (read where they
+                // The rows' targets, where the statistics take their sums (read where they
                 // are even for outputs: no output overlaps them).
                 let targets = (extras.targets)
                     .filter(|_| classes <= TILE_TARGETS_MAX)

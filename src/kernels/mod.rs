@@ -294,7 +294,7 @@ pub trait Float:
     }
     /// The statistics of `lanes::LANES` rows stored one after another in `z` (only called
     /// when `tiles(classes)`); with `exps` (of `z`'s length), also `exp(z_j - max)` of each
-    /// element of the rows with a finite maximum; with `targets` (dense targets for each row
+    /// element of the rows with a finite maximum; with `targets` (targets for each row
     /// of `z`, stored as `z`), also their sums (`RowStats::target_sums`).
     fn tile_stats(
         _z: &[Self],
