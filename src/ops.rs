@@ -1211,7 +1211,7 @@ fn sparse_run<T: Element, L: Label>(
     let rows = labels.len();
     let divisor: f64 = match (&weight, options.reduction) {
         (_, Reduction::None) => 1.0, // (no divisor, and the gradient takes none)
-        (Some(w), _) => (0..rows).map(|r| indices.get(r)).filter(|&y| y != IGNORED).map(|y| w[y].to_f64()).sum(),
+        (Some(w), _) => sum_f64((0..rows).map(|r| indices.get(r)).filter(|&y| y != IGNORED).map(|y| w[y].to_f64())),
         (None, _) if options.ignore_index.is_none() => rows as f64,
         (None, _) => (0..rows).filter(|&r| indices.get(r) != IGNORED).count() as f64,
     };
@@ -1233,7 +1233,7 @@ fn sparse_run<T: Element, L: Label>(
         labels
     };
     // The losses of a tile whose rows were all plain (`tiled`), times their class weights.
-    let weighed = |labels: &[usize; LANES], tiled: bool, out: &mut [T::Compute]| {
+    let times_weights = |labels: &[usize; LANES], tiled: bool, out: &mut [T::Compute]| {
         if let (true, Some(w)) = (tiled, weight.as_deref()) {
             for (o, &label) in out.iter_mut().zip(labels).filter(|&(_, &label)| label < classes) {
                 *o = if w[label] == T::Compute::zero() { T::Compute::zero() } else { w[label] * *o };
@@ -1244,7 +1244,7 @@ fn sparse_run<T: Element, L: Label>(
     let tile_losses = |first: usize, tile: &[T::Compute], _: Option<&[_]>, out: &mut [T::Compute]| {
         let labels = tile_labels(first);
         let tiled = T::Compute::tile_sparse_losses(tile, classes, &labels, out);
-        weighed(&labels, tiled, out)
+        times_weights(&labels, tiled, out)
     };
     // Half-type rows read as stored, where the tier can and they would be read in place if
     // they were float32 (see `IN_PLACE_TILE_MAX`): no widened copy of the tile.
@@ -1253,7 +1253,7 @@ fn sparse_run<T: Element, L: Label>(
         (Some(k), Some(z)) => {
             let labels = tile_labels(first);
             let tiled = (k.tile_sparse_losses)(z, classes, &labels, out);
-            weighed(&labels, tiled, out)
+            times_weights(&labels, tiled, out)
         }
         _ => false,
     };

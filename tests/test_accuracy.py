@@ -36,6 +36,7 @@ Results are also bit-identical whatever the number of threads (1, 2, 16).
 from __future__ import annotations
 
 import collections
+import fractions
 import functools
 
 import ml_dtypes
@@ -559,3 +560,17 @@ def test_smoothed_sparse_loss_where_the_gap_dominates(dtype):
             want = keep * (lse - zr[y[r]]) + uniform * mpmath.fsum(lse - x for x in zr)
             err = abs(mpmath.mpf(float(loss[r])) - want) / float(np.spacing(dtype(float(want))))
             assert err <= 4, f"row {r}: {loss[r]!r} against {mpmath.nstr(want, 20)}: {float(err):.2f} ulp"
+
+
+def test_weighted_mean_divides_by_the_exact_weight_sum():
+    # `reduction="mean"` with class weights divides by the sum of the counted rows' weights:
+    # summed with compensation, the float64 mean is within an ulp of the exact quotient of
+    # the per-row losses' sum by it (a plain sum of 1000 weights was 52 ulp off).
+    rng = np.random.default_rng(5)
+    z = rng.normal(0, 3, (1000, 2))
+    y = rng.integers(0, 2, 1000)
+    w = np.array([0.0, rng.uniform(0.5, 2)])
+    per_row = fx.sparse_softmax_cross_entropy_with_logits(labels=y, logits=z, weight=w)
+    mean = fx.sparse_softmax_cross_entropy_with_logits(labels=y, logits=z, weight=w, reduction="mean")
+    exact = sum(fractions.Fraction(float(x)) for x in per_row) / sum(fractions.Fraction(float(w[k])) for k in y)
+    assert abs(fractions.Fraction(float(mean)) - exact) <= fractions.Fraction(np.spacing(float(exact)))
