@@ -73,6 +73,12 @@ fn row_kernels<F: fastxent::kernels::Float>(c: &mut Criterion, name: &str) {
     group.bench_function("max_argmax", |b| b.iter(|| (k.max_argmax)(&z)));
     group.bench_function("sum_exp", |b| b.iter(|| (k.sum_exp)(&z, shift, NO_SKIP, Ahead::NONE)));
     group.bench_function("exp_scaled", |b| b.iter(|| (k.exp_scaled)(&z, shift, F::from_f64(0.5), &mut out)));
+    // A dense row's pass: the exps' sum and the targets' sums together.
+    let t = vec![F::from_f64(1.0 / z.len() as f64); z.len()];
+    group.bench_function("target_sums", |b| b.iter(|| (k.target_sums)(&t, &z, shift)));
+    group.bench_function("sum_exp_targets", |b| {
+        b.iter(|| (k.sum_exp_targets)(&z, shift, NO_SKIP, &t, None, Ahead::NONE))
+    });
     // The same elements in calls of 32 and 1000, each keeping one term out of its sum as a row's
     // statistics do (the maximum's): what a call costs beyond its elements.
     for len in [32, 1000] {

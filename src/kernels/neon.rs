@@ -124,10 +124,6 @@ unsafe impl Vector for float32x4_t {
         bits_u32(vcgtq_f32(a, b))
     }
     #[inline(always)]
-    unsafe fn hsum(v: Self) -> f32 {
-        vaddvq_f32(v)
-    }
-    #[inline(always)]
     unsafe fn hmax(v: Self) -> f32 {
         vmaxvq_f32(v)
     }
@@ -235,10 +231,6 @@ unsafe impl Vector for float64x2_t {
     #[inline(always)]
     unsafe fn gt_mask(a: Self, b: Self) -> u64 {
         bits_u64(vcgtq_f64(a, b))
-    }
-    #[inline(always)]
-    unsafe fn hsum(v: Self) -> f64 {
-        vaddvq_f64(v)
     }
     #[inline(always)]
     unsafe fn hmax(v: Self) -> f64 {

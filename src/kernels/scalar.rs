@@ -93,14 +93,17 @@ pub fn scale<F: Float>(x: &[F], scale: F, out: &mut [F]) {
     }
 }
 
+/// Compensated sums in f64 (as the SIMD tiers' are compensated: a plain running sum of L equal
+/// terms, as smoothed one-hot labels give, is up to L/2 ulp off).
 pub fn target_sums<F: Float>(t: &[F], z: &[F], max: F) -> (F, F) {
-    let mut acc = [(F::zero(), F::zero()); 8];
-    for (i, (&tj, &x)) in t.iter().zip(z).enumerate() {
-        let a = &mut acc[i % 8];
-        a.0 = a.0 + tj;
-        a.1 = a.1 + if tj != F::zero() { tj * (max - x) } else { F::zero() };
+    let (mut sum, mut gap) = (CompensatedSum::<f64>::default(), CompensatedSum::<f64>::default());
+    for (&tj, &x) in t.iter().zip(z) {
+        sum.add(tj.to_f64());
+        if tj != F::zero() {
+            gap.add((tj * (max - x)).to_f64());
+        }
     }
-    acc.iter().fold((F::zero(), F::zero()), |s, a| (s.0 + a.0, s.1 + a.1))
+    (F::from_f64(sum.value()), F::from_f64(gap.value()))
 }
 
 /// `log_softmax`: `x - max` exactly (its rounding error added back) less `l`, in f64, rounded

@@ -157,10 +157,6 @@ unsafe impl Vector for __m512 {
         _mm512_cmp_ps_mask::<_CMP_GT_OQ>(a, b) as u64
     }
     #[inline(always)]
-    unsafe fn hsum(v: Self) -> f32 {
-        _mm512_reduce_add_ps(v)
-    }
-    #[inline(always)]
     unsafe fn hmax(v: Self) -> f32 {
         _mm512_reduce_max_ps(v)
     }
@@ -275,10 +271,6 @@ unsafe impl Vector for __m512d {
     #[inline(always)]
     unsafe fn gt_mask(a: Self, b: Self) -> u64 {
         _mm512_cmp_pd_mask::<_CMP_GT_OQ>(a, b) as u64
-    }
-    #[inline(always)]
-    unsafe fn hsum(v: Self) -> f64 {
-        _mm512_reduce_add_pd(v)
     }
     #[inline(always)]
     unsafe fn hmax(v: Self) -> f64 {
@@ -459,12 +451,6 @@ unsafe impl Vector for __m256 {
         _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(a, b)) as u32 as u64
     }
     #[inline(always)]
-    unsafe fn hsum(v: Self) -> f32 {
-        let x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-        let x = _mm_add_ps(x, _mm_movehl_ps(x, x));
-        _mm_cvtss_f32(_mm_add_ss(x, _mm_movehdup_ps(x)))
-    }
-    #[inline(always)]
     unsafe fn hmax(v: Self) -> f32 {
         let x = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
         let x = _mm_max_ps(x, _mm_movehl_ps(x, x));
@@ -605,11 +591,6 @@ unsafe impl Vector for __m256d {
     #[inline(always)]
     unsafe fn gt_mask(a: Self, b: Self) -> u64 {
         _mm256_movemask_pd(_mm256_cmp_pd::<_CMP_GT_OQ>(a, b)) as u32 as u64
-    }
-    #[inline(always)]
-    unsafe fn hsum(v: Self) -> f64 {
-        let x = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd::<1>(v));
-        _mm_cvtsd_f64(_mm_add_sd(x, _mm_unpackhi_pd(x, x)))
     }
     #[inline(always)]
     unsafe fn hmax(v: Self) -> f64 {
