@@ -93,8 +93,8 @@ pub fn scale<F: Float>(x: &[F], scale: F, out: &mut [F]) {
     }
 }
 
-/// Compensated sums in f64 (as the SIMD tiers' are compensated: a plain running sum of L equal
-/// terms, as smoothed one-hot labels give, is up to L/2 ulp off).
+/// Compensated sums in f64: a plain running sum of L equal terms, as smoothed one-hot labels
+/// give, is up to L/2 ulp off (the SIMD tiers add theirs in short chains of trees).
 pub fn target_sums<F: Float>(t: &[F], z: &[F], max: F) -> (F, F) {
     let (mut sum, mut gap) = (CompensatedSum::<f64>::default(), CompensatedSum::<f64>::default());
     for (&tj, &x) in t.iter().zip(z) {
