@@ -903,14 +903,7 @@ unsafe fn sum_exp_rest<V: Vector, L: Storage<V>, S: ShiftedExp<V>, const STORE: 
     if skip.wrapping_sub(i) < rest {
         without_lane(&mut e, skip - i);
     }
-    let mut width = U;
-    while width > 1 {
-        width /= 2;
-        for k in 0..width {
-            e[k] = V::add(e[k], e[k + width]);
-        }
-    }
-    e[0]
+    tree(e)
 }
 
 /// Sets lane `at` of `e` (counted across its vectors) to zero.
