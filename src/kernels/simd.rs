@@ -371,6 +371,22 @@ unsafe fn load_vectors<V: Vector, L: Storage<V>, const U: usize>(p: *const L::S)
     x
 }
 
+/// The `len` elements of `L` from `p` in `U` vectors (`len <= U · V::N`), the lanes past them
+/// `fill`.
+#[inline(always)]
+unsafe fn load_up_to<V: Vector, L: Storage<V>, const U: usize>(p: *const L::S, len: usize, fill: V::E) -> [V; U] {
+    let mut x = [splat::<V>(fill); U];
+    for (k, x) in x.iter_mut().enumerate() {
+        let at = k * V::N;
+        if at + V::N <= len {
+            *x = L::load(p.add(at));
+        } else if at < len {
+            *x = L::load_partial(p.add(at), len - at, fill);
+        }
+    }
+    x
+}
+
 /// A way of computing `exp(x - shift)` for one row's `shift`, a few vectors at a time: the
 /// steps of their exps interleaved, so that the out-of-order core overlaps their chains of
 /// ~20 dependent operations (one vector's chain after another ran 10% slower on Zen 3).
@@ -876,15 +892,7 @@ unsafe fn sum_exp_rest<V: Vector, L: Storage<V>, S: ShiftedExp<V>, const STORE: 
     out: *mut V::E,
 ) -> V {
     let (rest, p, w) = (z.len() - i, z.as_ptr().add(i), V::N);
-    let mut x = [splat::<V>(shift); U];
-    for (k, x) in x.iter_mut().enumerate() {
-        if (k + 1) * w <= rest {
-            *x = L::load(p.add(k * w));
-        } else if k * w < rest {
-            *x = L::load_partial(p.add(k * w), rest - k * w, shift);
-        }
-    }
-    let mut e = f.exps::<false, U>(x);
+    let mut e = f.exps::<false, U>(load_up_to::<V, L, U>(p, rest, shift));
     let ones = [V::E::one(); 16];
     for (k, e) in e.iter_mut().enumerate() {
         if (k + 1) * w <= rest {
@@ -1234,20 +1242,8 @@ impl<V: Vector> TargetSums<V> {
     /// nothing).
     #[inline(always)]
     unsafe fn add_rest<L: Storage<V>, const U: usize>(&mut self, t: *const V::E, z: *const L::S, i: usize, n: usize) {
-        let zero = splat::<V>(V::E::zero());
-        let (mut tv, mut zv) = ([zero; U], [zero; U]);
-        for k in 0..U {
-            let at = i + k * V::N;
-            if at + V::N <= n {
-                (tv[k], zv[k]) = (V::load(t.add(at)), L::load(z.add(at)));
-            } else if at < n {
-                (tv[k], zv[k]) = (
-                    V::load_partial(t.add(at), n - at, V::E::zero()),
-                    L::load_partial(z.add(at), n - at, V::E::zero()),
-                );
-            }
-        }
-        self.add::<U>(tv, zv);
+        let zero = V::E::zero();
+        self.add::<U>(load_up_to::<V, Plain, U>(t.add(i), n - i, zero), load_up_to::<V, L, U>(z.add(i), n - i, zero));
     }
 }
 
