@@ -594,7 +594,7 @@ unsafe fn poly<V: Vector, const U: usize>(r: [V; U]) -> [V; U] {
 /// Elements per block of [`max_argmax`]'s first pass: its second pass, for the first
 /// occurrence of the maximum, starts at the block that first reached it, not at the row's
 /// start (half a row again on average, from L2 for a long row).
-const MAX_BLOCK: usize = 2048;
+pub const MAX_BLOCK: usize = 2048;
 
 /// `(max, index of its first occurrence)`, or `(NaN, index of the first NaN)`. `z` is not
 /// empty.

@@ -11,6 +11,8 @@ use std::mem::MaybeUninit;
 
 use half::{bf16, f16};
 
+use crate::element::Element;
+
 use super::lanes::{Column, TileStats, LANES, MAX_CLASSES};
 use super::simd::{self, Bf16Bits, ExpConsts, F16Bits, Plain, Storage, Vector};
 use super::{Ahead, RowKernels, StoredKernels};
@@ -976,15 +978,110 @@ unsafe fn bf16_bits_256(v: __m256) -> __m128i {
     _mm256_castsi256_si128(packed)
 }
 
+// ---- The maximum of half-type rows, on their bits ----
+
+/// [`simd::max_argmax`] of float16 (`INF = 0x7c00`, the bits of +inf) or bfloat16 (`0x7f80`)
+/// elements, taken on their bits with 16-bit integer maxima, 16 elements an instruction (the
+/// float maximum widens each element first). Sign and magnitude order the bits: the largest
+/// non-negative element has the largest bits as signed integers, and where every element is
+/// negative the largest has the smallest bits as unsigned ones. A NaN's bits lie above +inf's
+/// (signed) or -inf's (unsigned).
+#[target_feature(enable = "avx2")]
+unsafe fn half_max_argmax<S: Element<Compute = f32>, const INF: u16>(z: &[S]) -> (f32, usize) {
+    debug_assert!(!z.is_empty(), "the maximum of an empty row");
+    assert_eq!(std::mem::size_of::<S>(), 2, "16-bit elements");
+    let of_bits = |b: u16| std::mem::transmute_copy::<u16, S>(&b).widen();
+    let (n, p) = (z.len(), z.as_ptr() as *const u16);
+    const W: usize = 16;
+    let mut nan = false;
+    // The maximum so far as bits, and the start of the first block that holds it.
+    let (mut best, mut best_bits, mut from) = (f32::NEG_INFINITY, INF | 0x8000, 0);
+    for start in (0..n).step_by(simd::MAX_BLOCK) {
+        let end = n.min(start + simd::MAX_BLOCK);
+        let (mut smax, mut umax, mut umin) =
+            ([_mm256_set1_epi16(i16::MIN); 2], _mm256_setzero_si256(), _mm256_set1_epi16(-1));
+        let mut i = start;
+        while i + 2 * W <= end {
+            let x0 = _mm256_loadu_si256(p.add(i) as *const __m256i);
+            let x1 = _mm256_loadu_si256(p.add(i + W) as *const __m256i);
+            smax[0] = _mm256_max_epi16(smax[0], x0);
+            smax[1] = _mm256_max_epi16(smax[1], x1);
+            umax = _mm256_max_epu16(umax, _mm256_max_epu16(x0, x1));
+            umin = _mm256_min_epu16(umin, _mm256_min_epu16(x0, x1));
+            i += 2 * W;
+        }
+        // The rest a vector at a time, the last one ending where the block does where it
+        // has one (elements seen twice change no maximum), else one at a time.
+        while i < end && end - start >= W {
+            let x = _mm256_loadu_si256(p.add(i.min(end - W)) as *const __m256i);
+            smax[0] = _mm256_max_epi16(smax[0], x);
+            umax = _mm256_max_epu16(umax, x);
+            umin = _mm256_min_epu16(umin, x);
+            i += W;
+        }
+        i = i.min(end);
+        let (mut s, mut hi, mut lo) =
+            (reduce_max_epi16(_mm256_max_epi16(smax[0], smax[1])), reduce_max_epu16(umax), reduce_min_epu16(umin));
+        for j in i..end {
+            let x = *p.add(j);
+            (s, hi, lo) = (s.max(x as i16), hi.max(x), lo.min(x));
+        }
+        nan |= s > INF as i16 || hi > (INF | 0x8000);
+        let bits = if s >= 0 { s as u16 } else { lo };
+        let m = of_bits(bits);
+        if m > best {
+            (best, best_bits, from) = (m, bits, start);
+        }
+    }
+    if nan {
+        let j = z.iter().position(|&x| x.widen().is_nan()).unwrap_or(0);
+        return (f32::NAN, j);
+    }
+    // The first occurrence, from the block that first reached it; a zero matches either sign.
+    let mask = if best == 0.0 { 0x7fff } else { 0xffff };
+    let (target, keep) = (_mm256_set1_epi16((best_bits & mask) as i16), _mm256_set1_epi16(mask as i16));
+    let mut i = from;
+    while i + W <= n {
+        let x = _mm256_and_si256(_mm256_loadu_si256(p.add(i) as *const __m256i), keep);
+        let hits = _mm256_movemask_epi8(_mm256_cmpeq_epi16(x, target)) as u32;
+        if hits != 0 {
+            let j = i + hits.trailing_zeros() as usize / 2;
+            return (z.get_unchecked(j).widen(), j);
+        }
+        i += W;
+    }
+    let j = (i..n).find(|&j| *p.add(j) & mask == best_bits & mask).unwrap_or(n - 1);
+    (z.get_unchecked(j).widen(), j)
+}
+
+/// The smallest of sixteen unsigned 16-bit lanes.
+#[inline(always)]
+unsafe fn reduce_min_epu16(v: __m256i) -> u16 {
+    let half = _mm_min_epu16(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    _mm_extract_epi16::<0>(_mm_minpos_epu16(half)) as u16
+}
+
+/// The largest of sixteen unsigned 16-bit lanes: the smallest of their complements.
+#[inline(always)]
+unsafe fn reduce_max_epu16(v: __m256i) -> u16 {
+    !reduce_min_epu16(_mm256_xor_si256(v, _mm256_set1_epi16(-1)))
+}
+
+/// The largest of sixteen signed 16-bit lanes: as unsigned, `x ^ 0x7fff` orders them in reverse.
+#[inline(always)]
+unsafe fn reduce_max_epi16(v: __m256i) -> i16 {
+    (reduce_min_epu16(_mm256_xor_si256(v, _mm256_set1_epi16(0x7fff))) ^ 0x7fff) as i16
+}
+
 macro_rules! stored_kernels {
-    ($table:ident, $module:ident, $vector:ty, $load:ty, $s:ty, $features:literal) => {
+    ($table:ident, $module:ident, $vector:ty, $load:ty, $s:ty, $inf:literal, $features:literal) => {
         /// Safety (every function): the CPU has the features.
         mod $module {
             use super::*;
 
             #[target_feature(enable = $features)]
             pub unsafe fn max_argmax(z: &[$s]) -> (f32, usize) {
-                simd::max_argmax::<$vector, $load>(z)
+                half_max_argmax::<$s, $inf>(z)
             }
             #[target_feature(enable = $features)]
             pub unsafe fn widen_max_argmax(z: &[$s], dst: &mut [f32]) -> (f32, usize) {
@@ -1061,10 +1158,10 @@ macro_rules! stored_kernels {
     };
 }
 
-stored_kernels!(AVX512_F16, avx512_f16, __m512, F16Bits, f16, "avx512f,avx2,fma");
-stored_kernels!(AVX512_BF16, avx512_bf16, __m512, Bf16Bits, bf16, "avx512f,avx2,fma");
-stored_kernels!(AVX2_F16, avx2_f16, __m256, F16Bits, f16, "avx2,fma,f16c");
-stored_kernels!(AVX2_BF16, avx2_bf16, __m256, Bf16Bits, bf16, "avx2,fma");
+stored_kernels!(AVX512_F16, avx512_f16, __m512, F16Bits, f16, 0x7c00, "avx512f,avx2,fma");
+stored_kernels!(AVX512_BF16, avx512_bf16, __m512, Bf16Bits, bf16, 0x7f80, "avx512f,avx2,fma");
+stored_kernels!(AVX2_F16, avx2_f16, __m256, F16Bits, f16, 0x7c00, "avx2,fma,f16c");
+stored_kernels!(AVX2_BF16, avx2_bf16, __m256, Bf16Bits, bf16, 0x7f80, "avx2,fma");
 
 /// The tiers this CPU runs, for the tests in `super::simd`.
 #[cfg(test)]

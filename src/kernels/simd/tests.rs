@@ -1019,6 +1019,76 @@ fn stored_half_kernels_match_the_f32_kernels_on_widened_rows() {
     }
 }
 
+/// The stored half kernels' maximum, taken on the bits, is the f32 kernel's on the widened
+/// rows: rows of random bits (NaNs of either sign, zeros of either sign, subnormals, infinities)
+/// of every length up to 70 and across blocks, rows of negative values only, of zeros only,
+/// and a larger value, a tie, a zero of the other sign or a NaN in a later block.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn stored_half_max_argmax_on_any_bits() {
+    fn check<S: Copy + std::fmt::Debug>(
+        name: &str,
+        k: &RowKernels<f32>,
+        s: &StoredKernels<S, f32>,
+        of_bits: impl Fn(u16) -> S,
+        to: impl Fn(S) -> f32,
+        bits_of: impl Fn(f32) -> u16,
+    ) {
+        let mut rng = Rng(17);
+        let mut rows: Vec<Vec<u16>> = vec![];
+        for n in (1..70).chain([1000, 2047, 2049, 4097]) {
+            // Few NaNs (a random half of either type is one about once in 32 or 128 draws).
+            let mut draw = |mask: u16, nans: f64| loop {
+                let b = rng.next() as u16 | mask;
+                if !to(of_bits(b)).is_nan() || rng.unit() < nans {
+                    break b;
+                }
+            };
+            for (mask, nans) in [(0, 0.0), (0, 0.3 / n as f64), (0x8000, 0.0), (0x8000, 0.3 / n as f64)] {
+                rows.push((0..n).map(|_| draw(mask, nans)).collect());
+            }
+            rows.push((0..n).map(|_| draw(0, 0.0) & 0x8000).collect());
+        }
+        let [two, three, zero, neg_zero, half, minus_one] = [2.0, 3.0, 0.0, -0.0, 0.5, -1.0].map(&bits_of);
+        let (nan, neg_nan) = (bits_of(f32::INFINITY) | 1, 0xffff);
+        assert!(to(of_bits(nan)).is_nan() && to(of_bits(neg_nan)).is_nan());
+        for n in [2049, 4097, 6200] {
+            for (p1, p2, v1, v2) in [
+                (5, 2051, two, two),
+                (2047, 2048, two, two),
+                (7, 4096, two, three),
+                (4095, 4096, three, two),
+                (30, 5000, neg_zero, zero),
+                (2100, 2200, zero, neg_zero),
+                (3, 4099, two, neg_nan),
+                (3, 2050, neg_zero, nan),
+            ] {
+                if p2 < n {
+                    let fill = if v1 & 0x7fff == 0 { minus_one } else { half };
+                    let mut z = vec![fill; n];
+                    (z[p1], z[p2]) = (v1, v2);
+                    rows.push(z);
+                }
+            }
+        }
+        for bits in rows {
+            let stored: Vec<S> = bits.iter().map(|&b| of_bits(b)).collect();
+            let wide: Vec<f32> = stored.iter().map(|&x| to(x)).collect();
+            let (m, j) = (s.max_argmax)(&stored);
+            let (want_m, want_j) = (k.max_argmax)(&wide);
+            let same = m.to_bits() == want_m.to_bits() || (m.is_nan() && want_m.is_nan());
+            assert!(same && j == want_j, "{name}: ({m}, {j}) against ({want_m}, {want_j}) on {bits:x?}");
+        }
+    }
+    for t in crate::kernels::x86::test_stored_tiers() {
+        let bf16_bits = |x| half::bf16::from_f32(x).to_bits();
+        check(t.name, t.k, t.bf16, half::bf16::from_bits, half::bf16::to_f32, bf16_bits);
+        if let Some(f16) = t.f16 {
+            check(t.name, t.k, f16, half::f16::from_bits, half::f16::to_f32, |x| half::f16::from_f32(x).to_bits());
+        }
+    }
+}
+
 /// A tile of half-type rows read as stored gives the sparse losses of the tier's f32 tile on the
 /// widened rows, bit for bit, and the same verdict on whether they are plain: for every width
 /// the tiles take, with NaN, +inf, rows of -inf, confident rows and ignored labels.
