@@ -2,7 +2,8 @@
 //!
 //! A row that memory already holds contiguously in the compute type is a plain slice. Any
 //! other row (a half type, a class stride, logits about to be overwritten) is widened into a
-//! buffer: whole when short (`crate::ops` decides), a block at a time when long; outputs are
+//! buffer: whole when short (`crate::ops` decides: it reads some rows of half types for their
+//! statistics alone as stored, as if long), a block at a time when long; outputs are
 //! rounded back a block at a time. So no long row is ever copied whole, and the scratch a
 //! thread holds is bounded whatever the input.
 

@@ -249,9 +249,9 @@ fn scaled_exp_row<F: Float>(
 
 /// The scaled exps of a whole row into an output stored in another type, by
 /// [`RowOut::stored_exp_scaled`] from a row widened already, by [`Reader::stored_exp_scaled`]
-/// from a stored one (only long ones are: in parts across threads, as [`map`]); false where
-/// there is no kernel for the stored types (the answer is the same for every part: then none
-/// was written). `stream`: stores past the caches.
+/// from a stored one (only long ones are, where a row has outputs: in parts across threads,
+/// as [`map`]); false where there is no kernel for the stored types (the answer is the same
+/// for every part: then none was written). `stream`: stores past the caches.
 fn stored_exp_scaled_row<F: Float>(z: &Row<F>, shift: F, scale: F, stream: bool, out: &mut RowOut<F>) -> bool {
     let len = z.len();
     match (z, &*out) {

@@ -980,22 +980,44 @@ unsafe fn bf16_bits_256(v: __m256) -> __m128i {
 
 // ---- The maximum of half-type rows, on their bits ----
 
-/// [`simd::max_argmax`] of float16 (`INF = 0x7c00`, the bits of +inf) or bfloat16 (`0x7f80`)
-/// elements, taken on their bits with 16-bit integer maxima, 16 elements an instruction (the
-/// float maximum widens each element first). Sign and magnitude order the bits: the largest
-/// non-negative element has the largest bits as signed integers, and where every element is
-/// negative the largest has the smallest bits as unsigned ones. A NaN's bits lie above +inf's
-/// (signed) or -inf's (unsigned).
+/// float16 and bfloat16, as the bits they are (both `#[repr(transparent)]` over a `u16`).
+trait HalfBits: Element<Compute = f32> {
+    /// The bits of +inf.
+    const INF: u16;
+    fn from_bits(bits: u16) -> Self;
+}
+
+impl HalfBits for f16 {
+    const INF: u16 = 0x7c00;
+    fn from_bits(bits: u16) -> Self {
+        f16::from_bits(bits)
+    }
+}
+
+impl HalfBits for bf16 {
+    const INF: u16 = 0x7f80;
+    fn from_bits(bits: u16) -> Self {
+        bf16::from_bits(bits)
+    }
+}
+
+/// [`simd::max_argmax`] of float16 or bfloat16 elements, taken on their bits with 16-bit
+/// integer maxima, 16 elements an instruction (the float maximum widens each element first;
+/// AVX2 instructions on the AVX-512 tier too, which does not ask for AVX-512BW). Sign and
+/// magnitude order the bits: the largest non-negative element has the largest bits as signed
+/// integers, and where every element is negative the largest has the smallest bits as
+/// unsigned ones. A NaN's bits lie above +inf's (signed) or -inf's (unsigned).
 #[target_feature(enable = "avx2")]
-unsafe fn half_max_argmax<S: Element<Compute = f32>, const INF: u16>(z: &[S]) -> (f32, usize) {
-    debug_assert!(!z.is_empty(), "the maximum of an empty row");
-    assert_eq!(std::mem::size_of::<S>(), 2, "16-bit elements");
-    let of_bits = |b: u16| std::mem::transmute_copy::<u16, S>(&b).widen();
+unsafe fn half_max_argmax<S: HalfBits>(z: &[S]) -> (f32, usize) {
+    assert!(!z.is_empty(), "the maximum of an empty row");
+    let inf = S::INF;
+    let of_bits = |b: u16| S::from_bits(b).widen();
+    // (The elements are their bits: `HalfBits`.)
     let (n, p) = (z.len(), z.as_ptr() as *const u16);
     const W: usize = 16;
     let mut nan = false;
     // The maximum so far as bits, and the start of the first block that holds it.
-    let (mut best, mut best_bits, mut from) = (f32::NEG_INFINITY, INF | 0x8000, 0);
+    let (mut best, mut best_bits, mut from) = (f32::NEG_INFINITY, inf | 0x8000, 0);
     for start in (0..n).step_by(simd::MAX_BLOCK) {
         let end = n.min(start + simd::MAX_BLOCK);
         let (mut smax, mut umax, mut umin) =
@@ -1026,7 +1048,7 @@ unsafe fn half_max_argmax<S: Element<Compute = f32>, const INF: u16>(z: &[S]) ->
             let x = *p.add(j);
             (s, hi, lo) = (s.max(x as i16), hi.max(x), lo.min(x));
         }
-        nan |= s > INF as i16 || hi > (INF | 0x8000);
+        nan |= s > inf as i16 || hi > (inf | 0x8000);
         let bits = if s >= 0 { s as u16 } else { lo };
         let m = of_bits(bits);
         if m > best {
@@ -1074,14 +1096,14 @@ unsafe fn reduce_max_epi16(v: __m256i) -> i16 {
 }
 
 macro_rules! stored_kernels {
-    ($table:ident, $module:ident, $vector:ty, $load:ty, $s:ty, $inf:literal, $features:literal) => {
+    ($table:ident, $module:ident, $vector:ty, $load:ty, $s:ty, $features:literal) => {
         /// Safety (every function): the CPU has the features.
         mod $module {
             use super::*;
 
             #[target_feature(enable = $features)]
             pub unsafe fn max_argmax(z: &[$s]) -> (f32, usize) {
-                half_max_argmax::<$s, $inf>(z)
+                half_max_argmax(z)
             }
             #[target_feature(enable = $features)]
             pub unsafe fn widen_max_argmax(z: &[$s], dst: &mut [f32]) -> (f32, usize) {
@@ -1158,10 +1180,10 @@ macro_rules! stored_kernels {
     };
 }
 
-stored_kernels!(AVX512_F16, avx512_f16, __m512, F16Bits, f16, 0x7c00, "avx512f,avx2,fma");
-stored_kernels!(AVX512_BF16, avx512_bf16, __m512, Bf16Bits, bf16, 0x7f80, "avx512f,avx2,fma");
-stored_kernels!(AVX2_F16, avx2_f16, __m256, F16Bits, f16, 0x7c00, "avx2,fma,f16c");
-stored_kernels!(AVX2_BF16, avx2_bf16, __m256, Bf16Bits, bf16, 0x7f80, "avx2,fma");
+stored_kernels!(AVX512_F16, avx512_f16, __m512, F16Bits, f16, "avx512f,avx2,fma");
+stored_kernels!(AVX512_BF16, avx512_bf16, __m512, Bf16Bits, bf16, "avx512f,avx2,fma");
+stored_kernels!(AVX2_F16, avx2_f16, __m256, F16Bits, f16, "avx2,fma,f16c");
+stored_kernels!(AVX2_BF16, avx2_bf16, __m256, Bf16Bits, bf16, "avx2,fma");
 
 /// The tiers this CPU runs, for the tests in `super::simd`.
 #[cfg(test)]

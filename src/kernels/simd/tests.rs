@@ -1020,9 +1020,11 @@ fn stored_half_kernels_match_the_f32_kernels_on_widened_rows() {
 }
 
 /// The stored half kernels' maximum, taken on the bits, is the f32 kernel's on the widened
-/// rows: rows of random bits (NaNs of either sign, zeros of either sign, subnormals, infinities)
-/// of every length up to 70 and across blocks, rows of negative values only, of zeros only,
-/// and a larger value, a tie, a zero of the other sign or a NaN in a later block.
+/// rows: every one-element row; rows of every length up to 140 and across blocks, of random
+/// bits without NaNs, and of random bits and special values (NaNs, infinities, zeros and the
+/// smallest subnormals, of either sign) mixed in at several rates; the same with the
+/// negative values only; rows of -inf; rows of zeros of either sign; and a larger value, a
+/// tie, a zero of the other sign or a NaN in a later block.
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn stored_half_max_argmax_on_any_bits() {
@@ -1034,24 +1036,32 @@ fn stored_half_max_argmax_on_any_bits() {
         to: impl Fn(S) -> f32,
         bits_of: impl Fn(f32) -> u16,
     ) {
+        let inf = bits_of(f32::INFINITY);
+        let special = [inf | 1, inf | 0x8001, inf | 0x7f, 0xffff, inf, inf | 0x8000, 0, 0x8000, 1, 0x8001];
         let mut rng = Rng(17);
-        let mut rows: Vec<Vec<u16>> = vec![];
-        for n in (1..70).chain([1000, 2047, 2049, 4097]) {
-            // Few NaNs (a random half of either type is one about once in 32 or 128 draws).
-            let mut draw = |mask: u16, nans: f64| loop {
-                let b = rng.next() as u16 | mask;
-                if !to(of_bits(b)).is_nan() || rng.unit() < nans {
+        let mut rows: Vec<Vec<u16>> = (0..=u16::MAX).map(|b| vec![b]).collect();
+        for n in (1..140).chain([1000, 2047, 2049, 4097]) {
+            // Random bits but NaNs, or with probability `rate` a special value.
+            let mut draw = |rate: f64| loop {
+                if rng.unit() < rate {
+                    break special[rng.below(special.len())];
+                }
+                let b = rng.next() as u16;
+                if !to(of_bits(b)).is_nan() {
                     break b;
                 }
             };
-            for (mask, nans) in [(0, 0.0), (0, 0.3 / n as f64), (0x8000, 0.0), (0x8000, 0.3 / n as f64)] {
-                rows.push((0..n).map(|_| draw(mask, nans)).collect());
+            for rate in [0.0, 1.0 / n as f64, 0.3, 1.0] {
+                let row: Vec<u16> = (0..n).map(|_| draw(rate)).collect();
+                rows.push(row.iter().map(|b| b | 0x8000).collect());
+                rows.push(row);
             }
-            rows.push((0..n).map(|_| draw(0, 0.0) & 0x8000).collect());
+            rows.push(vec![inf | 0x8000; n]);
+            rows.push((0..n).map(|_| rng.next() as u16 & 0x8000).collect());
         }
         let [two, three, zero, neg_zero, half, minus_one] = [2.0, 3.0, 0.0, -0.0, 0.5, -1.0].map(&bits_of);
-        let (nan, neg_nan) = (bits_of(f32::INFINITY) | 1, 0xffff);
-        assert!(to(of_bits(nan)).is_nan() && to(of_bits(neg_nan)).is_nan());
+        let (nan, neg_nan) = (inf | 1, 0xffff);
+        assert!(special[..4].iter().all(|&b| to(of_bits(b)).is_nan()) && to(of_bits(1)) > 0.0);
         for n in [2049, 4097, 6200] {
             for (p1, p2, v1, v2) in [
                 (5, 2051, two, two),
