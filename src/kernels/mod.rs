@@ -100,7 +100,7 @@ pub type TargetSums<F> = fn(&[F], &[F], F) -> (F, F);
 /// each block; with the next row where the maximum came with the widened row), so that
 /// memory works through both passes. (Asked for a block at a time before each kernel call
 /// instead, and the labels not at all, the float32 forward passes over 32768-class rows ran
-/// slower on an AVX2 machine: see the README, Performance. The labels asked for with the next
+/// slower on an AVX2 machine: see docs/performance.md. The labels asked for with the next
 /// row, while the exps are computed, dense float32 4096×32768 took 41.8-42.6 ms against
 /// 38.2-40.1, fastest of 9, on Zen 4; the gradient was no faster.)
 #[derive(Clone, Copy, Debug)]
