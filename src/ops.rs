@@ -158,15 +158,15 @@ type MaxAt<T> = (<T as Element>::Compute, usize);
 
 /// The narrowest half-type rows read for their statistics alone that are read as stored in
 /// both passes rather than widened whole ([`RowView::row_and_max`]): a maximum on the stored
-/// bits costs less than widening them, a row read as stored more per row. Sparse forward
-/// passes, float16 / bfloat16, medians of 15 interleaved calls, widened whole against read
-/// as stored (float32 alongside): 4096×32768 29.2 / 30.6 -> 26.5 / 28.2 ms and 26.1 / 26.2
-/// -> 24.1 / 23.8 (float32 27.4, 26.0), 65536×1000 22.5 / 22.9 -> 22.0 / 20.8 and 19.6 /
-/// 19.6 -> 19.0 / 17.1, 65536×768 18.0 / 18.1 -> 16.7 / 16.5; 65536×640 and 65536×512 no
-/// better (14.4 / 14.4 -> 15.1 / 13.8, 11.5 / 12.0 -> 13.3 / 11.5), 131072×256 5-8% slower.
-/// One threshold for both types, where both gained (bfloat16 alone gained from 640). (Rows
-/// that keep their exps ran 5-10% slower read as stored: their kept exps are widened block
-/// by block there.)
+/// bits costs less than widening them, but a row read a block at a time costs more calls per
+/// row, which narrow rows feel. Sparse forward passes, float16 / bfloat16, medians of 15
+/// interleaved calls, widened whole against read as stored (float32 alongside): 4096×32768
+/// 29.2 / 30.6 -> 26.5 / 28.2 ms and 26.1 / 26.2 -> 24.1 / 23.8 (float32 27.4, 26.0),
+/// 65536×1000 22.5 / 22.9 -> 22.0 / 20.8 and 19.6 / 19.6 -> 19.0 / 17.1, 65536×768 18.0 /
+/// 18.1 -> 16.7 / 16.5; 65536×640 and 65536×512 no better (14.4 / 14.4 -> 15.1 / 13.8, 11.5 /
+/// 12.0 -> 13.3 / 11.5), 131072×256 5-8% slower. One threshold for both types, where both
+/// gained (bfloat16 alone gained from 640). (Rows that keep their exps ran 5-10% slower read
+/// as stored: their kept exps are widened block by block there.)
 const STORED_STATS_MIN: usize = 768;
 
 /// The kernels over rows of `T` as stored (half types).
@@ -1303,14 +1303,8 @@ fn sparse_run<T: Element, L: Label>(
         let tile = from_stats.then_some(&tile_losses as TileFn<_, _>);
         let stored_tile = stored.is_some().then_some(&stored_tile as StoredTileFn<_>);
         let targets = smoothed.as_ref().map(|t| t as &dyn TargetRows<_>);
-        let stats_only = from_stats;
-        for_rows_into(
-            &view,
-            sink.as_ref(),
-            losses,
-            row,
-            Extras { tile, stored_tile, targets, stats_only, ..Extras::NONE },
-        )
+        let extras = Extras { tile, stored_tile, targets, stats_only: from_stats, ..Extras::NONE };
+        for_rows_into(&view, sink.as_ref(), losses, row, extras)
     });
     Ok(fresh)
 }

@@ -1012,7 +1012,7 @@ unsafe fn half_max_argmax<S: HalfBits>(z: &[S]) -> (f32, usize) {
     assert!(!z.is_empty(), "the maximum of an empty row");
     let inf = S::INF;
     let of_bits = |b: u16| S::from_bits(b).widen();
-    // (The elements are their bits: `HalfBits`.)
+    // Read as their bits (`HalfBits`: each is a `u16`).
     let (n, p) = (z.len(), z.as_ptr() as *const u16);
     const W: usize = 16;
     let mut nan = false;
