@@ -108,9 +108,8 @@ fn first_max<F: Float>(a: (F, usize), b: (F, usize)) -> (F, usize) {
     }
 }
 
-/// The maximum and the index of its first occurrence, or NaN if the row holds one; asking
-/// for `ahead` on the way, a block's share before each block (rows below `SPLIT_MIN`).
-fn max_argmax<F: Float>(k: &RowKernels<F>, z: &Row<F>, ahead: Ahead) -> (F, usize) {
+/// The maximum and the index of its first occurrence, or NaN if the row holds one.
+fn max_argmax<F: Float>(k: &RowKernels<F>, z: &Row<F>) -> (F, usize) {
     let of_range = |range: Range<usize>| {
         let (mut reader, piece) = (z.reader(), z.piece());
         if let Some((m, j)) = reader.stored_max_argmax(range.clone()) {
@@ -125,15 +124,7 @@ fn max_argmax<F: Float>(k: &RowKernels<F>, z: &Row<F>, ahead: Ahead) -> (F, usiz
     };
     let len = z.len();
     if len < SPLIT_MIN {
-        if ahead.is_empty() {
-            return of_range(0..len);
-        }
-        let ahead = ahead.along(len);
-        return (0..len).step_by(BLOCK).fold((F::neg_infinity(), usize::MAX), |best, from| {
-            let block = from..(from + BLOCK).min(len);
-            ahead.part(block.clone()).prefetch();
-            first_max(best, of_range(block))
-        });
+        return of_range(0..len);
     }
     (0..len.div_ceil(SPLIT_BLOCK))
         .into_par_iter()
@@ -286,13 +277,12 @@ pub struct RowStats<F> {
 
 impl<F: Float> RowStats<F> {
     pub fn of(k: &RowKernels<F>, z: &Row<F>) -> Self {
-        Self::of_before(k, z, None, (Ahead::NONE, Ahead::NONE), None, None)
+        Self::of_before(k, z, None, Ahead::NONE, None, None)
     }
 
     /// [`RowStats::of`], from the row's `max_argmax` where it was taken already (`known`),
-    /// asking on the way for what comes next from memory (see [`Ahead`]): `during_max`
-    /// while the maximum is taken, `during_sum` while the exps are summed (both then, where
-    /// the maximum is known).
+    /// asking for what comes next from memory (see [`Ahead`]) while the exps are summed: the
+    /// longer pass, over which the lines have time to come.
     /// With `exps` (as long as a row shorter than `SPLIT_MIN`), also `exp(z_j - max)` of each
     /// element, where the maximum is finite: the terms of the sum (the same statistics, bit for
     /// bit), which a softmax or a gradient then reuses instead of computing a second exp. With
@@ -301,7 +291,7 @@ impl<F: Float> RowStats<F> {
         k: &RowKernels<F>,
         z: &Row<F>,
         known: Option<(F, usize)>,
-        (during_max, during_sum): (Ahead, Ahead),
+        ahead: Ahead,
         exps: Option<&mut [F]>,
         targets: Option<&[F]>,
     ) -> Self {
@@ -314,10 +304,7 @@ impl<F: Float> RowStats<F> {
                 target_sums: None,
             };
         }
-        let ((max, argmax), ahead) = match known {
-            Some(known) => (known, during_max.with(during_sum)),
-            None => (max_argmax(k, z, during_max), during_sum),
-        };
+        let (max, argmax) = known.unwrap_or_else(|| max_argmax(k, z));
         let (rest, target_sums) =
             if max.is_finite() { sum_exp(k, z, max, argmax, ahead, exps, targets) } else { (f64::NAN, None) };
         RowStats { max, argmax, rest, log_rest: F::log1p_of(rest), target_sums }
@@ -717,34 +704,4 @@ pub fn dense<F: Float>(
         out.set(s.argmax, scale * (others - tk * F::from_f64(s.rest)) * inv);
     }
     loss
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn max_argmax_asking_ahead_is_max_argmax() {
-        // Asking for memory on the way takes the maximum a block at a time: the same answer,
-        // first occurrence and NaN included, wherever they fall among the blocks.
-        let k = f32::kernels();
-        let labels = vec![0f32; 5000];
-        let ahead = Ahead::NONE.and(&labels);
-        let len = 3 * BLOCK + 17;
-        let mut cases: Vec<Vec<f32>> = vec![vec![f32::NEG_INFINITY; len], vec![1.0; len]];
-        for (at, again) in [(0, 5), (BLOCK - 1, BLOCK), (BLOCK + 3, 3 * BLOCK + 16), (len - 1, len - 1)] {
-            let mut z: Vec<f32> = (0..len).map(|i| ((i * 37 % 101) as f32) * 0.01).collect();
-            z[at] = 7.0;
-            z[again] = 7.0;
-            cases.push(z.clone());
-            z[again] = f32::NAN;
-            cases.push(z);
-        }
-        for z in &cases {
-            let whole = (k.max_argmax)(z);
-            let (m, j) = max_argmax(k, &Row::Slice(z), ahead);
-            // (The index of a NaN maximum is unspecified.)
-            assert!(m.is_nan() && whole.0.is_nan() || (m, j) == whole, "{m} at {j}, want {whole:?}");
-        }
-    }
 }

@@ -94,15 +94,15 @@ pub type SumExpTargets<F> = fn(&[F], F, usize, &[F], Option<&mut [F]>, Ahead) ->
 pub type TargetSums<F> = fn(&[F], &[F], F) -> (F, F);
 
 /// Memory for a kernel to ask into L2 while it goes through its row, in step with it: when it
-/// is done with a share of its elements, it has asked for that share of each region. What the
-/// row function reads next from memory: the next row's logits, asked for while the exps are
-/// computed, and a dense row's own labels, while its maximum is taken (a block's share before
-/// each block; with the next row where the maximum came with the widened row), so that
-/// memory works through both passes. (Asked for a block at a time before each kernel call
-/// instead, and the labels not at all, the float32 forward passes over 32768-class rows ran
-/// slower on an AVX2 machine: see docs/performance.md. The labels asked for with the next
-/// row, while the exps are computed, dense float32 4096×32768 took 41.8-42.6 ms against
-/// 38.2-40.1, fastest of 9, on Zen 4; the gradient was no faster.)
+/// is done with a share of its elements, it has asked for that share of each region. Asked
+/// for while a row's exps are summed (the long pass: its maximum is taken from L2, too fast
+/// for the lines to come): the next row's logits, and a dense row's labels (the next row's
+/// where the pass sums them, the row's own where the row function reads them after). Asked
+/// for while the maximum was taken instead, the labels came late to the pass that sums them:
+/// dense float32 4096×32768 ran 20-30% slower on Zen 4 (38-49 ms against 32-38, medians,
+/// builds interleaved; one thread 72 against 49). Asked for a block at a time before each
+/// kernel call, and the labels not at all, the float32 forward passes over 32768-class rows
+/// ran slower on an AVX2 machine: see docs/performance.md.
 #[derive(Clone, Copy, Debug)]
 pub struct Ahead<'a> {
     regions: [&'a [u8]; 2],
@@ -119,11 +119,6 @@ const RATE_BITS: u32 = 16;
 impl<'a> Ahead<'a> {
     pub const NONE: Ahead<'static> =
         Ahead { regions: [&[], &[]], bytes_per_element: [0; 2], elements_per_line: [0; 2] };
-
-    /// Nothing to ask for.
-    pub fn is_empty(&self) -> bool {
-        self.regions.iter().all(|r| r.is_empty())
-    }
 
     /// These regions and `other`'s (two in all at most), before [`Ahead::along`].
     pub fn with(mut self, other: Ahead<'a>) -> Self {
