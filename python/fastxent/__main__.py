@@ -197,10 +197,15 @@ def _prepare(name: str) -> Callable[[Any], Any]:
     return lambda a: a
 
 
-def _median_time(fn: Callable[[], Any], repeat: int) -> float:
-    fn()  # warm up (and compile, for JAX)
-    times = []
-    for _ in range(repeat):
+def _median_time(fn: Callable[[], Any], repeat: int, min_time: float) -> float:
+    """The median of at least `repeat` calls and of at least `min_time` seconds of calls,
+    after a warm-up call (which compiles, for JAX). Short calls are timed hundreds of times:
+    the median of seven calls of a millisecond moves with the scheduling hiccups of a loaded
+    machine."""
+    fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < repeat or time.perf_counter() - start < min_time:
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
@@ -216,12 +221,18 @@ def _dtype(name: str) -> Any:
 
 
 def bench(
-    cases: list[tuple[str, int, int]], repeat: int, dtype: str, plot: str | None, reuse_grad: bool = False
+    cases: list[tuple[str, int, int]],
+    repeat: int,
+    dtype: str,
+    plot: str | None,
+    reuse_grad: bool = False,
+    min_time: float = 0.5,
 ) -> list[dict[str, Any]]:
     rng = np.random.default_rng(1)
     results = []
     reuse = ", fastxent's gradients into one reused grad_out" if reuse_grad else ""
-    print(f"\nmedian of {repeat} runs, {dtype}, SIMD tier {fx.simd_tier()}, {fx.get_num_threads()} threads{reuse}")
+    timing = f"median of {repeat} calls or more ({min_time:g} s of calls at least)"
+    print(f"\n{timing}, {dtype}, SIMD tier {fx.simd_tier()}, {fx.get_num_threads()} threads{reuse}")
     header = f"{'case':28s} {'fastxent':>10s} {'GB/s':>6s}"
     peers = {name: make for name, make in PEERS.items()}
     for name in peers:
@@ -234,7 +245,7 @@ def bench(
         if p is not None:
             p /= p.sum(axis=-1, keepdims=True)
         grad_out = np.empty_like(z) if reuse_grad and op.endswith("_grad") else None
-        ours = _median_time(lambda: _fastxent(op, grad_out)(z, y, p), repeat)
+        ours = _median_time(lambda: _fastxent(op, grad_out)(z, y, p), repeat, min_time)
         gbs = z.nbytes / ours / 1e9
         line = f"{op + ' ' + str(rows) + 'x' + str(classes):28s} {ours * 1e3:8.2f}ms {gbs:6.1f}"
         row: dict[str, Any] = {"op": op, "rows": rows, "classes": classes, "fastxent": ours}
@@ -245,7 +256,7 @@ def bench(
                 continue
             prepare = _prepare(name)
             args = (prepare(z), prepare(y), prepare(p))
-            t = _median_time(lambda: fn(*args), repeat)
+            t = _median_time(lambda: fn(*args), repeat, min_time)
             row[name] = t
             line += f" {t * 1e3:9.2f}ms {t / ours:5.1f}x"
         print(line, flush=True)
@@ -296,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", nargs="?", default="check", choices=["check", "bench"])
     parser.add_argument("--shapes", help="comma-separated ROWSxCLASSES (default: design notes' cases)")
     parser.add_argument("--ops", default="sparse,dense,sparse_grad", help=f"comma-separated, of {', '.join(OPS)}")
-    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--repeat", type=int, default=7, help="calls timed at least, for each library and case")
+    parser.add_argument("--min-time", type=float, default=0.5, help="seconds of calls timed at least, likewise")
     parser.add_argument("--dtype", default="float32", choices=["float16", "bfloat16", "float32", "float64"])
     parser.add_argument("--plot", help="write a PNG bar chart here (needs matplotlib)")
     parser.add_argument(
@@ -305,10 +317,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     ok = self_check()
     if args.command == "check":
-        bench(DEFAULT_CASES, args.repeat, args.dtype, args.plot)
+        bench(DEFAULT_CASES, args.repeat, args.dtype, args.plot, min_time=args.min_time)
     else:
         cases = _parse_cases(args.shapes, args.ops) if args.shapes else DESIGN_CASES
-        bench(cases, args.repeat, args.dtype, args.plot, args.reuse_grad)
+        bench(cases, args.repeat, args.dtype, args.plot, args.reuse_grad, args.min_time)
     return 0 if ok else 1
 
 
