@@ -585,14 +585,16 @@ const SEQUENTIAL_MAX: usize = 1 << 15;
 const TILE_TARGETS_MAX: usize = 16;
 
 /// The shortest dense rows whose plain targets are summed with their exps
-/// (`RowKernels::sum_exp_targets`), not in a pass of their own over the row (and only where
-/// the labels were asked for while the maximum was taken: where the maximum came with the
-/// widened row, the pass would read them from memory). Dense forward, one thread, fastest of
-/// 15 to 21 calls, the builds' calls interleaved, against the pass of their own: float32
-/// 4096×32768 -9%, 65536×1000 and 16384×1000 -8% to -16%, 32768×256 -11%, 16384×512 -1%,
-/// 65536×150 +4%; float64 16384×1000 -5%, 80000×128 +5%, 300000×32 +4%, 1,000,000×10 +7% and
-/// +8% (-5% in a third run: a few percent is within these runs' swing); float16 logits with
-/// float32 labels (the maximum comes with the widened row) 4096×32768 +39%.
+/// (`RowKernels::sum_exp_targets`), not in a pass of their own over the row; only where the
+/// maximum is taken in a pass of its own (not with the widened row). Dense forward, one
+/// thread, fastest of 15 to 21 calls, the builds' calls interleaved, against the pass of their
+/// own: float32 4096×32768 -9%, 65536×1000 and 16384×1000 -8% to -16%, 32768×256 -11%,
+/// 16384×512 -1%, 65536×150 +4%; float64 16384×1000 -5%, 80000×128 +5%, 300000×32 +4%,
+/// 1,000,000×10 +7% and +8% (-5% in a third run: a few percent is within these runs' swing).
+/// float16 logits with float32 labels (the maximum comes with the widened row): 4096×32768
+/// +39% while the labels were asked for during the maximum's pass; since they are asked for a
+/// row ahead (3471208), 25.2 -> 23.1-24.2 ms, but 65536×1000 17.3 -> 17.6 (2 threads, medians
+/// of 21): not taken.
 const FUSED_TARGETS_MIN: usize = 256;
 
 /// How far ahead of the tile in hand the next tiles' rows are prefetched.
@@ -860,7 +862,7 @@ fn for_rows_with<T, R, S, Fun>(
                     // the next row, and the other region `f` reads (its labels): the next row's
                     // where this pass sums them, else this row's. (Asked for while the maximum
                     // was taken, a short pass from cache, they came late: the pass that sums the
-                    // exps waited on them, and dense 4096×32768 ran 20-30% slower.)
+                    // exps waited on them: dense 4096×32768 took 26-41% longer.)
                     let next = view.stored_rows(r + 1, 1).map_or(Ahead::NONE, |next| Ahead::NONE.and(next));
                     let ahead = next.with((extras.ahead)(if targets.is_some() { r + 1 } else { r }));
                     if keep_exps {

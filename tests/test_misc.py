@@ -265,7 +265,8 @@ def test_gil_is_released_while_computing():
     finally:
         fx.set_num_threads(0)
     longest_stall = max(np.diff(stamps), default=0.0)
-    assert seconds[0] > 0.05, "the call is long enough to tell"
+    # (~40 ms on a 2-core Zen 4; a stall of a whole call would be twice the bound below.)
+    assert seconds[0] > 0.02, "the call is long enough to tell"
     assert longest_stall < 0.5 * seconds[0], f"main thread stalled {longest_stall:.3f}s of {seconds[0]:.3f}s"
 
 

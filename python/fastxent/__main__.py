@@ -205,7 +205,7 @@ def _median_time(fn: Callable[[], Any], repeat: int, min_time: float) -> float:
     fn()
     times: list[float] = []
     start = time.perf_counter()
-    while len(times) < repeat or time.perf_counter() - start < min_time:
+    while len(times) < max(repeat, 1) or time.perf_counter() - start < min_time:
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)

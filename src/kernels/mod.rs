@@ -99,7 +99,7 @@ pub type TargetSums<F> = fn(&[F], &[F], F) -> (F, F);
 /// for the lines to come): the next row's logits, and a dense row's labels (the next row's
 /// where the pass sums them, the row's own where the row function reads them after). Asked
 /// for while the maximum was taken instead, the labels came late to the pass that sums them:
-/// dense float32 4096×32768 ran 20-30% slower on Zen 4 (38-49 ms against 32-38, medians,
+/// dense float32 4096×32768 took 26-41% longer on Zen 4 (40-50 ms against 32-38, medians,
 /// builds interleaved; one thread 72 against 49). Asked for a block at a time before each
 /// kernel call, and the labels not at all, the float32 forward passes over 32768-class rows
 /// ran slower on an AVX2 machine: see docs/performance.md.
