@@ -861,8 +861,8 @@ fn for_rows_with<T, R, S, Fun>(
                     // What comes next from memory, asked for while this row's exps are summed:
                     // the next row, and the other region `f` reads (its labels): the next row's
                     // where this pass sums them, else this row's. (Asked for while the maximum
-                    // was taken, a short pass from cache, they came late: the pass that sums the
-                    // exps waited on them: dense 4096×32768 took 26-41% longer.)
+                    // was taken, a short pass from cache, they came late and the pass that sums
+                    // the exps waited on them: dense 4096×32768 took 26-41% longer.)
                     let next = view.stored_rows(r + 1, 1).map_or(Ahead::NONE, |next| Ahead::NONE.and(next));
                     let ahead = next.with((extras.ahead)(if targets.is_some() { r + 1 } else { r }));
                     if keep_exps {
