@@ -66,9 +66,9 @@ def _assert_same_bits(got: list[np.ndarray], want: list[np.ndarray], dtype) -> N
 # (rows, classes, stored with a row stride of `pad` more classes): long rows, read a block at a
 # time (65536 classes or more); rows widened whole with their maximum in the same pass, up to
 # 65535 classes, but for those read for their statistics alone from 768 classes on (read as
-# stored, their maximum taken on the bits); narrow rows in tiles of sixteen, contiguous or not; a partial tile; past the
-# tiles; narrow rows on the pool, their losses rounded a block of rows at a time (a partial
-# block last).
+# stored, their maximum taken on the bits); narrow rows in tiles of sixteen, contiguous or
+# not; a partial tile; past the tiles; narrow rows on the pool, their losses rounded a block of
+# rows at a time (a partial block last).
 HALF_SHAPES = [
     (3, C, 0), (3, 65536, 0), (3, 65535, 2), (64, 1000, 0), (7, 4099, 5), (5, 768, 1), (5, 767, 0),
     (50, 300, 0), (9, 512, 3),

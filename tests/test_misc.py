@@ -277,5 +277,19 @@ def test_bench_command_runs_every_op(capsys):
     assert main(["bench", "--shapes", "64x100", "--ops", ops, "--repeat", "1", "--min-time", "0", "--reuse-grad"]) == 0
     out = capsys.readouterr().out
     assert "self-check: passed" in out and "reused grad_out" in out
-    for op in ("sparse", "dense", "sparse_grad", "dense_grad"):
+    for op in ops.split(","):
         assert f"{op} 64x100" in out, out
+
+
+def test_bench_times_repeat_calls_and_min_time_at_least():
+    from fastxent.__main__ import _median_time
+
+    calls = []
+    _median_time(lambda: calls.append(1), 3, 0.0)
+    assert len(calls) == 1 + 3, "a warm-up call, then `repeat` timed ones"
+    calls.clear()
+    _median_time(lambda: (calls.append(1), time.sleep(0.001)), 3, 0.05)
+    assert len(calls) >= 1 + 20, f"0.05 s of 1 ms calls timed, not {len(calls) - 1}"
+    calls.clear()
+    _median_time(lambda: calls.append(1), 0, 0.0)
+    assert len(calls) == 1 + 1, "one timed call at least"
