@@ -15,8 +15,10 @@ use std::ops::Range;
 use crate::kernels::{Ahead, Float};
 
 /// Elements per block of a row read or written through a buffer. Also the block of the
-/// row sums (`crate::rows`), so the sums come out the same however the row is read.
-pub const BLOCK: usize = 1024;
+/// row sums (`crate::rows`), so the sums come out the same however the row is read. Each
+/// block costs a kernel call that adds up its vectors' lanes at the end: in blocks of 1024,
+/// a row of 32768 float32 classes spent 10-16% of its sparse forward pass on them (Zen 4).
+pub const BLOCK: usize = 4096;
 
 /// `range` cut at the multiples of [`BLOCK`].
 pub fn block_ranges(range: Range<usize>) -> impl Iterator<Item = Range<usize>> {

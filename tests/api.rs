@@ -123,7 +123,7 @@ fn confident_rows_keep_their_tiny_loss() {
 fn confident_long_rows_leave_out_their_maximum_in_every_block() {
     fn check<T: fastxent::Element>(name: &str, from: impl Fn(f64) -> T, to: impl Fn(T) -> f64, tol: f64) {
         for classes in [1500, 6000, 70000] {
-            for k in [0, 1023, 1024, 1025, 2500, classes - 1].into_iter().filter(|&k| k < classes) {
+            for k in [0, 4095, 4096, 4097, 5000, classes - 1].into_iter().filter(|&k| k < classes) {
                 let mut z = logits(&[1, classes], classes as u64).mapv(|x| from(x / 4.0));
                 z[[0, k]] = from(30.0);
                 let rest: f64 = (0..classes).filter(|&j| j != k).map(|j| (to(z[[0, j]]) - 30.0).exp()).sum();

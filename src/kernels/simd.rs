@@ -1147,37 +1147,62 @@ pub unsafe fn target_sums<V: Vector>(t: &[V::E], z: &[V::E], max: V::E) -> (V::E
 /// The running sums of [`target_sums`], in short chains of additions: a plain running sum of
 /// `L` equal terms (as smoothed one-hot labels give) can be `L / 2` ulp off, and two plain
 /// chains of vectors lost up to 31 ulp of float32 losses (24 of float64) on rows whose loss
-/// is mostly the gap. Eight vectors at a time are added up as a tree (exact for equal terms);
-/// the trees of each [`GROUP`] elements are added up, and the groups go into [`Alternating`]
-/// sums: chains of four groups in a block of the rows' sums (`crate::blocks::BLOCK`),
-/// whatever the width of the vectors. The losses then measured within 2 ulp on every tier.
-/// (Compensated sums of the trees were as accurate, but 7-13% slower on dense rows of 32768
-/// classes, Zen 4.)
+/// is mostly the gap. Eight vectors at a time are added up as a tree (exact for equal terms),
+/// [`TREES`] trees in a chain, and these groups go into [`TwoSums`]: the chains stay
+/// this short however long the row's blocks (`crate::blocks::BLOCK`) and whatever the width
+/// of the vectors. (Compensating each tree cost 7-13% on dense rows of 32768 classes, Zen 4.
+/// Plain sums of the groups in two alternating chains served blocks of 1024; in blocks of
+/// 4096 a float64 loss on AVX2 was 4.4 ulp off.)
 struct TargetSums<V> {
     max: V,
     /// `Σ t_j` and `Σ t_j (max - z_j)`.
-    sums: [Alternating<V>; 2],
+    sums: [TwoSums<V>; 2],
     /// The two sums of the trees of the group in hand, and how many trees it has.
     group: [V; 2],
     trees: usize,
 }
 
-/// Elements to a group of [`TargetSums`]: one tree of eight AVX-512 float32 vectors.
-const GROUP: usize = 128;
+/// Trees (of eight vectors each) to a group of [`TargetSums`].
+const TREES: usize = 4;
+
+/// Vectors of running sums and, apart, the exact errors of their additions (TwoSum): `sum`
+/// stays the plain sum, so an infinite term (label mass on a -inf logit) gives an infinite
+/// total, where Kahan's carry would turn it into NaN.
+#[derive(Clone, Copy)]
+struct TwoSums<V> {
+    sum: V,
+    error: V,
+}
+
+impl<V: Vector> TwoSums<V> {
+    #[inline(always)]
+    unsafe fn add(&mut self, x: V) {
+        let t = V::add(self.sum, x);
+        let b = V::sub(t, self.sum);
+        let e = V::add(V::sub(self.sum, V::sub(t, b)), V::sub(x, b));
+        self.error = V::add(self.error, e);
+        self.sum = t;
+    }
+
+    /// The lanes of both added up in f64 ([`KahanSum::value`]), rounded once; the plain sum's
+    /// where that is not finite.
+    #[inline(always)]
+    unsafe fn value(self) -> V::E {
+        let zero = splat::<V>(V::E::zero());
+        let total = KahanSum { sum: self.sum, carry: V::sub(zero, self.error) }.value();
+        if total.is_finite() {
+            return V::E::from_f64(total);
+        }
+        V::E::from_f64(KahanSum { sum: self.sum, carry: zero }.value())
+    }
+}
 
 impl<V: Vector> TargetSums<V> {
-    /// Trees to a group.
-    const TREES: usize = if 8 * V::N >= GROUP { 1 } else { GROUP / (8 * V::N) };
-
     #[inline(always)]
     unsafe fn new(max: V::E) -> Self {
         let zero = splat::<V>(V::E::zero());
-        TargetSums {
-            max: splat::<V>(max),
-            sums: [Alternating::zero(), Alternating::zero()],
-            group: [zero; 2],
-            trees: 0,
-        }
+        let sum = TwoSums { sum: zero, error: zero };
+        TargetSums { max: splat::<V>(max), sums: [sum; 2], group: [zero; 2], trees: 0 }
     }
 
     /// `U` vectors of targets `t` at logits `z`, as a tree. The gap's terms are `t (max - z)`
@@ -1190,16 +1215,11 @@ impl<V: Vector> TargetSums<V> {
             *g = V::fmadd_nonzero(*g, V::sub(self.max, z), zero);
         }
         let trees = [tree(t), tree(gaps)];
-        if Self::TREES == 1 {
-            self.sums[0].add(trees[0]);
-            self.sums[1].add(trees[1]);
-            return;
-        }
         for (g, tree) in self.group.iter_mut().zip(trees) {
             *g = if self.trees == 0 { tree } else { V::add(*g, tree) };
         }
         self.trees += 1;
-        if self.trees == Self::TREES {
+        if self.trees == TREES {
             self.end_group();
         }
     }
@@ -1258,34 +1278,6 @@ unsafe fn tree<V: Vector, const U: usize>(mut x: [V; U]) -> V {
         }
     }
     x[0]
-}
-
-/// Two vectors of running sums that take the terms in turn, added up at the end: chains of
-/// additions half as long, at no cost.
-#[derive(Clone, Copy)]
-struct Alternating<V> {
-    next: V,
-    other: V,
-}
-
-impl<V: Vector> Alternating<V> {
-    #[inline(always)]
-    unsafe fn zero() -> Self {
-        let zero = splat::<V>(V::E::zero());
-        Alternating { next: zero, other: zero }
-    }
-
-    #[inline(always)]
-    unsafe fn add(&mut self, x: V) {
-        (self.next, self.other) = (self.other, V::add(self.next, x));
-    }
-
-    /// The lanes of both added up in f64 ([`KahanSum::value`]), rounded once.
-    #[inline(always)]
-    unsafe fn value(self) -> V::E {
-        let minus_other = V::sub(splat::<V>(V::E::zero()), self.other);
-        V::E::from_f64(KahanSum { sum: self.next, carry: minus_other }.value())
-    }
 }
 
 /// A tile's dense targets (in the compute type) and where [`tile_lanes`] puts their sums.
