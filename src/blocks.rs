@@ -14,11 +14,16 @@ use std::ops::Range;
 
 use crate::kernels::{Ahead, Float};
 
-/// Elements per block of a row read or written through a buffer. Also the block of the
-/// row sums (`crate::rows`), so the sums come out the same however the row is read. Each
+/// Elements per block of a row read through a buffer. Also the block of the row sums
+/// (`crate::rows`), so the sums come out the same however the row is read. Each
 /// block costs a kernel call that adds up its vectors' lanes at the end: in blocks of 1024,
 /// a row of 32768 float32 classes spent 10-16% of its sparse forward pass on them (Zen 4).
 pub const BLOCK: usize = 4096;
+
+/// Elements per block of a row written through a buffer on the stack ([`BlockBuf`]). Outputs
+/// are computed element by element, so this block need not be [`BLOCK`]; a smaller one keeps
+/// the frames small (8 KiB of float64) where rayon's tasks run nested on a thread's stack.
+pub const WRITE_BLOCK: usize = 1024;
 
 /// `range` cut at the multiples of [`BLOCK`].
 pub fn block_ranges(range: Range<usize>) -> impl Iterator<Item = Range<usize>> {
@@ -314,7 +319,7 @@ impl<F: Float> RowOut<'_, F> {
         if self.is_direct() {
             self.len().max(1)
         } else {
-            BLOCK
+            WRITE_BLOCK
         }
     }
 
@@ -419,22 +424,22 @@ impl<F: Float> RowOut<'_, F> {
     }
 }
 
-/// Room for one block on the stack, initialised only as far as it is used (a row of ten
-/// classes should not pay for zeroing a thousand), and only once.
+/// Room for one written block on the stack, initialised only as far as it is used (a row of
+/// ten classes should not pay for zeroing a thousand), and only once.
 pub struct BlockBuf<F> {
-    elements: [MaybeUninit<F>; BLOCK],
+    elements: [MaybeUninit<F>; WRITE_BLOCK],
     /// How many of `elements`, from the first, are initialised.
     initialised: usize,
 }
 
 impl<F: Float> Default for BlockBuf<F> {
     fn default() -> Self {
-        BlockBuf { elements: [const { MaybeUninit::uninit() }; BLOCK], initialised: 0 }
+        BlockBuf { elements: [const { MaybeUninit::uninit() }; WRITE_BLOCK], initialised: 0 }
     }
 }
 
 impl<F: Float> BlockBuf<F> {
-    /// The first `n` elements (at most [`BLOCK`]; their values are unspecified).
+    /// The first `n` elements (at most [`WRITE_BLOCK`]; their values are unspecified).
     fn take(&mut self, n: usize) -> &mut [F] {
         if n > self.initialised {
             self.elements[self.initialised..n].fill(MaybeUninit::new(F::zero()));

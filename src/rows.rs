@@ -19,8 +19,9 @@ use crate::kernels::{Ahead, CompensatedSum, Float, RowKernels};
 /// only, never on the thread count, so neither do the results. Rows this long are also never
 /// widened whole (`crate::ops`).
 pub const SPLIT_MIN: usize = 1 << 16;
-/// Elements per task when a row is split (256 KiB of f32).
+/// Elements per task when a row is split (256 KiB of f32): whole blocks of the row sums.
 const SPLIT_BLOCK: usize = 1 << 16;
+const _: () = assert!(SPLIT_BLOCK.is_multiple_of(BLOCK));
 
 /// The part of a split row that task `i` takes.
 fn split_part(i: usize, len: usize) -> Range<usize> {

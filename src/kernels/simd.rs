@@ -1151,8 +1151,9 @@ pub unsafe fn target_sums<V: Vector>(t: &[V::E], z: &[V::E], max: V::E) -> (V::E
 /// [`TREES`] trees in a chain, and these groups go into [`TwoSums`]: the chains stay
 /// this short however long the row's blocks (`crate::blocks::BLOCK`) and whatever the width
 /// of the vectors. (Compensating each tree cost 7-13% on dense rows of 32768 classes, Zen 4.
-/// Plain sums of the groups in two alternating chains served blocks of 1024; in blocks of
-/// 4096 a float64 loss on AVX2 was 4.4 ulp off.)
+/// Groups of 128 elements in two alternating plain chains suited blocks of 1024; for blocks
+/// of 4096, groups of 512 in such chains (of 16 trees on AVX2 float64) put a float64 loss
+/// 4.4 ulp off.)
 struct TargetSums<V> {
     max: V,
     /// `Σ t_j` and `Σ t_j (max - z_j)`.
