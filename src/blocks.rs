@@ -15,9 +15,9 @@ use std::ops::Range;
 use crate::kernels::{Ahead, Float};
 
 /// Elements per block of a row read through a buffer. Also the block of the row sums
-/// (`crate::rows`), so the sums come out the same however the row is read. Each
-/// block costs a kernel call that adds up its vectors' lanes at the end: in blocks of 1024,
-/// a row of 32768 float32 classes spent 10-16% of its sparse forward pass on them (Zen 4).
+/// (`crate::rows`), so the sums come out the same however the row is read. Each block costs
+/// a kernel call that adds up its vectors' lanes at the end: in blocks of 4096 instead of
+/// 1024, sparse float32 8192×32768 took 15% less time (41.8 -> 35.4 ms, Zen 4).
 pub const BLOCK: usize = 4096;
 
 /// Elements per block of a row written through a buffer on the stack ([`BlockBuf`]). Outputs
