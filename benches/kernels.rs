@@ -148,8 +148,8 @@ fn memory(c: &mut Criterion) {
 }
 
 /// Asks Linux to back `buffer` (not touched yet) with huge pages, as NumPy does for its large
-/// arrays: the arrays this bench stands for. On 4 KiB pages, TLB misses cost a Zen 4 VM a
-/// third of one core's read rate (21.6 against 35.0 GB/s, a C probe).
+/// arrays: the arrays this bench stands for. On 4 KiB pages one core of a Zen 4 VM read a
+/// third slower (21.6 against 35.0 GB/s, a C probe; TLB misses, presumably: not isolated).
 fn huge_pages<T>(buffer: &mut [T]) {
     #[cfg(target_os = "linux")]
     {
