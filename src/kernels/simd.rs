@@ -834,10 +834,12 @@ unsafe fn sum_exp_with<V: Vector, L: Storage<V>, S: ShiftedExp<V>, const STORE: 
     let zero = splat::<V>(V::E::zero());
     let mut acc = KahanSum { sum: zero, carry: zero };
     let mut targets = TargetSums::<V>::new(shift);
-    let mut ahead = ahead.stepper();
+    let mut ahead = ahead.stepper(p as *const u8);
     let mut i = 0;
     while i + 8 * w <= n {
-        ahead.upto(i + 8 * w);
+        // (Eight lines hold a step's share of any region: 8 vectors of at most 4-byte
+        // elements for f32, of 8 for f64.)
+        ahead.upto::<8>(i + 8 * w);
         // Eight vectors summed as a tree (exact for equal terms), then into the running sum.
         let x = load_vectors::<V, L, 8>(p.add(i));
         if TARGETS {
