@@ -28,13 +28,13 @@ fn split_part(i: usize, len: usize) -> Range<usize> {
     i * SPLIT_BLOCK..((i + 1) * SPLIT_BLOCK).min(len)
 }
 
-/// `Σ_{j≠skip} exp(z_j - shift)`, accurate to a few ulp however long the row: the kernel sums
-/// blocks of `BLOCK`, and a compensated sum adds the blocks. While a stretch of the row is
-/// summed (from cache: the max pass just read it), the same share of `ahead` (a row shorter
-/// than `SPLIT_MIN`) is asked for, so that memory works while the exps are computed. With
-/// `exps` (such a row too), each term is also stored there (1 at `skip`): the same sum, bit
-/// for bit. With a dense row's plain targets `t` (such a row too), also their
-/// [`target_sums`] with `shift` the row's maximum, bit for bit, from the same pass.
+/// `Σ_{j≠skip} exp(z_j - shift)` of a row shorter than `SPLIT_MIN`, accurate to a few ulp
+/// however long the row: the kernel sums blocks of `BLOCK`, and a compensated sum adds the
+/// blocks. While a stretch of the row is summed (from cache: the max pass just read it), the
+/// same share of `ahead` is asked for, so that memory works while the exps are computed. With
+/// `exps`, each term is also stored there (1 at `skip`): the same sum, bit for bit. With a
+/// dense row's plain targets `t`, also their [`target_sums`] with `shift` the row's maximum,
+/// bit for bit, from the same pass.
 fn sum_exp<F: Float>(
     k: &RowKernels<F>,
     z: &Row<F>,
@@ -45,8 +45,8 @@ fn sum_exp<F: Float>(
     t: Option<&[F]>,
 ) -> (f64, Option<(F, F)>) {
     let len = z.len();
-    // (A row split across threads asks for nothing: its parts run on different cores.)
-    let ahead = if len < SPLIT_MIN { ahead.along(len) } else { Ahead::NONE };
+    assert!(len < SPLIT_MIN, "a row split across threads has its own statistics (split_stats)");
+    let ahead = ahead.along(len);
     // The sum of one block less its `skip` term: from the stored elements where the source
     // reads them, else from the block in the compute type (keeping the terms in `exps`, a
     // whole row's, where given); with the block's targets `t`, their sums too.
@@ -63,25 +63,9 @@ fn sum_exp<F: Float>(
             // (Rows that keep their exps are widened whole: no stored kernel for them.)
             return ((k.sum_exp_store)(reader.read(r.clone()), shift, skip, &mut e[r], ahead), None);
         }
-        let sum = match reader.stored_sum_exp(r.clone(), shift, skip, ahead) {
-            Some(s) => s,
-            None => (k.sum_exp)(reader.read(r), shift, skip, ahead),
-        };
-        (sum, None)
+        (block_sum_exp(k, reader, r, shift, skip, ahead), None)
     };
     let mut total = CompensatedSum::default();
-    if len >= SPLIT_MIN {
-        assert!(exps.is_none() && t.is_none(), "the terms of a row split across threads are not kept");
-        let parts: Vec<Vec<f64>> = (0..len.div_ceil(SPLIT_BLOCK))
-            .into_par_iter()
-            .map(|i| {
-                let mut reader = z.reader();
-                block_ranges(split_part(i, len)).map(|block| block_sum(&mut reader, block, None, None).0).collect()
-            })
-            .collect();
-        parts.into_iter().flatten().for_each(|x| total.add(x));
-        return (total.value(), None);
-    }
     assert!(t.is_none_or(|t| t.len() == len), "a target per element");
     let (mut reader, mut sums) = (z.reader(), TargetTotals::default());
     for block in block_ranges(0..len) {
@@ -98,6 +82,68 @@ fn sum_exp<F: Float>(
     (total.value(), t.map(|_| sums.value()))
 }
 
+/// `Σ_{j≠skip} exp(z_j - shift)` over one block of `z`: from the stored elements where the
+/// source reads them, else from the block in the compute type.
+fn block_sum_exp<F: Float>(
+    k: &RowKernels<F>,
+    reader: &mut Reader<F>,
+    block: Range<usize>,
+    shift: F,
+    skip: usize,
+    ahead: Ahead,
+) -> f64 {
+    match reader.stored_sum_exp(block.clone(), shift, skip, ahead) {
+        Some(sum) => sum,
+        None => (k.sum_exp)(reader.read(block), shift, skip, ahead),
+    }
+}
+
+/// The maximum, its index and `Σ_{j≠argmax} exp(z_j - max)` of a row split across threads
+/// (`SPLIT_MIN` or longer; NaN for the sum where the maximum is not finite). Each task takes
+/// its part's maximum and the sum of its exps off that maximum in one go (the part read from
+/// memory once, then from cache), and the `(maximum, sum)` pairs are merged: a part's terms
+/// scaled by `exp(m_part - max)` in f64, which keeps their bits. One parallel pass, where a
+/// pass for the maximum and one for the sum took two, each reading the row.
+fn split_stats<F: Float>(k: &RowKernels<F>, z: &Row<F>) -> (F, usize, f64) {
+    let (len, n) = (z.len(), z.len().div_ceil(SPLIT_BLOCK));
+    let parts: Vec<((F, usize), f64)> = (0..n)
+        .into_par_iter()
+        .map(|i| {
+            let part = split_part(i, len);
+            let (m, j) = max_argmax_in(k, z, part.clone());
+            let mut rest = CompensatedSum::default();
+            if m.is_finite() {
+                // The next part, asked for while this one's exps are summed: the same task
+                // takes it next, mostly (rayon splits the parts into runs).
+                let next = match z {
+                    Row::Slice(z) if i + 1 < n => Ahead::NONE.and(&z[split_part(i + 1, len)]),
+                    _ => Ahead::NONE,
+                };
+                let (ahead, mut reader) = (next.along(part.len()), z.reader());
+                for block in block_ranges(part.clone()) {
+                    let ahead = ahead.part(block.start - part.start..block.end - part.start);
+                    rest.add(block_sum_exp(k, &mut reader, block.clone(), m, j.wrapping_sub(block.start), ahead));
+                }
+            }
+            ((m, j), rest.value())
+        })
+        .collect();
+    let (max, argmax) = parts.iter().map(|&(m, _)| m).reduce(first_max).expect("a split row is not empty");
+    if !max.is_finite() {
+        return (max, argmax, f64::NAN);
+    }
+    let mut rest = CompensatedSum::default();
+    for ((m, j), part_rest) in parts {
+        if j == argmax {
+            rest.add(part_rest);
+        } else if m.is_finite() {
+            // (A part's own maximum is a term too, 1 before scaling.)
+            rest.add((1.0 + part_rest) * (<F as Float>::to_f64(m) - <F as Float>::to_f64(max)).exp());
+        }
+    }
+    (max, argmax, rest.value())
+}
+
 /// The first of two `(maximum, index)` candidates: NaN wins, then the larger, then the
 /// earlier.
 fn first_max<F: Float>(a: (F, usize), b: (F, usize)) -> (F, usize) {
@@ -109,29 +155,18 @@ fn first_max<F: Float>(a: (F, usize), b: (F, usize)) -> (F, usize) {
     }
 }
 
-/// The maximum and the index of its first occurrence, or NaN if the row holds one.
-fn max_argmax<F: Float>(k: &RowKernels<F>, z: &Row<F>) -> (F, usize) {
-    let of_range = |range: Range<usize>| {
-        let (mut reader, piece) = (z.reader(), z.piece());
-        if let Some((m, j)) = reader.stored_max_argmax(range.clone()) {
-            return (m, range.start + j);
-        }
-        let mut best = (F::neg_infinity(), usize::MAX);
-        for from in range.clone().step_by(piece) {
-            let (m, j) = (k.max_argmax)(reader.read(from..(from + piece).min(range.end)));
-            best = first_max(best, (m, from + j));
-        }
-        best
-    };
-    let len = z.len();
-    if len < SPLIT_MIN {
-        return of_range(0..len);
+/// The maximum of `z[range]` and the index of its first occurrence, or NaN if it holds one.
+fn max_argmax_in<F: Float>(k: &RowKernels<F>, z: &Row<F>, range: Range<usize>) -> (F, usize) {
+    let (mut reader, piece) = (z.reader(), z.piece());
+    if let Some((m, j)) = reader.stored_max_argmax(range.clone()) {
+        return (m, range.start + j);
     }
-    (0..len.div_ceil(SPLIT_BLOCK))
-        .into_par_iter()
-        .map(|i| of_range(split_part(i, len)))
-        .reduce_with(first_max)
-        .expect("a split row is not empty")
+    let mut best = (F::neg_infinity(), usize::MAX);
+    for from in range.clone().step_by(piece) {
+        let (m, j) = (k.max_argmax)(reader.read(from..(from + piece).min(range.end)));
+        best = first_max(best, (m, from + j));
+    }
+    best
 }
 
 /// Calls `f(from, z_piece, y_piece, out_piece)` over a whole row `z`, an optional second input
@@ -305,7 +340,12 @@ impl<F: Float> RowStats<F> {
                 target_sums: None,
             };
         }
-        let (max, argmax) = known.unwrap_or_else(|| max_argmax(k, z));
+        if known.is_none() && z.len() >= SPLIT_MIN {
+            assert!(exps.is_none() && targets.is_none(), "the terms of a row split across threads are not kept");
+            let (max, argmax, rest) = split_stats(k, z);
+            return RowStats { max, argmax, rest, log_rest: F::log1p_of(rest), target_sums: None };
+        }
+        let (max, argmax) = known.unwrap_or_else(|| max_argmax_in(k, z, 0..z.len()));
         let (rest, target_sums) =
             if max.is_finite() { sum_exp(k, z, max, argmax, ahead, exps, targets) } else { (f64::NAN, None) };
         RowStats { max, argmax, rest, log_rest: F::log1p_of(rest), target_sums }
@@ -705,4 +745,43 @@ pub fn dense<F: Float>(
         out.set(s.argmax, scale * (others - tk * F::from_f64(s.rest)) * inv);
     }
     loss
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{split_stats, Row, SPLIT_BLOCK};
+    use crate::kernels::Float;
+
+    /// A split row's merged statistics against float64 sums, where the parts' maxima differ
+    /// by far (a part's terms would be subnormal off the row's maximum), the maximum ties
+    /// across parts (the first counts), a part is all -inf, and where a NaN or +inf is in a
+    /// late part.
+    #[test]
+    fn split_stats_merge_the_parts() {
+        let len = 3 * SPLIT_BLOCK + 5;
+        let mut z: Vec<f32> = (0..len).map(|j| ((j * 7919) % 1000) as f32 / 250.0 - 2.0).collect();
+        z[..SPLIT_BLOCK].iter_mut().for_each(|x| *x -= 100.0);
+        z[SPLIT_BLOCK..2 * SPLIT_BLOCK].fill(f32::NEG_INFINITY);
+        let (at, tie) = (2 * SPLIT_BLOCK + 17, 3 * SPLIT_BLOCK + 2);
+        (z[at], z[tie]) = (9.5, 9.5);
+        let k = f32::kernels();
+        let (max, argmax, rest) = split_stats(k, &Row::Slice(&z));
+        assert_eq!((max, argmax), (9.5, at));
+        let want: f64 = z.iter().enumerate().filter(|&(j, _)| j != at).map(|(_, &x)| (x as f64 - 9.5).exp()).sum();
+        assert!((rest / want - 1.0).abs() < 1e-6, "rest {rest}, want {want}");
+        // The first part's terms alone, some 100 below the maximum.
+        let low: f64 = z[..SPLIT_BLOCK].iter().map(|&x| (x as f64 - 9.5).exp()).sum();
+        let mut only_low = vec![f32::NEG_INFINITY; len];
+        only_low[..SPLIT_BLOCK].copy_from_slice(&z[..SPLIT_BLOCK]);
+        only_low[at] = 9.5;
+        let (_, _, rest) = split_stats(k, &Row::Slice(&only_low));
+        assert!((rest / low - 1.0).abs() < 1e-6, "rest {rest}, want {low}");
+        for (bad, want) in [(f32::NAN, None), (f32::INFINITY, Some(f32::INFINITY))] {
+            let mut z = z.clone();
+            z[tie + 1] = bad;
+            let (max, argmax, rest) = split_stats(k, &Row::Slice(&z));
+            assert_eq!((max.to_bits(), argmax), (want.unwrap_or(bad).to_bits(), tie + 1), "{bad}");
+            assert!(rest.is_nan(), "{bad}");
+        }
+    }
 }

@@ -284,9 +284,16 @@ impl<F: Float> CompensatedSum<F> {
     }
 }
 
-/// The compute types: `f32` (for f16, bf16 and f32 data) and `f64`.
+/// The compute types: `f32` (for f16, bf16 and f32 data) and `f64`, element types themselves.
 pub trait Float:
-    num_traits::Float + num_traits::FloatConst + Default + Send + Sync + std::fmt::Debug + 'static
+    num_traits::Float
+    + num_traits::FloatConst
+    + crate::Element<Compute = Self>
+    + Default
+    + Send
+    + Sync
+    + std::fmt::Debug
+    + 'static
 {
     fn from_f64(x: f64) -> Self;
     fn to_f64(self) -> f64;
