@@ -12,6 +12,7 @@ use rayon::prelude::*;
 use std::ops::Range;
 
 use crate::blocks::{block_ranges, BlockBuf, Reader, Row, RowOut, BLOCK};
+use crate::kernels::scalar::two_diff;
 use crate::kernels::{Ahead, CompensatedSum, Float, RowKernels};
 
 /// Rows at least this long are cut into blocks that rayon spreads over the threads, so that
@@ -101,9 +102,11 @@ fn block_sum_exp<F: Float>(
 /// The maximum, its index and `Σ_{j≠argmax} exp(z_j - max)` of a row split across threads
 /// (`SPLIT_MIN` or longer; NaN for the sum where the maximum is not finite). Each task takes
 /// its part's maximum and the sum of its exps off that maximum in one go (the part read from
-/// memory once, then from cache), and the `(maximum, sum)` pairs are merged: a part's terms
-/// scaled by `exp(m_part - max)` in f64, which keeps their bits. One parallel pass, where a
-/// pass for the maximum and one for the sum took two, each reading the row.
+/// memory once, then from cache; the next part asked for meanwhile, for rows of the compute
+/// type), and the `(maximum, sum)` pairs are merged: a part's terms scaled by
+/// `exp(m_part - max)` in f64, the difference taken exactly (rounded, it cost f64 rows up to
+/// 16 ulp where the maxima differ by ~40). One parallel pass, where a pass for the maximum and
+/// one for the sum took two, each reading the row.
 fn split_stats<F: Float>(k: &RowKernels<F>, z: &Row<F>) -> (F, usize, f64) {
     let (len, n) = (z.len(), z.len().div_ceil(SPLIT_BLOCK));
     let parts: Vec<((F, usize), f64)> = (0..n)
@@ -114,7 +117,8 @@ fn split_stats<F: Float>(k: &RowKernels<F>, z: &Row<F>) -> (F, usize, f64) {
             let mut rest = CompensatedSum::default();
             if m.is_finite() {
                 // The next part, asked for while this one's exps are summed: the same task
-                // takes it next, mostly (rayon splits the parts into runs).
+                // takes it next, mostly (rayon splits the parts into runs). (Not for rows
+                // read through a source: half types.)
                 let next = match z {
                     Row::Slice(z) if i + 1 < n => Ahead::NONE.and(&z[split_part(i + 1, len)]),
                     _ => Ahead::NONE,
@@ -138,7 +142,8 @@ fn split_stats<F: Float>(k: &RowKernels<F>, z: &Row<F>) -> (F, usize, f64) {
             rest.add(part_rest);
         } else if m.is_finite() {
             // (A part's own maximum is a term too, 1 before scaling.)
-            rest.add((1.0 + part_rest) * (<F as Float>::to_f64(m) - <F as Float>::to_f64(max)).exp());
+            let (d, err) = two_diff(<F as Float>::to_f64(m), <F as Float>::to_f64(max));
+            rest.add((1.0 + part_rest) * (d.exp() * (1.0 + err)));
         }
     }
     (max, argmax, rest.value())
@@ -340,7 +345,8 @@ impl<F: Float> RowStats<F> {
                 target_sums: None,
             };
         }
-        if known.is_none() && z.len() >= SPLIT_MIN {
+        if z.len() >= SPLIT_MIN {
+            // (Never with a `known` maximum: rows this long are not widened whole.)
             assert!(exps.is_none() && targets.is_none(), "the terms of a row split across threads are not kept");
             let (max, argmax, rest) = split_stats(k, z);
             return RowStats { max, argmax, rest, log_rest: F::log1p_of(rest), target_sums: None };
@@ -749,20 +755,21 @@ pub fn dense<F: Float>(
 
 #[cfg(test)]
 mod tests {
-    use super::{split_stats, Row, SPLIT_BLOCK};
-    use crate::kernels::Float;
+    use super::{split_stats, Row, BLOCK, SPLIT_BLOCK};
+    use crate::kernels::{Ahead, Float};
 
     /// A split row's merged statistics against float64 sums, where the parts' maxima differ
     /// by far (a part's terms would be subnormal off the row's maximum), the maximum ties
     /// across parts (the first counts), a part is all -inf, and where a NaN or +inf is in a
-    /// late part.
+    /// late part; a float64 row against its sum in one kernel call, where the maxima differ
+    /// by an inexact ~40.
     #[test]
     fn split_stats_merge_the_parts() {
         let len = 3 * SPLIT_BLOCK + 5;
         let mut z: Vec<f32> = (0..len).map(|j| ((j * 7919) % 1000) as f32 / 250.0 - 2.0).collect();
         z[..SPLIT_BLOCK].iter_mut().for_each(|x| *x -= 100.0);
         z[SPLIT_BLOCK..2 * SPLIT_BLOCK].fill(f32::NEG_INFINITY);
-        let (at, tie) = (2 * SPLIT_BLOCK + 17, 3 * SPLIT_BLOCK + 2);
+        let (at, tie) = (2 * SPLIT_BLOCK + 3 * BLOCK + 17, 3 * SPLIT_BLOCK + 2);
         (z[at], z[tie]) = (9.5, 9.5);
         let k = f32::kernels();
         let (max, argmax, rest) = split_stats(k, &Row::Slice(&z));
@@ -776,6 +783,13 @@ mod tests {
         only_low[at] = 9.5;
         let (_, _, rest) = split_stats(k, &Row::Slice(&only_low));
         assert!((rest / low - 1.0).abs() < 1e-6, "rest {rest}, want {low}");
+        let wide: Vec<f64> =
+            (0..len).map(|j| if j < SPLIT_BLOCK { 0.0 } else { 10.1 - (j % 7) as f64 * 1e-3 }).collect();
+        let mut wide = wide;
+        wide[5] = 50.3;
+        let (max, argmax, rest) = split_stats(f64::kernels(), &Row::Slice(&wide));
+        let want = (f64::kernels().sum_exp)(&wide, max, argmax, Ahead::NONE);
+        assert!((rest / want - 1.0).abs() < 1e-15, "float64: rest {rest:e}, want {want:e}");
         for (bad, want) in [(f32::NAN, None), (f32::INFINITY, Some(f32::INFINITY))] {
             let mut z = z.clone();
             z[tie + 1] = bad;

@@ -94,7 +94,8 @@ pub type SumExpTargets<F> = fn(&[F], F, usize, &[F], Option<&mut [F]>, Ahead) ->
 pub type TargetSums<F> = fn(&[F], &[F], F) -> (F, F);
 
 /// Memory for a kernel to ask into L2 while it goes through its row, in step with it: when it
-/// is done with a share of its elements, it has asked for that share of each region. Asked
+/// is done with a share of its elements, it has asked for that much of each region (a long
+/// region from a lead on, see [`Ahead::stepper`]; the rest when it is done). Asked
 /// for while a row's exps are summed (the long pass: its maximum is taken from L2, too fast
 /// for the lines to come): the next row's logits, and a dense row's labels (the next row's
 /// where the pass sums them, the row's own where the row function reads them after). Asked

@@ -47,7 +47,7 @@ use super::{Ahead, CompensatedSum, Float};
 use crate::element::Element;
 
 /// Per-type constants of `exp`, for the compute types (elements in their own right).
-pub trait ExpConsts: Float + Element<Compute = Self> {
+pub trait ExpConsts: Float {
     /// `log2(e)`.
     const LOG2E: Self;
     /// `1.5 · 2^p` (p = mantissa bits) plus a bias: `d · log2e + MAGIC` rounds to an integer
