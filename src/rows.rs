@@ -104,8 +104,8 @@ fn block_sum_exp<F: Float>(
 /// its part's maximum and the sum of its exps off that maximum in one go (the part read from
 /// memory once, then from cache; the next part asked for meanwhile, for rows of the compute
 /// type), and the `(maximum, sum)` pairs are merged: a part's terms scaled by
-/// `exp(m_part - max)` in f64, the difference taken exactly (rounded, it cost f64 rows up to
-/// 16 ulp where the maxima differ by ~40). One parallel pass, where a pass for the maximum and
+/// `exp(m_part - max)` in f64, the difference taken exactly (rounded, it can cost an f64 row
+/// 16 ulp: 9 in the test below, where the maxima differ by ~40). One parallel pass, where a pass for the maximum and
 /// one for the sum took two, each reading the row.
 fn split_stats<F: Float>(k: &RowKernels<F>, z: &Row<F>) -> (F, usize, f64) {
     let (len, n) = (z.len(), z.len().div_ceil(SPLIT_BLOCK));
