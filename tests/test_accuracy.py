@@ -107,7 +107,7 @@ def family_blocks(name: str, rng: np.random.Generator) -> list[tuple[np.ndarray,
         return [
             (rng.normal(0, 0.01, (2, 262144)), rng.integers(0, 262144, 2)),
             (np.full((1, 262144), 3.25), np.array([7])),  # exactly flat: p = 2^-18, loss = log C
-            (rng.normal(0, 0.01, (64, 4099)), rng.integers(0, 4099, 64)),
+            (rng.normal(0, 0.01, (16, 16387)), rng.integers(0, 16387, 16)),  # past a block of 16384
         ]
     if name == "steep-few":
         return [(rng.normal(0, 30, (512, c)), rng.integers(0, c, 512)) for c in (2, 3, 4, 7)]

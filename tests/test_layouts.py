@@ -17,9 +17,9 @@ import pytest
 import fastxent as fx
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
-ROWS, C = 3, 70_001  # past the split threshold (65536), and not a multiple of the 4096 block
+ROWS, C = 3, 70_001  # past the split threshold (65536), and not a multiple of the 16384 block
 # Labels on block and split boundaries, and the last class.
-LABELS = np.array([4095, 65536, C - 1])
+LABELS = np.array([16383, 65536, C - 1])
 OPTIONS = [{}, {"label_smoothing": 0.1, "weight": "w"}, {"ignore_index": 65536, "reduction": "mean"}]
 
 
