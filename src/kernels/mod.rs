@@ -93,9 +93,10 @@ pub type SumExpTargets<F> = fn(&[F], F, usize, &[F], Option<&mut [F]>, Ahead) ->
 /// The signature of [`RowKernels::target_sums`].
 pub type TargetSums<F> = fn(&[F], &[F], F) -> (F, F);
 
-/// Memory for a kernel to ask into L2 while it goes through its row, in step with it: when it
-/// is done with a share of its elements, it has asked for that much of each region (a long
-/// region from a lead on, see [`Ahead::stepper`]; the rest when it is done). Asked
+/// Memory for a kernel to ask into the caches while it goes through its row, in step with it:
+/// when it is done with a share of its elements, it has asked for that much of each region (a
+/// long region from a lead on, see [`Ahead::stepper`]; the rest when it is done), into L2, and
+/// into L1 too for rows with much to ask for (see [`L1_AHEAD_MIN`]). Asked
 /// for while a row's exps are summed (the long pass: its maximum is taken from L2, too fast
 /// for the lines to come): the next row's logits, and a dense row's labels (the next row's
 /// where the pass sums them, the row's own where the row function reads them after). Asked
@@ -111,13 +112,24 @@ pub struct Ahead<'a> {
     /// [`Ahead::along`] (without it, a kernel's steps ask for next to nothing, and its
     /// `finish` for everything).
     bytes_per_element: [u64; 2],
+    /// Whether the lines go into L1 too (see [`L1_AHEAD_MIN`]); set by [`Ahead::along`].
+    into_l1: bool,
 }
+
+/// Rows with at least this many bytes to ask for ahead (float32 rows of 49152 classes, dense
+/// float32 or float64 rows of 24576) ask for them into L1 as well as L2. Asked into L2 alone,
+/// such rows ran 9-17% slower on a Sapphire Rapids-class Xeon (dense float32 4096×32768 51.2
+/// against 46.5 ms, float64 4096×32768 62.5 against 52.2, float32 5461×49152 53.8 against
+/// 48.4; medians, builds' calls interleaved), while rows of 160 KiB or less ran 1-6% slower
+/// asked into L1 (float32 6553×40960 and 8192×32768). Why is not known: that machine, a VM,
+/// exposes no performance counters.
+const L1_AHEAD_MIN: usize = 192 << 10;
 
 /// Fraction bits of [`Ahead`]'s rates.
 const RATE_BITS: u32 = 16;
 
 impl<'a> Ahead<'a> {
-    pub const NONE: Ahead<'static> = Ahead { regions: [&[], &[]], bytes_per_element: [0; 2] };
+    pub const NONE: Ahead<'static> = Ahead { regions: [&[], &[]], bytes_per_element: [0; 2], into_l1: false };
 
     /// These regions and `other`'s (two in all at most), before [`Ahead::along`].
     pub fn with(mut self, other: Ahead<'a>) -> Self {
@@ -143,6 +155,7 @@ impl<'a> Ahead<'a> {
             // (Rounded up: the last element's share ends at the region's end.)
             self.bytes_per_element[k] = (bytes << RATE_BITS).div_ceil(len);
         }
+        self.into_l1 = self.regions.iter().map(|r| r.len()).sum::<usize>() >= L1_AHEAD_MIN;
         self
     }
 
@@ -155,6 +168,11 @@ impl<'a> Ahead<'a> {
             *r = &r[at(range.start)..at(range.end)];
         }
         part
+    }
+
+    /// Whether its lines are to go into L1 too (see [`L1_AHEAD_MIN`]).
+    pub fn into_l1(&self) -> bool {
+        self.into_l1
     }
 
     /// Asks for all of it at once.
@@ -197,8 +215,8 @@ impl Prefetcher<'_> {
     /// how many lines are due (where fewer are, the last line due is asked for again;
     /// `finish` asks for what is left).
     #[inline(always)]
-    pub fn upto<const N: usize>(&mut self, done: usize) {
-        self.upto_with::<N>(done, prefetch_line);
+    pub fn upto<const N: usize, const L1: bool>(&mut self, done: usize) {
+        self.upto_with::<N>(done, prefetch_line::<L1>);
     }
 
     /// [`Prefetcher::upto`], asking `ask` for each line.
@@ -223,8 +241,8 @@ impl Prefetcher<'_> {
 
     /// Asks for the rest of each region.
     #[inline(always)]
-    pub fn finish(&mut self) {
-        self.finish_with(prefetch_line);
+    pub fn finish<const L1: bool>(&mut self) {
+        self.finish_with(prefetch_line::<L1>);
     }
 
     /// [`Prefetcher::finish`], asking `ask` for each line.
@@ -249,18 +267,22 @@ const PAGE: usize = 4096;
 #[inline]
 pub fn prefetch<T>(data: &[T]) {
     let bytes = std::mem::size_of_val(data);
-    (0..bytes).step_by(LINE).for_each(|at| prefetch_line((data.as_ptr() as *const u8).wrapping_add(at)));
+    (0..bytes).step_by(LINE).for_each(|at| prefetch_line::<false>((data.as_ptr() as *const u8).wrapping_add(at)));
 }
 
-/// Asks for the cache line holding `p` to be brought into L2 (a hint: nothing happens on
-/// targets without the instruction).
+/// Asks for the cache line holding `p` to be brought into L2, and into L1 too if `L1` (a hint:
+/// nothing happens on targets without the instruction).
 #[inline(always)]
-fn prefetch_line(p: *const u8) {
+fn prefetch_line<const L1: bool>(p: *const u8) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: prefetching is a hint; it never faults, whatever the address.
     unsafe {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
-        _mm_prefetch::<_MM_HINT_T1>(p as *const i8)
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0, _MM_HINT_T1};
+        if L1 {
+            _mm_prefetch::<_MM_HINT_T0>(p as *const i8)
+        } else {
+            _mm_prefetch::<_MM_HINT_T1>(p as *const i8)
+        }
     };
     #[cfg(not(target_arch = "x86_64"))]
     let _ = p;
@@ -464,7 +486,7 @@ impl Float for f64 {
 
 #[cfg(test)]
 mod tests {
-    use super::{Ahead, LINE, PAGE};
+    use super::{Ahead, L1_AHEAD_MIN, LINE, PAGE};
     use half::f16;
 
     /// The shares of consecutive ranges tile each region: every byte once, in order.
@@ -492,6 +514,17 @@ mod tests {
     /// elements are done, for the lines holding their share of each region (a long region's
     /// share counted from its lead; all but the last line at least) and for no other; `finish` for the rest. A long region's
     /// lines are asked for half a page from the step's loads, in page offset.
+    #[test]
+    fn rows_with_much_ahead_ask_into_l1() {
+        let (a, b) = (vec![0f32; L1_AHEAD_MIN / 8], vec![0f32; L1_AHEAD_MIN / 8]);
+        // Both regions count, and a kernel's part of the row asks as the row does.
+        assert!(Ahead::NONE.and(&a).and(&b).along(100).into_l1());
+        assert!(Ahead::NONE.and(&a).and(&b).along(100).part(10..20).into_l1());
+        assert!(!Ahead::NONE.and(&a).along(100).into_l1());
+        assert!(!Ahead::NONE.and(&a[1..]).and(&b).along(100).into_l1());
+        assert!(!Ahead::NONE.into_l1());
+    }
+
     #[test]
     fn prefetcher_asks_every_line_in_step() {
         let (row, a, b) = (vec![0f32; 16384], vec![0f32; 16384], vec![f16::ZERO; 1000]);

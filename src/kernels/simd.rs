@@ -760,11 +760,16 @@ unsafe fn sum_exp_into<V: Vector, L: Storage<V>, const STORE: bool, const TARGET
     t: *const V::E,
     ahead: Ahead,
 ) -> (f64, (V::E, V::E)) {
-    match Split::<V>::new(shift) {
-        Some(split) => sum_exp_with::<V, L, _, STORE, TARGETS>(z, split, shift, skip, out, t, ahead),
-        None => {
+    match (Split::<V>::new(shift), ahead.into_l1()) {
+        (Some(split), false) => sum_exp_with::<V, L, _, STORE, TARGETS, false>(z, split, shift, skip, out, t, ahead),
+        (Some(split), true) => sum_exp_with::<V, L, _, STORE, TARGETS, true>(z, split, shift, skip, out, t, ahead),
+        (None, l1) => {
             let f = Compensated { shift: splat::<V>(shift) };
-            sum_exp_with::<V, L, _, STORE, TARGETS>(z, f, shift, skip, out, t, ahead)
+            if l1 {
+                sum_exp_with::<V, L, _, STORE, TARGETS, true>(z, f, shift, skip, out, t, ahead)
+            } else {
+                sum_exp_with::<V, L, _, STORE, TARGETS, false>(z, f, shift, skip, out, t, ahead)
+            }
         }
     }
 }
@@ -821,7 +826,14 @@ impl<V: Vector> KahanSum<V> {
 }
 
 #[inline(always)]
-unsafe fn sum_exp_with<V: Vector, L: Storage<V>, S: ShiftedExp<V>, const STORE: bool, const TARGETS: bool>(
+unsafe fn sum_exp_with<
+    V: Vector,
+    L: Storage<V>,
+    S: ShiftedExp<V>,
+    const STORE: bool,
+    const TARGETS: bool,
+    const L1: bool,
+>(
     z: &[L::S],
     f: S,
     shift: V::E,
@@ -839,7 +851,7 @@ unsafe fn sum_exp_with<V: Vector, L: Storage<V>, S: ShiftedExp<V>, const STORE: 
     while i + 8 * w <= n {
         // (Eight lines hold a step's share of any region: 8 vectors of at most 4-byte
         // elements for f32, of 8 for f64.)
-        ahead.upto::<8>(i + 8 * w);
+        ahead.upto::<8, L1>(i + 8 * w);
         // Eight vectors summed as a tree (exact for equal terms), then into the running sum.
         let x = load_vectors::<V, L, 8>(p.add(i));
         if TARGETS {
@@ -875,7 +887,7 @@ unsafe fn sum_exp_with<V: Vector, L: Storage<V>, S: ShiftedExp<V>, const STORE: 
     } else if rest > 0 {
         acc.add(sum_exp_rest::<V, L, S, STORE, 1>(z, i, f, shift, skip, out));
     }
-    ahead.finish();
+    ahead.finish::<L1>();
     let target_sums = if TARGETS { targets.rest::<L>(t, p, i, n) } else { (V::E::zero(), V::E::zero()) };
     (acc.value(), target_sums)
 }
