@@ -96,7 +96,7 @@ pub type TargetSums<F> = fn(&[F], &[F], F) -> (F, F);
 /// Memory for a kernel to ask into the caches while it goes through its row, in step with it:
 /// when it is done with a share of its elements, it has asked for that much of each region (a
 /// long region from a lead on, see [`Ahead::stepper`]; the rest when it is done), into L2, and
-/// into L1 too for rows with much to ask for (see [`L1_AHEAD_MIN`]). Asked
+/// into L1 too for rows with much to ask for (see `L1_AHEAD_MIN`). Asked
 /// for while a row's exps are summed (the long pass: its maximum is taken from L2, too fast
 /// for the lines to come): the next row's logits, and a dense row's labels (the next row's
 /// where the pass sums them, the row's own where the row function reads them after). Asked
@@ -112,17 +112,18 @@ pub struct Ahead<'a> {
     /// [`Ahead::along`] (without it, a kernel's steps ask for next to nothing, and its
     /// `finish` for everything).
     bytes_per_element: [u64; 2],
-    /// Whether the lines go into L1 too (see [`L1_AHEAD_MIN`]); set by [`Ahead::along`].
+    /// Whether the lines go into L1 too (see `L1_AHEAD_MIN`); set by [`Ahead::along`].
     into_l1: bool,
 }
 
-/// Rows with at least this many bytes to ask for ahead (float32 rows of 49152 classes, dense
-/// float32 or float64 rows of 24576) ask for them into L1 as well as L2. Asked into L2 alone,
-/// such rows ran 9-17% slower on a Sapphire Rapids-class Xeon (dense float32 4096×32768 51.2
-/// against 46.5 ms, float64 4096×32768 62.5 against 52.2, float32 5461×49152 53.8 against
-/// 48.4; medians, builds' calls interleaved), while rows of 160 KiB or less ran 1-6% slower
-/// asked into L1 (float32 6553×40960 and 8192×32768). Why is not known: that machine, a VM,
-/// exposes no performance counters.
+/// Rows with at least this many bytes to ask for ahead (float32 rows of 49152 classes, float64
+/// or dense float32 rows of 24576, dense float64 rows of 12288, split rows' parts) ask for them
+/// into L1 as well as L2. Into L1, such rows took 9-17% less time on a Sapphire Rapids-class
+/// Xeon (dense float32 4096×32768 43.3-44.6 against 49.7-50.9 ms, sparse float64 4096×32768
+/// 51.1-51.5 against 61.2-62.4, float32 5461×49152 48.4 against 53.8; medians, builds' calls
+/// interleaved; split rows the same either way), while rows of 160 KiB or less were up to 8%
+/// slower (float32 6553×40960 and 8192×32768). Why is not known: that machine, a VM, exposes no
+/// performance counters. Not measured on other machines (AVX2, Zen 4).
 const L1_AHEAD_MIN: usize = 192 << 10;
 
 /// Fraction bits of [`Ahead`]'s rates.
@@ -170,7 +171,15 @@ impl<'a> Ahead<'a> {
         part
     }
 
-    /// Whether its lines are to go into L1 too (see [`L1_AHEAD_MIN`]).
+    /// The first `bytes` of each region.
+    pub fn first(mut self, bytes: usize) -> Self {
+        for r in self.regions.iter_mut() {
+            *r = &r[..bytes.min(r.len())];
+        }
+        self
+    }
+
+    /// Whether its lines are to go into L1 too (see `L1_AHEAD_MIN`).
     pub fn into_l1(&self) -> bool {
         self.into_l1
     }
@@ -510,10 +519,8 @@ mod tests {
         }
     }
 
-    /// A loop over a part asks for each of its lines in step: by the time `done` of its
-    /// elements are done, for the lines holding their share of each region (a long region's
-    /// share counted from its lead; all but the last line at least) and for no other; `finish` for the rest. A long region's
-    /// lines are asked for half a page from the step's loads, in page offset.
+    /// Rows with `L1_AHEAD_MIN` bytes or more ahead, both regions counted, ask into L1, and
+    /// so does a kernel's part of such a row; the first bytes of what comes next are a prefix.
     #[test]
     fn rows_with_much_ahead_ask_into_l1() {
         let (a, b) = (vec![0f32; L1_AHEAD_MIN / 8], vec![0f32; L1_AHEAD_MIN / 8]);
@@ -523,8 +530,17 @@ mod tests {
         assert!(!Ahead::NONE.and(&a).along(100).into_l1());
         assert!(!Ahead::NONE.and(&a[1..]).and(&b).along(100).into_l1());
         assert!(!Ahead::NONE.into_l1());
+        let first = Ahead::NONE.and(&a).and(&b[..10]).first(64);
+        assert_eq!(
+            first.regions.map(|r| (r.as_ptr(), r.len())),
+            [(a.as_ptr() as *const u8, 64), (b.as_ptr() as *const u8, 40)]
+        );
     }
 
+    /// A loop over a part asks for each of its lines in step: by the time `done` of its
+    /// elements are done, for the lines holding their share of each region (a long region's
+    /// share counted from its lead; all but the last line at least) and for no other; `finish` for the rest. A long region's
+    /// lines are asked for half a page from the step's loads, in page offset.
     #[test]
     fn prefetcher_asks_every_line_in_step() {
         let (row, a, b) = (vec![0f32; 16384], vec![0f32; 16384], vec![f16::ZERO; 1000]);

@@ -750,7 +750,8 @@ pub unsafe fn sum_exp_targets<V: Vector>(
 }
 
 /// [`sum_exp`], storing the terms to `out` if `STORE`, and with the [`target_sums`] of the
-/// targets at `t` if `TARGETS` (else zeros).
+/// targets at `t` if `TARGETS` (else zeros). The cache level of the hints is chosen here, once
+/// a call: chosen a step at a time, the branch made sparse float32 8192×32768 18% slower.
 #[inline(always)]
 unsafe fn sum_exp_into<V: Vector, L: Storage<V>, const STORE: bool, const TARGETS: bool>(
     z: &[L::S],
