@@ -670,7 +670,8 @@ type StoredTileFn<'a, R> = &'a (dyn Fn(usize, &mut [R]) -> bool + Sync);
 /// sums its exps reads instead where it sums them, see `FUSED_TARGETS_MIN`), to ask for while
 /// the exps of the row before are summed (of the row itself, where the row function reads
 /// them after). Narrow rows, taken sixteen at a time, do not ask, and rows split across
-/// threads ask only for their own parts (`rows::split_stats`).
+/// threads ask for their own next parts, and only the last part for a part's worth of this
+/// (`rows::split_stats`).
 type RowAhead<'a> = &'a (dyn Fn(usize) -> Ahead<'a> + Sync);
 
 /// A call's rows of targets, whose sums the statistics take (see `RowStats::target_sums`): a

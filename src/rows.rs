@@ -104,10 +104,10 @@ fn block_sum_exp<F: Float>(
 /// its part's maximum and the sum of its exps off that maximum in one go (the part read from
 /// memory once, then from cache; the next part asked for meanwhile, for rows of the compute
 /// type, and by the last part the first part's worth of `after`, what comes after the row),
-/// and the `(maximum, sum)` pairs are merged: a part's terms scaled by
-/// `exp(m_part - max)` in f64, the difference taken exactly (rounded, it can cost an f64 row
-/// 16 ulp: 9 in the test below, where the maxima differ by ~40). One parallel pass, where a pass for the maximum and
-/// one for the sum took two, each reading the row.
+/// and the `(maximum, sum)` pairs are merged: a part's terms scaled by `exp(m_part - max)` in
+/// f64, the difference taken exactly (rounded, it cost a float64 row 9 ulp in the test below,
+/// where the maxima differ by ~40). One parallel pass, where a pass for the maximum and one
+/// for the sum took two, each reading the row.
 fn split_stats<F: Float>(k: &RowKernels<F>, z: &Row<F>, after: Ahead) -> (F, usize, f64) {
     let (len, n) = (z.len(), z.len().div_ceil(SPLIT_BLOCK));
     let parts: Vec<((F, usize), f64)> = (0..n)
@@ -788,9 +788,8 @@ mod tests {
         only_low[at] = 9.5;
         let (_, _, rest) = split_stats(k, &Row::Slice(&only_low), Ahead::NONE);
         assert!((rest / low - 1.0).abs() < 1e-6, "rest {rest}, want {low}");
-        let wide: Vec<f64> =
+        let mut wide: Vec<f64> =
             (0..len).map(|j| if j < SPLIT_BLOCK { 0.0 } else { 10.1 - (j % 7) as f64 * 1e-3 }).collect();
-        let mut wide = wide;
         wide[5] = 50.3;
         let (max, argmax, rest) = split_stats(f64::kernels(), &Row::Slice(&wide), Ahead::NONE);
         let want = (f64::kernels().sum_exp)(&wide, max, argmax, Ahead::NONE);

@@ -539,8 +539,9 @@ mod tests {
 
     /// A loop over a part asks for each of its lines in step: by the time `done` of its
     /// elements are done, for the lines holding their share of each region (a long region's
-    /// share counted from its lead; all but the last line at least) and for no other; `finish` for the rest. A long region's
-    /// lines are asked for half a page from the step's loads, in page offset.
+    /// share counted from its lead; all but the last line at least) and for no other;
+    /// `finish` for the rest. A long region's lines are asked for half a page from the step's
+    /// loads, in page offset.
     #[test]
     fn prefetcher_asks_every_line_in_step() {
         let (row, a, b) = (vec![0f32; 16384], vec![0f32; 16384], vec![f16::ZERO; 1000]);
