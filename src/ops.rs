@@ -6,7 +6,6 @@ use std::ops::Range;
 
 use ndarray::{ArrayD, ArrayView1, ArrayViewD, ArrayViewMutD, IxDyn};
 use num_traits::Zero;
-use rayon::prelude::*;
 
 use crate::blocks::{Row, RowOut, Sink, Source, StoredOut};
 use crate::element::{Element, Label};
@@ -568,8 +567,8 @@ impl<T: Element> RowSink<'_, T> {
     }
 }
 
-/// Calls on at most this many elements run on the calling thread, not on the pool (the one
-/// fastxent was told to use, `set_num_threads`, or rayon's global one).
+/// Calls on at most this many elements run on the calling thread alone: no pool thread is
+/// woken to help (see `crate::threads`).
 const SEQUENTIAL_MAX: usize = 1 << 15;
 
 /// The widest rows whose tiles take the sums of their targets (see [`Extras`]) with their
@@ -884,17 +883,17 @@ fn for_rows_with<T, R, S, Fun>(
             }
         });
     };
-    if view.layout.elements() <= SEQUENTIAL_MAX {
-        // Small: on the calling thread (a hop to the pool would cost more than the work).
+    // Small calls run on the calling thread (waking another costs more than the work), and
+    // so do rows split across threads where they are too few to share out whole: one at a
+    // time, each split.
+    let few_split = classes >= rows::SPLIT_MIN && rows < 2 * crate::threads::num_threads();
+    if view.layout.elements() <= SEQUENTIAL_MAX || few_split {
         let mut state = init();
         results.chunks_mut(block).enumerate().for_each(|item| block_rows(&mut state, item));
     } else {
-        crate::threads::run(|| {
-            results
-                .par_chunks_mut(block)
-                .enumerate()
-                .with_min_len((min_rows_per_task(classes) / block).max(1))
-                .for_each_init(init, block_rows)
+        let min_blocks = (min_rows_per_task(classes) / block).max(1);
+        crate::threads::for_each_chunk(results, block, min_blocks, init, |state, b, chunk| {
+            block_rows(state, (b, chunk))
         });
     }
 }
@@ -1143,10 +1142,13 @@ fn class_indices<'a, L: Label>(
     // one thread label by label); the exact test where that finds anything else.
     let indices_only = |flat: &[L]| flat.iter().fold(true, |ok, &l| ok & (l.to_u64_wrapping() < classes as u64));
     let all_valid = match labels.as_slice() {
-        Some(flat) if flat.len() > SEQUENTIAL_MAX => crate::threads::run(|| {
-            let chunks = || flat.par_chunks(1 << 14);
-            chunks().all(indices_only) || chunks().all(|c| c.iter().all(|&l| valid(l)))
-        }),
+        Some(flat) if flat.len() > SEQUENTIAL_MAX => {
+            let chunks = flat.chunks(1 << 14).collect::<Vec<_>>();
+            let all = |ok: &(dyn Fn(&[L]) -> bool + Sync)| {
+                crate::threads::map(chunks.len(), |i| ok(chunks[i])).into_iter().all(|b| b)
+            };
+            all(&indices_only) || all(&|c| c.iter().all(|&l| valid(l)))
+        }
         Some(flat) => indices_only(flat) || flat.iter().all(|&l| valid(l)),
         None => labels.iter().all(|&l| valid(l)),
     };

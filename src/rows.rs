@@ -7,7 +7,7 @@
 //! of the sum is what makes confident rows exact: `lse - z_k = log1p(rest)` has no
 //! cancellation, and `p_k - 1 = -rest / (1 + rest)`.
 
-use rayon::prelude::*;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use std::ops::Range;
 
@@ -110,31 +110,28 @@ fn block_sum_exp<F: Float>(
 /// for the sum took two, each reading the row.
 fn split_stats<F: Float>(k: &RowKernels<F>, z: &Row<F>, after: Ahead) -> (F, usize, f64) {
     let (len, n) = (z.len(), z.len().div_ceil(SPLIT_BLOCK));
-    let parts: Vec<((F, usize), f64)> = (0..n)
-        .into_par_iter()
-        .map(|i| {
-            let part = split_part(i, len);
-            let (m, j) = max_argmax_in(k, z, part.clone());
-            let mut rest = CompensatedSum::default();
-            if m.is_finite() {
-                // The next part, asked for while this one's exps are summed: the same task
-                // takes it next, mostly (rayon splits the parts into runs); after the last,
-                // the next row's first (64×262144 2.54-2.64 -> 2.45 ms). (Not for rows read
-                // through a source: half types.)
-                let next = match z {
-                    Row::Slice(z) if i + 1 < n => Ahead::NONE.and(&z[split_part(i + 1, len)]),
-                    Row::Slice(_) => after.first(SPLIT_BLOCK * std::mem::size_of::<F>()),
-                    _ => Ahead::NONE,
-                };
-                let (ahead, mut reader) = (next.along(part.len()), z.reader());
-                for block in block_ranges(part.clone()) {
-                    let ahead = ahead.part(block.start - part.start..block.end - part.start);
-                    rest.add(block_sum_exp(k, &mut reader, block.clone(), m, j.wrapping_sub(block.start), ahead));
-                }
+    let parts: Vec<((F, usize), f64)> = crate::threads::map(n, |i| {
+        let part = split_part(i, len);
+        let (m, j) = max_argmax_in(k, z, part.clone());
+        let mut rest = CompensatedSum::default();
+        if m.is_finite() {
+            // The next part, asked for while this one's exps are summed: the same task
+            // takes it next, mostly (the threads take the parts in runs); after the last,
+            // the next row's first (64×262144 2.54-2.64 -> 2.45 ms). (Not for rows read
+            // through a source: half types.)
+            let next = match z {
+                Row::Slice(z) if i + 1 < n => Ahead::NONE.and(&z[split_part(i + 1, len)]),
+                Row::Slice(_) => after.first(SPLIT_BLOCK * std::mem::size_of::<F>()),
+                _ => Ahead::NONE,
+            };
+            let (ahead, mut reader) = (next.along(part.len()), z.reader());
+            for block in block_ranges(part.clone()) {
+                let ahead = ahead.part(block.start - part.start..block.end - part.start);
+                rest.add(block_sum_exp(k, &mut reader, block.clone(), m, j.wrapping_sub(block.start), ahead));
             }
-            ((m, j), rest.value())
-        })
-        .collect();
+        }
+        ((m, j), rest.value())
+    });
     let (max, argmax) = parts.iter().map(|&(m, _)| m).reduce(first_max).expect("a split row is not empty");
     if !max.is_finite() {
         return (max, argmax, f64::NAN);
@@ -216,7 +213,8 @@ fn map_blocks<F: Float>(
         }
     };
     if z.len() >= SPLIT_MIN {
-        out.parts(SPLIT_BLOCK).into_par_iter().enumerate().for_each(|(i, mut part)| run(&mut part, i * SPLIT_BLOCK));
+        let mut parts = out.parts(SPLIT_BLOCK);
+        crate::threads::for_each_chunk(&mut parts, 1, 1, || (), |_, i, part| run(&mut part[0], i * SPLIT_BLOCK));
     } else {
         run(out, 0);
     }
@@ -295,11 +293,19 @@ fn stored_exp_scaled_row<F: Float>(z: &Row<F>, shift: F, scale: F, stream: bool,
         (Row::Stored { .. }, _) => {}
     }
     let exp = |range, part: &mut RowOut<F>| z.reader().stored_exp_scaled(range, shift, scale, part, stream);
-    out.parts(SPLIT_BLOCK)
-        .into_par_iter()
-        .enumerate()
-        .map(|(i, mut part)| exp(split_part(i, len), &mut part))
-        .all(|done| done)
+    let (mut parts, done) = (out.parts(SPLIT_BLOCK), AtomicBool::new(true));
+    crate::threads::for_each_chunk(
+        &mut parts,
+        1,
+        1,
+        || (),
+        |_, i, part| {
+            if !exp(split_part(i, len), &mut part[0]) {
+                done.store(false, Ordering::Relaxed);
+            }
+        },
+    );
+    done.into_inner()
 }
 
 /// Max, its index and the mass off the maximum, for one row.
