@@ -24,7 +24,7 @@ pub const BLOCK: usize = 16384;
 
 /// Elements per block of a row written through a buffer on the stack ([`BlockBuf`]). Outputs
 /// are computed element by element, so this block need not be [`BLOCK`]; a smaller one keeps
-/// the frames small (8 KiB of float64) where rayon's tasks run nested on a thread's stack.
+/// the frames small (8 KiB of float64) on threads' stacks.
 pub const WRITE_BLOCK: usize = 1024;
 
 /// `range` cut at the multiples of [`BLOCK`].

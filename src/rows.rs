@@ -15,13 +15,13 @@ use crate::blocks::{block_ranges, BlockBuf, Reader, Row, RowOut, BLOCK};
 use crate::kernels::scalar::two_diff;
 use crate::kernels::{Ahead, CompensatedSum, Float, RowKernels};
 
-/// Rows at least this long are cut into blocks that rayon spreads over the threads, so that
-/// a few huge rows (8 × 256 Ki classes) still use every core. The blocks depend on the row
-/// only, never on the thread count, so neither do the results. Rows this long are also never
-/// widened whole (`crate::ops`).
+/// Rows at least this long are cut into parts that the threads share, so that a few huge
+/// rows (1 × 1 Mi classes) still use every core. The parts depend on the row only, never on
+/// the thread count, so neither do the results. Rows this long are also never widened whole
+/// (`crate::ops`).
 pub const SPLIT_MIN: usize = 1 << 16;
-/// Elements per task when a row is split (256 KiB of f32): whole blocks of the row sums.
-const SPLIT_BLOCK: usize = 1 << 16;
+/// Elements per part when a row is split (256 KiB of f32): whole blocks of the row sums.
+pub(crate) const SPLIT_BLOCK: usize = 1 << 16;
 const _: () = assert!(SPLIT_BLOCK.is_multiple_of(BLOCK));
 
 /// The part of a split row that task `i` takes.
@@ -115,9 +115,10 @@ fn split_stats<F: Float>(k: &RowKernels<F>, z: &Row<F>, after: Ahead) -> (F, usi
         let (m, j) = max_argmax_in(k, z, part.clone());
         let mut rest = CompensatedSum::default();
         if m.is_finite() {
-            // The next part, asked for while this one's exps are summed: the same task
-            // takes it next, mostly (the threads take the parts in runs); after the last,
-            // the next row's first (64×262144 2.54-2.64 -> 2.45 ms). (Not for rows read
+            // The next part, asked for while this one's exps are summed: the same thread
+            // takes it next within a run (a whole row's parts, where rows are shared out
+            // whole; else the runs of `threads::for_each_run`); after the last, the next
+            // row's first (64×262144 2.54-2.64 -> 2.45 ms). (Not for rows read
             // through a source: half types.)
             let next = match z {
                 Row::Slice(z) if i + 1 < n => Ahead::NONE.and(&z[split_part(i + 1, len)]),

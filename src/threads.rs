@@ -13,6 +13,7 @@ use std::ops::Range;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::thread::Thread;
 
 static POOL: RwLock<Option<Arc<rayon::ThreadPool>>> = RwLock::new(None);
 
@@ -51,7 +52,8 @@ pub(crate) fn for_each_chunk<T: Send, S>(
     init: impl Fn() -> S + Sync,
     f: impl Fn(&mut S, usize, &mut [T]) + Sync,
 ) {
-    let (len, n) = (data.len(), data.len().div_ceil(chunk.max(1)));
+    assert!(chunk > 0, "chunks of no elements");
+    let (len, n) = (data.len(), data.len().div_ceil(chunk));
     let base = SendPtr(data.as_mut_ptr());
     for_each_run(n, min_chunks, init, |state, run| {
         for i in run {
@@ -64,7 +66,7 @@ pub(crate) fn for_each_chunk<T: Send, S>(
     });
 }
 
-/// `f(i)` for every `i` in `0..n`, across the threads, in order.
+/// `f(i)` for every `i` in `0..n`, across the threads; the results in index order.
 pub(crate) fn map<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
     let mut slots: Vec<Option<T>> = (0..n).map(|_| None).collect();
     for_each_chunk(&mut slots, 1, 1, || (), |_, i, slot| slot[0] = Some(f(i)));
@@ -72,11 +74,13 @@ pub(crate) fn map<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
 }
 
 /// Calls `f(state, run)` on runs of `0..n` that together take each index once, across the
-/// threads: the calling thread, and up to `num_threads() - 1` pool threads as they wake. A
-/// run is at least `min_run` long, and about a `2 × threads`-th of what is left when taken:
+/// threads: the calling thread, and up to `num_threads() - 1` pool threads as they wake (per
+/// call: calls from several threads at once each bring their own). A run is about a
+/// `2 × threads`-th of what is left when taken, and `min_run` long at least (but the last):
 /// long runs keep a thread's work contiguous (a row asks for the next one ahead), the short
 /// last ones even out the threads' finish. Inside another region, or with one thread or one
-/// run, it all runs on the calling thread.
+/// run, it all runs on the calling thread. A panic stops the handing out of runs, and reaches
+/// the caller once every thread has left.
 pub(crate) fn for_each_run<S>(
     n: usize,
     min_run: usize,
@@ -95,27 +99,29 @@ pub(crate) fn for_each_run<S>(
     }
     let next = AtomicUsize::new(0);
     let work = || {
-        let _inside = Inside(IN_REGION.replace(true));
+        let _inside = Inside { was: IN_REGION.replace(true), next: &next, n };
         let mut state = None;
         while let Some(run) = claim(&next, n, min_run, threads) {
             f(state.get_or_insert_with(&init), run);
         }
     };
-    let work: &(dyn Fn() + Sync) = &work;
+    let work: *const (dyn Fn() + Sync + '_) = &work;
     // SAFETY: only the lifetime is erased; `Region`'s protocol keeps `work` from being called
     // after this function returns (see `Region::help`, `Region::close`).
-    let work: *const (dyn Fn() + Sync + 'static) = unsafe { std::mem::transmute(work) };
-    let region = Arc::new(Region { state: AtomicUsize::new(0), work, panic: Mutex::new(None) });
-    for _ in 0..helpers {
-        let region = region.clone();
-        match &pool {
-            Some(pool) => pool.spawn(move || region.help()),
-            None => rayon::spawn(move || region.help()),
-        }
-    }
+    let work =
+        unsafe { std::mem::transmute::<*const (dyn Fn() + Sync + '_), *const (dyn Fn() + Sync + 'static)>(work) };
+    let region =
+        Arc::new(Region { state: AtomicUsize::new(0), work, panic: Mutex::new(None), caller: std::thread::current() });
     {
         // Closed on the way out, unwinding included.
         let _closing = Closing(&region);
+        for _ in 0..helpers {
+            let region = region.clone();
+            match &pool {
+                Some(pool) => pool.spawn(move || region.help()),
+                None => rayon::spawn(move || region.help()),
+            }
+        }
         // SAFETY: `work` lives until the end of this function.
         unsafe { (*region.work)() };
     }
@@ -140,12 +146,14 @@ fn claim(next: &AtomicUsize, n: usize, min_run: usize, threads: usize) -> Option
     }
 }
 
-/// What the threads of one call share: `state` counts the pool threads inside (by twos) and
-/// holds `CLOSED` once the calling thread has run out of work.
+/// What the threads of one call share: `state` counts the pool threads inside, by twos
+/// (its low bit is `CLOSED`, set once the calling thread has run out of work); `panic` holds
+/// the first helper's panic; `caller` is woken by the last helper to leave a closed region.
 struct Region {
     state: AtomicUsize,
     work: *const (dyn Fn() + Sync + 'static),
     panic: Mutex<Option<Box<dyn Any + Send>>>,
+    caller: Thread,
 }
 
 const CLOSED: usize = 1;
@@ -162,14 +170,19 @@ impl Region {
             // SAFETY: the region was open when this thread entered, so the calling thread
             // waits in `close` until it leaves, and `work` lives until then.
             if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| unsafe { (*self.work)() })) {
-                *self.panic.lock().unwrap_or_else(|e| e.into_inner()) = Some(payload);
+                let mut first = self.panic.lock().unwrap_or_else(|e| e.into_inner());
+                if first.is_none() {
+                    *first = Some(payload);
+                }
             }
         }
-        self.state.fetch_sub(2, Ordering::Release);
+        if self.state.fetch_sub(2, Ordering::Release) == CLOSED + 2 {
+            self.caller.unpark();
+        }
     }
 
-    /// Lets no more pool threads in and waits for those inside, which are finishing their last
-    /// run.
+    /// Lets no more pool threads in and waits for those inside to finish their last run: a
+    /// short spin, then asleep until the last one leaves.
     fn close(&self) {
         self.state.fetch_or(CLOSED, Ordering::AcqRel);
         let mut spins = 0u32;
@@ -178,18 +191,27 @@ impl Region {
                 std::hint::spin_loop();
                 spins += 1;
             } else {
-                std::thread::yield_now();
+                // (A wake-up may be left over from another region: the loop checks again.)
+                std::thread::park();
             }
         }
     }
 }
 
-/// Puts back a thread's `IN_REGION` as it was, unwinding included.
-struct Inside(bool);
+/// A thread's time in a region: on the way out, `IN_REGION` as it was, and on a panic, no
+/// more runs for anyone (the rest is not needed).
+struct Inside<'a> {
+    was: bool,
+    next: &'a AtomicUsize,
+    n: usize,
+}
 
-impl Drop for Inside {
+impl Drop for Inside<'_> {
     fn drop(&mut self) {
-        IN_REGION.set(self.0);
+        IN_REGION.set(self.was);
+        if std::thread::panicking() {
+            self.next.fetch_max(self.n, Ordering::Relaxed);
+        }
     }
 }
 
@@ -227,56 +249,129 @@ impl<T> SendPtr<T> {
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicBool;
+    use std::time::{Duration, Instant};
 
-    fn with_threads(n: usize) {
-        *POOL.write().unwrap() = Some(Arc::new(rayon::ThreadPoolBuilder::new().num_threads(n).build().unwrap()));
+    /// The tests set the process's pool: one at a time.
+    static SERIAL: Mutex<()> = Mutex::new(());
+
+    fn with_threads(n: usize, test: impl FnOnce()) {
+        let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        set_num_threads(n).unwrap();
+        let result = panic::catch_unwind(AssertUnwindSafe(test));
+        set_num_threads(0).unwrap();
+        result.unwrap();
     }
 
-    #[test]
-    fn every_chunk_once_whole_on_any_thread_count() {
-        for threads in [1, 2, 3, 8] {
-            with_threads(threads);
-            for (len, chunk, min) in [(0, 3, 1), (1, 1, 1), (1000, 7, 1), (1000, 7, 30), (64, 1, 1), (5, 10, 1)] {
-                let mut data = vec![0usize; len];
-                for_each_chunk(
-                    &mut data,
-                    chunk,
-                    min,
-                    || (),
-                    |_, i, c| {
-                        assert_eq!(c.len(), chunk.min(len - i * chunk), "chunk {i} of {len}");
-                        c.iter_mut().enumerate().for_each(|(j, x)| *x += i * chunk + j + 1);
-                    },
-                );
-                assert!(
-                    data.iter().enumerate().all(|(j, &x)| x == j + 1),
-                    "{threads} threads, {len}/{chunk}: {data:?}"
-                );
-            }
-            assert_eq!(map(100, |i| i * i), (0..100).map(|i| i * i).collect::<Vec<_>>());
+    /// Waits up to a second for `flag`.
+    fn wait_for(flag: &AtomicBool) {
+        let start = Instant::now();
+        while !flag.load(Ordering::Acquire) && start.elapsed() < Duration::from_secs(1) {
+            std::thread::sleep(Duration::from_micros(50));
         }
-        *POOL.write().unwrap() = None;
     }
 
     #[test]
-    fn a_helper_panic_reaches_the_caller() {
-        with_threads(2);
-        let on_pool = AtomicBool::new(false);
-        let caught = panic::catch_unwind(AssertUnwindSafe(|| {
+    fn every_chunk_once_whole_and_done_on_return() {
+        for threads in [1, 2, 3, 8] {
+            with_threads(threads, || {
+                for (len, chunk, min) in [(0, 3, 1), (1, 1, 1), (1000, 7, 1), (1000, 7, 30), (64, 1, 1), (5, 10, 1)] {
+                    let mut data = vec![0usize; len];
+                    let helped = AtomicBool::new(false);
+                    let helpers = threads > 1 && len.div_ceil(chunk) > min;
+                    for_each_chunk(
+                        &mut data,
+                        chunk,
+                        min,
+                        || (),
+                        |_, i, c| {
+                            assert_eq!(c.len(), chunk.min(len - i * chunk), "chunk {i} of {len}");
+                            if rayon::current_thread_index().is_some() {
+                                // Still writing when the caller runs out of chunks.
+                                helped.store(true, Ordering::Release);
+                                std::thread::sleep(Duration::from_millis(2));
+                            } else if helpers {
+                                wait_for(&helped);
+                            }
+                            c.iter_mut().enumerate().for_each(|(j, x)| *x += i * chunk + j + 1);
+                        },
+                    );
+                    assert!(
+                        data.iter().enumerate().all(|(j, &x)| x == j + 1),
+                        "{threads} threads, {len}/{chunk}: {data:?}"
+                    );
+                    assert_eq!(helped.load(Ordering::Relaxed), helpers, "{threads} threads, {len}/{chunk}");
+                }
+                assert_eq!(map(100, |i| i * i), (0..100).map(|i| i * i).collect::<Vec<_>>());
+            });
+        }
+    }
+
+    #[test]
+    fn pool_threads_help_and_nested_regions_stay_on_their_thread() {
+        with_threads(2, || {
+            let (helped, nested_elsewhere) = (AtomicBool::new(false), AtomicBool::new(false));
             for_each_run(
-                100,
+                64,
                 1,
                 || (),
                 |_, _| {
                     if rayon::current_thread_index().is_some() {
-                        on_pool.store(true, Ordering::Relaxed);
-                        panic!("helper");
+                        helped.store(true, Ordering::Release);
+                    } else {
+                        wait_for(&helped);
                     }
-                    std::thread::sleep(std::time::Duration::from_micros(100));
+                    let me = std::thread::current().id();
+                    for_each_run(
+                        8,
+                        1,
+                        || (),
+                        |_, _| {
+                            // (Long enough for the idle pool thread to wake and take a run.)
+                            std::thread::sleep(Duration::from_micros(300));
+                            if std::thread::current().id() != me {
+                                nested_elsewhere.store(true, Ordering::Relaxed);
+                            }
+                        },
+                    );
                 },
-            )
+            );
+            assert!(helped.load(Ordering::Relaxed), "no pool thread joined in a second");
+            assert!(!nested_elsewhere.load(Ordering::Relaxed), "a nested region left its thread");
+            assert!(!IN_REGION.get(), "the caller still marked as in a region");
+        });
+    }
+
+    #[test]
+    fn a_helper_panic_reaches_the_caller() {
+        with_threads(2, || {
+            let helped = AtomicBool::new(false);
+            let caught = panic::catch_unwind(AssertUnwindSafe(|| {
+                for_each_run(
+                    1000,
+                    1,
+                    || (),
+                    |_, _| {
+                        if rayon::current_thread_index().is_some() {
+                            helped.store(true, Ordering::Release);
+                            panic!("helper");
+                        }
+                        wait_for(&helped);
+                    },
+                )
+            }));
+            assert!(helped.load(Ordering::Relaxed), "no pool thread joined in a second");
+            assert_eq!(caught.unwrap_err().downcast_ref::<&str>(), Some(&"helper"));
+        });
+    }
+
+    #[test]
+    fn a_panic_in_a_region_ends_the_runs_and_restores_the_mark() {
+        let next = AtomicUsize::new(3);
+        let _ = panic::catch_unwind(AssertUnwindSafe(|| {
+            let _inside = Inside { was: IN_REGION.replace(true), next: &next, n: 10 };
+            panic!("in a run");
         }));
-        *POOL.write().unwrap() = None;
-        assert_eq!(caught.is_err(), on_pool.load(Ordering::Relaxed));
+        assert_eq!(next.load(Ordering::Relaxed), 10);
+        assert!(!IN_REGION.get());
     }
 }
