@@ -7,9 +7,8 @@
 //! of the sum is what makes confident rows exact: `lse - z_k = log1p(rest)` has no
 //! cancellation, and `p_k - 1 = -rest / (1 + rest)`.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::blocks::{block_ranges, BlockBuf, Reader, Row, RowOut, BLOCK};
 use crate::kernels::scalar::two_diff;
@@ -24,7 +23,7 @@ pub const SPLIT_MIN: usize = 1 << 16;
 pub(crate) const SPLIT_BLOCK: usize = 1 << 16;
 const _: () = assert!(SPLIT_BLOCK.is_multiple_of(BLOCK));
 
-/// The part of a split row that task `i` takes.
+/// Part `i` of a split row.
 fn split_part(i: usize, len: usize) -> Range<usize> {
     i * SPLIT_BLOCK..((i + 1) * SPLIT_BLOCK).min(len)
 }
@@ -100,8 +99,8 @@ fn block_sum_exp<F: Float>(
 }
 
 /// The maximum, its index and `Σ_{j≠argmax} exp(z_j - max)` of a row split across threads
-/// (`SPLIT_MIN` or longer; NaN for the sum where the maximum is not finite). Each task takes
-/// its part's maximum and the sum of its exps off that maximum in one go (the part read from
+/// (`SPLIT_MIN` or longer; NaN for the sum where the maximum is not finite). A part's maximum
+/// and the sum of its exps off that maximum are taken in one go (the part read from
 /// memory once, then from cache; the next part asked for meanwhile, for rows of the compute
 /// type, and by the last part the first part's worth of `after`, what comes after the row),
 /// and the `(maximum, sum)` pairs are merged: a part's terms scaled by `exp(m_part - max)` in
@@ -118,8 +117,8 @@ fn split_stats<F: Float>(k: &RowKernels<F>, z: &Row<F>, after: Ahead) -> (F, usi
             // The next part, asked for while this one's exps are summed: the same thread
             // takes it next within a run (a whole row's parts, where rows are shared out
             // whole; else the runs of `threads::for_each_run`); after the last, the next
-            // row's first (64×262144 2.54-2.64 -> 2.45 ms). (Not for rows read
-            // through a source: half types.)
+            // row's first (64×262144 2.54-2.64 -> 2.45 ms). (Not for rows read through a
+            // source: half types.)
             let next = match z {
                 Row::Slice(z) if i + 1 < n => Ahead::NONE.and(&z[split_part(i + 1, len)]),
                 Row::Slice(_) => after.first(SPLIT_BLOCK * std::mem::size_of::<F>()),
