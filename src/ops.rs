@@ -887,9 +887,10 @@ fn for_rows_with<T, R, S, Fun>(
     // so do long rows where taking them one at a time, each split across the threads, ends
     // sooner than sharing them out whole (in row-times; on a tie whole rows, whose parts
     // then ask for the next in order: 8×262144 on 2 threads 0.30-0.36 against 0.42-0.47 ms).
-    let threads = crate::threads::num_threads();
-    let parts = classes.div_ceil(rows::SPLIT_BLOCK);
-    let one_at_a_time = classes >= rows::SPLIT_MIN && rows * parts.div_ceil(threads) < rows.div_ceil(threads) * parts;
+    let one_at_a_time = classes >= rows::SPLIT_MIN && {
+        let (threads, parts) = (crate::threads::num_threads(), classes.div_ceil(rows::SPLIT_BLOCK));
+        rows * parts.div_ceil(threads) < rows.div_ceil(threads) * parts
+    };
     if view.layout.elements() <= SEQUENTIAL_MAX || one_at_a_time {
         let mut state = init();
         results.chunks_mut(block).enumerate().for_each(|item| block_rows(&mut state, item));

@@ -214,7 +214,7 @@ fn map_blocks<F: Float>(
     };
     if z.len() >= SPLIT_MIN {
         let mut parts = out.parts(SPLIT_BLOCK);
-        crate::threads::for_each_chunk(&mut parts, 1, 1, || (), |_, i, part| run(&mut part[0], i * SPLIT_BLOCK));
+        crate::threads::for_each_mut(&mut parts, |i, part| run(part, i * SPLIT_BLOCK));
     } else {
         run(out, 0);
     }
@@ -294,17 +294,11 @@ fn stored_exp_scaled_row<F: Float>(z: &Row<F>, shift: F, scale: F, stream: bool,
     }
     let exp = |range, part: &mut RowOut<F>| z.reader().stored_exp_scaled(range, shift, scale, part, stream);
     let (mut parts, done) = (out.parts(SPLIT_BLOCK), AtomicBool::new(true));
-    crate::threads::for_each_chunk(
-        &mut parts,
-        1,
-        1,
-        || (),
-        |_, i, part| {
-            if !exp(split_part(i, len), &mut part[0]) {
-                done.store(false, Ordering::Relaxed);
-            }
-        },
-    );
+    crate::threads::for_each_mut(&mut parts, |i, part| {
+        if !exp(split_part(i, len), part) {
+            done.store(false, Ordering::Relaxed);
+        }
+    });
     done.into_inner()
 }
 

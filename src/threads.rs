@@ -29,7 +29,11 @@ pub fn set_num_threads(n: usize) -> Result<(), rayon::ThreadPoolBuildError> {
 
 /// The number of threads the work runs on.
 pub fn num_threads() -> usize {
-    current().map_or_else(rayon::current_num_threads, |p| p.current_num_threads())
+    threads_of(&current())
+}
+
+fn threads_of(pool: &Option<Arc<rayon::ThreadPool>>) -> usize {
+    pool.as_ref().map_or_else(rayon::current_num_threads, |p| p.current_num_threads())
 }
 
 fn current() -> Option<Arc<rayon::ThreadPool>> {
@@ -67,10 +71,15 @@ pub(crate) fn for_each_chunk<T: Send, S>(
     });
 }
 
+/// `f(i, &mut items[i])` for every item, across the threads.
+pub(crate) fn for_each_mut<T: Send>(items: &mut [T], f: impl Fn(usize, &mut T) + Sync) {
+    for_each_chunk(items, 1, 1, || (), |_, i, item| f(i, &mut item[0]));
+}
+
 /// `f(i)` for every `i` in `0..n`, across the threads; the results in index order.
 pub(crate) fn map<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
     let mut slots: Vec<Option<T>> = (0..n).map(|_| None).collect();
-    for_each_chunk(&mut slots, 1, 1, || (), |_, i, slot| slot[0] = Some(f(i)));
+    for_each_mut(&mut slots, |i, slot| *slot = Some(f(i)));
     slots.into_iter().map(|s| s.expect("every index is run")).collect()
 }
 
@@ -82,16 +91,10 @@ pub(crate) fn map<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
 /// keep a thread's work contiguous (a row asks for the next one ahead), the short last ones
 /// even out the threads' finish. A panic stops the handing out of runs, and reaches the caller
 /// once every thread has left.
-pub(crate) fn for_each_run<S>(
-    n: usize,
-    min_run: usize,
-    init: impl Fn() -> S + Sync,
-    f: impl Fn(&mut S, Range<usize>) + Sync,
-) {
+fn for_each_run<S>(n: usize, min_run: usize, init: impl Fn() -> S + Sync, f: impl Fn(&mut S, Range<usize>) + Sync) {
     let min_run = min_run.max(1);
     let pool = current();
-    let threads = pool.as_ref().map_or_else(rayon::current_num_threads, |p| p.current_num_threads());
-    let may_ask = SPARE.get().unwrap_or(threads - 1);
+    let may_ask = SPARE.get().unwrap_or(threads_of(&pool) - 1);
     let helpers = may_ask.min(n.div_ceil(min_run).saturating_sub(1));
     if helpers == 0 {
         if n > 0 {
